@@ -1,0 +1,555 @@
+"""
+Qwen2.5 from scratch: config, modules, safetensors loading, tokenizer, KV cache, sampler.
+
+    python model.py --toy                          # build/load the toy model, check, generate
+    python model.py --model Qwen/Qwen2.5-3B --prompt "Question: 2+2?"
+
+Parameter names equal Hugging Face's (model.layers.0.self_attn.q_proj.weight, ...), so a
+checkpoint loads with a strict load_state_dict. Reference: transformers' modeling_qwen2.py.
+"""
+import json
+from dataclasses import dataclass, asdict, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+# -----------------------------------------------------------------------------
+# Config
+
+@dataclass
+class Qwen2Config:
+    vocab_size: int = 151936             # embedding rows (rows past the tokenizer's are padding)
+    hidden_size: int = 2048              # C, the residual width
+    intermediate_size: int = 11008       # MLP width
+    num_hidden_layers: int = 36
+    num_attention_heads: int = 16        # query heads
+    num_key_value_heads: int = 2         # grouped-query attention: kv heads shared by n_head/n_kv
+    head_dim: int = 0                    # 0 = hidden_size // num_attention_heads
+    rope_theta: float = 1e6              # RoPE base θ
+    rms_norm_eps: float = 1e-6
+    max_position_embeddings: int = 32768
+    tie_word_embeddings: bool = True     # lm_head shares embed_tokens' weight
+    attention_bias: bool = True          # Qwen2 has q/k/v biases; Llama has none
+    bos_token_id: int = 151643
+    eos_token_id: int = 151643
+
+    def __post_init__(self):
+        if not self.head_dim:
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        assert self.num_attention_heads % self.num_key_value_heads == 0, \
+            f"{self.num_attention_heads} heads not divisible by {self.num_key_value_heads} kv heads"
+
+    @classmethod
+    def from_dict(cls, d):
+        d = dict(d)
+        if "rope_parameters" in d:  # transformers 5.x moved rope_theta here
+            d.setdefault("rope_theta", d["rope_parameters"].get("rope_theta", 1e6))
+        if d.get("model_type", "qwen2") == "qwen2":
+            d.setdefault("attention_bias", True)
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names and v is not None})
+
+    @classmethod
+    def from_json(cls, path):
+        try:
+            with open(path) as f:
+                d = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"cannot read config {path}: {e}") from e
+        return cls.from_dict(d)
+
+    def to_hf_dict(self):
+        """config.json in the form transformers writes (4.x keys, which 5.x also reads)."""
+        d = asdict(self)
+        d.update(architectures=["Qwen2ForCausalLM"], model_type="qwen2", hidden_act="silu",
+                 torch_dtype="float32", use_sliding_window=False, attention_dropout=0.0)
+        return d
+
+
+# -----------------------------------------------------------------------------
+# Math as plain functions
+
+def rms_norm(x, weight, eps):
+    # Statistics in float32, then cast back *before* the weight multiply: this is what Qwen2
+    # was trained with (transformers' Qwen2RMSNorm), so bf16 logits match bit for bit.
+    dtype = x.dtype
+    x = x.float()
+    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x.to(dtype)
+
+
+def rope_cos_sin(position_ids, head_dim, theta, dtype):
+    # inv_freq_i = 1 / θ^(2i/d); angles in float32 for any model dtype (positions reach 32k,
+    # and bf16 would round them to 8 bits of mantissa). Frequencies are concatenated, not
+    # interleaved: dimension i pairs with i + d/2 (see rotate_half).
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float,
+                                             device=position_ids.device) / head_dim))
+    freqs = position_ids[..., None].float() * inv_freq  # (B, T, D/2)
+    emb = torch.cat((freqs, freqs), dim=-1)              # (B, T, D)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def rotate_half(x):
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x, cos, sin):
+    # x (B, H, T, D); cos/sin (B, T, D) broadcast over heads
+    return x * cos[:, None] + rotate_half(x) * sin[:, None]
+
+
+def attention_mask(key_mask, start, T):
+    """Boolean (B, 1, T, S) mask, True = may attend: causal over cache slots, real keys only.
+
+    key_mask (B, S) marks the slots that hold real tokens (left padding is False). A padding
+    query would see no key at all and softmax would give NaN, so every query may see itself;
+    those rows are garbage and nothing reads them."""
+    B, S = key_mask.shape
+    q = torch.arange(start, start + T, device=key_mask.device)[:, None]  # (T, 1) absolute slot
+    k = torch.arange(S, device=key_mask.device)[None, :]                  # (1, S)
+    mask = (k <= q)[None] & key_mask[:, None, :]                          # (B, T, S)
+    return (mask | (k == q)[None])[:, None]                               # (B, 1, T, S)
+
+
+# -----------------------------------------------------------------------------
+# KV cache: an explicit object passed to forward, preallocated once (static shapes)
+
+class KVCache:
+    def __init__(self, config, batch_size, max_len, device, dtype):
+        shape = (batch_size, config.num_key_value_heads, max_len, config.head_dim)  # (B, Hkv, S, D)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
+        self.mask = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)  # real tokens
+        self.pos = 0  # slots filled so far, the same for every row (prompts are left-padded)
+
+    def update(self, layer, k, v):
+        T = k.shape[2]
+        assert self.pos + T <= self.k[layer].shape[2], f"cache full: {self.pos} + {T} > {self.k[layer].shape[2]}"
+        self.k[layer][:, :, self.pos:self.pos + T] = k
+        self.v[layer][:, :, self.pos:self.pos + T] = v
+        return self.k[layer][:, :, :self.pos + T], self.v[layer][:, :, :self.pos + T]
+
+    def select(self, rows):
+        """Keep only these batch rows (finished sequences drop out; prompts fan out to samples)."""
+        self.k = [k[rows] for k in self.k]
+        self.v = [v[rows] for v in self.v]
+        self.mask = self.mask[rows]
+
+
+# -----------------------------------------------------------------------------
+# Modules (names equal Hugging Face's so checkpoints load with a strict load_state_dict)
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim, eps):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        return rms_norm(x, self.weight, self.eps)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg, layer_idx):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_head, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        C, D = cfg.hidden_size, cfg.head_dim
+        self.q_proj = nn.Linear(C, self.n_head * D, bias=cfg.attention_bias)
+        self.k_proj = nn.Linear(C, self.n_kv * D, bias=cfg.attention_bias)
+        self.v_proj = nn.Linear(C, self.n_kv * D, bias=cfg.attention_bias)
+        self.o_proj = nn.Linear(self.n_head * D, C, bias=False)
+
+    def forward(self, x, cos, sin, mask, cache):
+        B, T, C = x.shape
+        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = self.k_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)    # (B, Hkv, T, D)
+        v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)    # (B, Hkv, T, D)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(self.layer_idx, k, v)                              # (B, Hkv, S, D)
+        # grouped-query attention: query head h reads kv head h // (H / Hkv); SDPA's enable_gqa
+        # does that without materializing repeated K/V (which would cost H/Hkv× the cache reads)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                           enable_gqa=self.n_kv != self.n_head)   # (B, H, T, D)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))  # SwiGLU
+
+
+class Block(nn.Module):
+    def __init__(self, cfg, layer_idx):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg, layer_idx)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, mask, cache):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)  # pre-norm
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Qwen2(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.model = nn.ModuleDict(dict(
+            embed_tokens=nn.Embedding(config.vocab_size, config.hidden_size),
+            layers=nn.ModuleList(Block(config, i) for i in range(config.num_hidden_layers)),
+            norm=RMSNorm(config.hidden_size, config.rms_norm_eps),
+        ))
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.apply(self._init_weights)
+        self.tie_weights()
+
+    def tie_weights(self):
+        if self.config.tie_word_embeddings:  # one matrix embeds tokens and scores them
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    @staticmethod
+    def _init_weights(m):  # transformers' initializer_range 0.02; only the toy trains from scratch
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+    def forward(self, input_ids, pad_mask=None, cache=None, hidden_only=False):
+        """input_ids (B, T) -> logits (B, T, vocab), or the final-normed hidden states (B, T, C).
+
+        pad_mask (B, T): True for real tokens (left or right padding). cache: a KVCache that
+        this call appends to. Without either, plain causal attention."""
+        B, T = input_ids.shape
+        start = cache.pos if cache is not None else 0
+        if pad_mask is None and cache is None:
+            mask, positions = None, torch.arange(T, device=input_ids.device).expand(B, T)
+        else:
+            if pad_mask is None:
+                pad_mask = torch.ones(B, T, dtype=torch.bool, device=input_ids.device)
+            if cache is not None:
+                cache.mask[:, start:start + T] = pad_mask
+                key_mask = cache.mask[:, :start + T]                                   # (B, S)
+            else:
+                key_mask = pad_mask
+            # a token's position counts the real tokens before it, so padding shifts nothing
+            positions = (key_mask.long().cumsum(-1)[:, start:] - 1).clamp_min(0)       # (B, T)
+            mask = attention_mask(key_mask, start, T)                                  # (B, 1, T, S)
+        x = self.model.embed_tokens(input_ids)                                         # (B, T, C)
+        cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta, x.dtype)
+        for block in self.model.layers:
+            x = block(x, cos, sin, mask, cache)
+        if cache is not None:
+            cache.pos += T
+        x = self.model.norm(x)
+        return x if hidden_only else self.lm_head(x)
+
+
+# -----------------------------------------------------------------------------
+# Loading and saving (Hugging Face folder layout: config.json + safetensors)
+
+def pick_device(device=None):
+    if device is not None:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_dtype(dtype, device):
+    """bf16 on a GPU that supports it (half the memory, tensor cores), else fp32. Returns a reason."""
+    if dtype is not None:
+        dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        return dtype, "as asked"
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16, "GPU supports bf16"
+    return torch.float32, f"no bf16 GPU ({device.type})"
+
+
+def resolve_path(name_or_path, patterns=("*.json", "*.safetensors")):
+    """A local folder as is; otherwise a hub id such as Qwen/Qwen2.5-3B, downloaded once."""
+    import os
+    if os.path.isdir(name_or_path):
+        return name_or_path
+    if os.path.exists(name_or_path) or name_or_path.count("/") != 1 or name_or_path.startswith((".", "/")):
+        raise FileNotFoundError(f"no model folder at {name_or_path!r} (expected a folder with "
+                                f"config.json and model.safetensors, or a hub id like Qwen/Qwen2.5-3B)")
+    from huggingface_hub import snapshot_download
+    try:
+        return snapshot_download(name_or_path, allow_patterns=list(patterns))
+    except Exception as e:
+        raise RuntimeError(f"could not download {name_or_path!r} from the Hugging Face hub ({type(e).__name__}: "
+                           f"{e}). Offline? Point --model at a local folder with config.json, "
+                           f"model.safetensors (or shards + index) and tokenizer.json.") from e
+
+
+def read_safetensors(path):
+    """All tensors of a folder: model.safetensors, or the shards its index names."""
+    import os
+    from safetensors.torch import load_file
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.exists(index):
+        with open(index) as f:
+            files = sorted(set(json.load(f)["weight_map"].values()))
+    elif os.path.exists(os.path.join(path, "model.safetensors")):
+        files = ["model.safetensors"]
+    else:
+        raise FileNotFoundError(f"no model.safetensors or model.safetensors.index.json in {path}")
+    state = {}
+    for name in files:
+        state.update(load_file(os.path.join(path, name)))
+    return state
+
+
+def load_model(name_or_path, device=None, dtype=None, verbose=True):
+    import os
+    path = resolve_path(name_or_path)
+    config = Qwen2Config.from_json(os.path.join(path, "config.json"))
+    device = pick_device(device)
+    dtype, why = pick_dtype(dtype, device)
+    with torch.device("meta"):  # no memory, no random init: every tensor comes from the file
+        model = Qwen2(config)
+    state = read_safetensors(path)
+    if config.tie_word_embeddings:  # tied checkpoints store the matrix once, under embed_tokens
+        state.setdefault("lm_head.weight", state.get("model.embed_tokens.weight"))
+    expected = model.state_dict()
+    missing = [k for k in expected if state.get(k) is None]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        raise KeyError(f"{path}: missing tensors {missing[:5]}, unexpected tensors {unexpected[:5]}")
+    for k, v in expected.items():
+        if state[k].shape != v.shape:
+            raise ValueError(f"{path}: tensor {k} has shape {tuple(state[k].shape)}, "
+                             f"config.json implies {tuple(v.shape)}")
+    model.load_state_dict({k: t.to(device=device, dtype=dtype) for k, t in state.items()}, strict=True, assign=True)
+    model.tie_weights()  # assign=True replaced the shared Parameter with two
+    model.eval()
+    if verbose:
+        n = sum(p.numel() for p in model.parameters())
+        print(f"loaded {name_or_path}: {n:,} parameters on {device}, {dtype} ({why})")
+    return model
+
+
+def save_model(model, path):
+    """config.json + model.safetensors, the layout load_model (and transformers) read."""
+    import os
+    from safetensors.torch import save_file
+    os.makedirs(path, exist_ok=True)
+    cfg = model.config.to_hf_dict()
+    cfg["torch_dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if model.config.tie_word_embeddings:
+        del state["lm_head.weight"]  # stored once, as transformers does
+    save_file(state, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+
+
+class Tokenizer:
+    """A thin wrapper over tokenizers.Tokenizer: no special tokens are added on encode."""
+
+    def __init__(self, tok, eos_token="<|endoftext|>"):
+        self.tok = tok
+        self.eos_id = tok.token_to_id(eos_token)
+        assert self.eos_id is not None, f"tokenizer has no {eos_token} token"
+        self.pad_id = self.eos_id  # padding is masked out everywhere; any id will do
+        self.vocab_size = tok.get_vocab_size()
+
+    def encode(self, text):
+        return self.tok.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids, skip_special_tokens=True):
+        return self.tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def token_to_id(self, token):
+        return self.tok.token_to_id(token)
+
+
+def load_tokenizer(name_or_path):
+    import os
+    from tokenizers import Tokenizer as HFTokenizer
+    path = name_or_path if name_or_path.endswith(".json") else os.path.join(
+        resolve_path(name_or_path, patterns=("tokenizer.json",)), "tokenizer.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no tokenizer at {path}")
+    return Tokenizer(HFTokenizer.from_file(path))
+
+
+# -----------------------------------------------------------------------------
+# Sampling
+
+def sample_token(logits, temperature, top_p, generator):
+    """logits (B, V) -> token ids (B,) and their log-probs under softmax(logits / temperature)."""
+    logits = logits.float()
+    if temperature == 0:
+        tok = logits.argmax(-1)
+        return tok, torch.zeros_like(tok, dtype=torch.float)
+    logp = (logits / temperature).log_softmax(-1)
+    probs = logp.exp()
+    if top_p < 1.0:  # nucleus: keep the smallest set of tokens whose mass reaches top_p
+        sorted_p, idx = probs.sort(-1, descending=True)
+        drop = sorted_p.cumsum(-1) - sorted_p > top_p
+        probs = probs.scatter(-1, idx, sorted_p.masked_fill(drop, 0.0))
+    tok = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return tok, logp.gather(-1, tok[:, None]).squeeze(-1)
+
+
+@torch.inference_mode()
+def generate(model, prompts, max_new_tokens, temperature=1.0, top_p=1.0, stop_ids=(),
+             generator=None, n=1, return_logprobs=False):
+    """Complete each prompt (a list of token ids); returns completions without the prompt,
+    each cut after its first stop token. n samples per prompt share one prefill; output i*n + j
+    is prompt i's sample j. temperature=0 is greedy."""
+    assert prompts and all(len(p) > 0 for p in prompts), "every prompt needs at least one token"
+    device = model.lm_head.weight.device
+    B, P, N = len(prompts), max(len(p) for p in prompts), len(prompts) * n
+    ids = torch.zeros(B, P, dtype=torch.long)
+    pad_mask = torch.zeros(B, P, dtype=torch.bool)
+    for i, p in enumerate(prompts):  # left-pad so every row's next token goes into the same slot
+        ids[i, P - len(p):], pad_mask[i, P - len(p):] = torch.tensor(p), True
+    ids, pad_mask = ids.to(device), pad_mask.to(device)
+    cache = KVCache(model.config, B, P + max_new_tokens, device, model.lm_head.weight.dtype)
+    h = model(ids, pad_mask=pad_mask, cache=cache, hidden_only=True)
+    logits = model.lm_head(h[:, -1])                                        # (B, V)
+    if n > 1:  # fan each prefilled prompt out to its n samples
+        fan = torch.arange(B, device=device).repeat_interleave(n)
+        cache.select(fan)
+        logits = logits[fan]
+    stop = torch.tensor(list(stop_ids), dtype=torch.long, device=device)
+    tokens = torch.full((N, max_new_tokens), -1, dtype=torch.long, device=device)
+    logps = torch.zeros(N, max_new_tokens, device=device)
+    rows = torch.arange(N, device=device)       # which output each batch row writes to
+    alive = torch.ones(N, dtype=torch.bool, device=device)
+    for t in range(max_new_tokens):
+        tok, lp = sample_token(logits, temperature, top_p, generator)
+        live = alive[rows]
+        tokens[rows[live], t], logps[rows[live], t] = tok[live], lp[live]
+        alive[rows[live & torch.isin(tok, stop)]] = False
+        if t == max_new_tokens - 1 or not alive.any():
+            break
+        done = ~alive[rows]
+        if done.sum() * 4 >= len(rows):  # drop finished rows once they are a quarter of the batch
+            cache.select(~done)
+            rows, tok = rows[~done], tok[~done]
+        logits = model(tok[:, None], cache=cache)[:, -1]
+    out, out_lp = [], []
+    for row, row_lp in zip(tokens.tolist(), logps.tolist()):
+        L = row.index(-1) if -1 in row else len(row)
+        out.append(row[:L])
+        out_lp.append(row_lp[:L])
+    return (out, out_lp) if return_logprobs else out
+
+
+# -----------------------------------------------------------------------------
+# Per-token log-probs for training
+
+def _chunk_logprobs(h, weight, targets, temperature):
+    logits = (h @ weight.T).float() / temperature                          # (N, V) float32
+    return logits.log_softmax(-1).gather(-1, targets[:, None]).squeeze(-1)  # (N,)
+
+
+def token_logprobs(model, input_ids, pad_mask=None, temperature=1.0, chunk_size=1024):
+    """(B, T) ids -> (B, T-1) float32: [b, t] = log p(input_ids[b, t+1] | input_ids[b, :t+1]).
+
+    The logits are B×T×vocab floats (151,936 per token for Qwen): made chunk_size tokens at a
+    time, and under autograd each chunk is recomputed in backward instead of stored."""
+    from torch.utils.checkpoint import checkpoint
+    B, T = input_ids.shape
+    h = model(input_ids, pad_mask=pad_mask, hidden_only=True)[:, :-1].reshape(B * (T - 1), -1)
+    targets = input_ids[:, 1:].reshape(-1)
+    weight = model.lm_head.weight
+    out = []
+    for s in range(0, h.shape[0], chunk_size):
+        args = (h[s:s + chunk_size], weight, targets[s:s + chunk_size], temperature)
+        out.append(checkpoint(_chunk_logprobs, *args, use_reentrant=False)
+                   if torch.is_grad_enabled() else _chunk_logprobs(*args))
+    return torch.cat(out).view(B, T - 1)
+
+
+# -----------------------------------------------------------------------------
+# The toy world: a tiny Qwen2 and a byte-level tokenizer, saved like a real checkpoint
+
+TOY_CONFIG = Qwen2Config(vocab_size=257, hidden_size=128, intermediate_size=384, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, rope_theta=1e4,
+                         max_position_embeddings=512, bos_token_id=256, eos_token_id=256)
+
+
+def toy_tokenizer():
+    """One token per byte (256) plus <|endoftext|> = 256, built with the tokenizers library:
+    a byte-level BPE with no merges, so any text encodes and the toy needs no training data."""
+    from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    byte_chars = [c for _, c in sorted((ord(c), c) for c in alphabet)]
+    tok = HFTokenizer(models.BPE(vocab={c: i for i, c in enumerate(byte_chars)}, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(["<|endoftext|>"])
+    return Tokenizer(tok)
+
+
+def make_toy_checkpoint(path, config=TOY_CONFIG, seed=0):
+    """A randomly initialized toy model in the folder layout of a real checkpoint."""
+    import os
+    torch.manual_seed(seed)
+    save_model(Qwen2(config), path)
+    toy_tokenizer().tok.save(os.path.join(path, "tokenizer.json"))
+    return path
+
+
+# -----------------------------------------------------------------------------
+# Self-check: python model.py --toy
+
+if __name__ == "__main__":
+    import argparse, os, tempfile, time
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--toy", action="store_true", help="use the toy base (runs/toy_base), or a random toy model if it is not built yet")
+    parser.add_argument("--model", default=None, help="local folder or hub id, e.g. Qwen/Qwen2.5-3B")
+    parser.add_argument("--prompt", default="Question: Tom has 3 apples and buys 4 more. How many apples does he have?\nAnswer:", help="text to complete")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    parser.add_argument("--device", default=None, help="cuda / mps / cpu (default: best available)")
+    parser.add_argument("--dtype", default=None, help="float32 / bfloat16 (default: bf16 on a bf16 GPU, else fp32)")
+    args = parser.parse_args()
+    if args.model is None and not args.toy:
+        parser.print_help()
+        print("\n(no --model given: running on the toy model)\n")
+    path = args.model
+    if path is None:
+        path = "runs/toy_base" if os.path.isdir("runs/toy_base") else make_toy_checkpoint(tempfile.mkdtemp())
+    model, tok = load_model(path, device=args.device, dtype=args.dtype), load_tokenizer(path)
+    ids = tok.encode(args.prompt)
+    dev = model.lm_head.weight.device
+
+    # check 1: decoding token by token through the cache equals one full forward
+    with torch.inference_mode():
+        x = torch.tensor([ids], device=dev)
+        full = model(x)[0].float()
+        cache = KVCache(model.config, 1, len(ids), dev, model.lm_head.weight.dtype)
+        step = torch.cat([model(x[:, i:i + 1], cache=cache)[0] for i in range(len(ids))]).float()
+    err = (full - step).abs().max().item() / full.abs().max().item()
+    print(f"cached decoding vs full forward: max rel. error {err:.2e} over {len(ids)} positions")
+
+    # check 2: generate, and measure the sampler
+    t0 = time.perf_counter()
+    out = generate(model, [ids], args.max_new_tokens, temperature=args.temperature, stop_ids=[tok.eos_id])[0]
+    dt = time.perf_counter() - t0
+    print(f"prompt: {args.prompt!r}\ncompletion: {tok.decode(out)!r}")
+    print(f"{len(out)} tokens in {dt:.2f} s = {len(out) / dt:.1f} tokens/s (batch 1, {dev})")
+    t0 = time.perf_counter()
+    outs = generate(model, [ids] * 8, args.max_new_tokens, temperature=1.0, n=4, generator=torch.Generator(dev).manual_seed(0))
+    dt = time.perf_counter() - t0
+    n = sum(len(o) for o in outs)
+    print(f"{n} tokens in {dt:.2f} s = {n / dt:.1f} tokens/s (8 prompts x 4 samples, temperature 1)")
