@@ -1,0 +1,349 @@
+"""
+GSM8K: the data, the prompt, answer extraction and reward, batched evaluation, and the toy task.
+
+    python eval_gsm8k.py                                          # show the prompt, the rule, the toy task
+    python eval_gsm8k.py --toy                                    # evaluate the toy base (runs/toy_base)
+    python eval_gsm8k.py --model Qwen/Qwen2.5-3B --limit 200      # zero-shot, greedy
+    python eval_gsm8k.py --model Qwen/Qwen2.5-3B --shots 4 --out runs/eval.jsonl
+    python eval_gsm8k.py --model Qwen/Qwen2.5-3B --adapter runs/r1/step_000100
+
+The prompt, one for SFT, GRPO and evaluation, written for a base model (no chat template):
+
+    Question: <question>
+    Answer: <solution ending in "#### N">
+
+k-shot prompts put k worked train examples first, each followed by a blank line. Generation
+stops at the first blank line ("\n\n"): after a blank line a base model starts the next
+"Question:", and format_solution() guarantees that no target ever contains one. Because
+generate() only stops on token ids, stop_ids() collects eos plus every vocabulary token whose
+text contains "\n\n"; a blank line built from two "\n" tokens is still caught afterwards, since
+completion text is always cut at the first "\n\n" (truncate()) before the answer is extracted.
+
+Greedy decoding, strict accuracy (the number after "####", else the last \\boxed{}), as in
+DESIGN.md. Simplification: one fixed prompt; scores differ from lm-eval-harness's by a few points.
+"""
+import argparse
+import hashlib
+import json
+import math
+import os
+import random
+import re
+import time
+import urllib.request
+import zlib
+from pathlib import Path
+
+from tqdm import tqdm
+
+from model import generate, load_model, load_tokenizer
+
+GSM8K_URL = "https://raw.githubusercontent.com/openai/grade-school-math/master/grade_school_math/data/{split}.jsonl"
+GSM8K_SHA256 = {  # the upstream files, byte for byte (MIT License, Copyright (c) 2021 OpenAI)
+    "train": "17f347dc51477c50d4efb83959dbb7c56297aba886e5544ee2aaed3024813465",  # 7,473 problems
+    "test": "3730d312f6e3440559ace48831e51066acaca737f6eabec99bccb9e4b3c39d14",   # 1,319 problems
+}
+GSM8K_CACHE = Path("~/.cache/rank1/gsm8k")
+STOP = "\n\n"  # the blank line that ends an answer (see the docstring)
+
+# -----------------------------------------------------------------------------
+# Data
+
+def read_jsonl(path):
+    """Problems from a JSONL file of {"question", "answer"} records; bad lines name file and line."""
+    problems = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            for key in ("question", "answer"):
+                if not isinstance(rec, dict) or not isinstance(rec.get(key), str):
+                    raise ValueError(f"{path}:{lineno}: record has no string '{key}'")
+            if extract_answer(rec["answer"]) is None:
+                raise ValueError(f"{path}:{lineno}: answer has no final '#### N' line")
+            problems.append({"question": rec["question"], "answer": rec["answer"]})
+    return problems
+
+
+def load_gsm8k(split, path=None, cache_dir=GSM8K_CACHE):
+    """GSM8K `split` from `path`, or from the cache folder, downloading it there once (checked)."""
+    if path is not None:
+        return read_jsonl(path)  # the user's own file: any subset is fine, so no checksum
+    assert split in GSM8K_SHA256, f"unknown GSM8K split {split!r}, expected train or test"
+    file = Path(cache_dir).expanduser() / f"{split}.jsonl"
+    url, want = GSM8K_URL.format(split=split), GSM8K_SHA256[split]
+    if not file.exists():
+        print(f"downloading {url} -> {file}")
+        try:
+            with urllib.request.urlopen(url, timeout=60) as r:
+                data = r.read()
+        except OSError as e:  # URLError, timeouts and DNS failures are all OSErrors
+            raise FileNotFoundError(
+                f"GSM8K {split} is not in {file} and could not be downloaded from {url} ({e}).\n"
+                f"Put the upstream file there (sha256 {want}), or pass a local JSONL file "
+                f"with --data FILE (load_gsm8k(split, path=FILE)).") from None
+        if hashlib.sha256(data).hexdigest() != want:
+            raise ValueError(f"download of {url} has sha256 {hashlib.sha256(data).hexdigest()}, "
+                             f"expected {want}; not saved")
+        file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = file.with_suffix(".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, file)  # atomic: a crash never leaves half a file under the real name
+    got = hashlib.sha256(file.read_bytes()).hexdigest()
+    if got != want:
+        raise ValueError(f"{file} has sha256 {got}, expected {want} (the upstream {split} split); "
+                         f"delete it to download again, or pass your own file with --data")
+    return read_jsonl(file)
+
+
+def load_task(task, split, path=None):
+    """The one entry point for sft/grpo/geometry: task "gsm8k" or "toy", split "train" or "test"."""
+    if task == "gsm8k":
+        return load_gsm8k(split, path)
+    assert task == "toy" and path is None, f"unknown task {task!r} (or a path for the toy task)"
+    return toy_problems(split)
+
+# -----------------------------------------------------------------------------
+# The prompt
+
+def format_solution(answer):
+    """A gold solution as the completion target: calculator annotations <<48/2=24>> removed, blank
+    lines collapsed (6 of 8,792 GSM8K solutions contain one, and a blank line means "stop"), and a
+    leading space, since the prompt ends in "Answer:"."""
+    text = re.sub(r"<<.*?>>", "", answer)
+    return " " + re.sub(r"\n\s*\n", "\n", text).strip()
+
+
+def format_prompt(question, shots=()):
+    """The prompt for `question`; `shots` are (question, answer) worked examples, e.g. from train."""
+    parts = [f"Question: {q.strip()}\nAnswer:{format_solution(a)}{STOP}" for q, a in shots]
+    return "".join(parts) + f"Question: {question.strip()}\nAnswer:"
+
+
+def truncate(text):
+    """A completion cut at the first blank line: what follows is the model's next made-up question."""
+    return text.split(STOP, 1)[0]
+
+
+def stop_ids(tokenizer):
+    """eos plus every token whose text contains "\\n\\n" (565 of Qwen2.5's, e.g. ".\\n\\n" and "\\n\\n");
+    decoding the vocabulary one token at a time takes ~0.2 s, so compute this once per tokenizer."""
+    ids = {i for i in range(tokenizer.vocab_size) if STOP in tokenizer.decode([i])}
+    return sorted(ids | {tokenizer.eos_id})
+
+# -----------------------------------------------------------------------------
+# Answer extraction and reward (DESIGN.md, "GSM8K")
+
+# a number: an optional sign and $ (-5, $5, -$5, $-5), then 1,234 (thousands separators) or 1234,
+# then optional decimals. A trailing "." ("it costs $18.") is left out.
+NUMBER = r"(?:-\$?|\$-?)?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?"
+
+
+def normalize(number):
+    """'$1,080.00' -> '1080': no ',' or '$', one canonical form per value, so comparing the strings
+    compares the numbers (18.00 == 18, 0.50 == .5, -0 == 0)."""
+    s = re.sub(r"[,$]", "", number).rstrip(".")
+    sign = "-" if s.startswith("-") else ""
+    s = s.lstrip("-")
+    if "." in s:
+        s = s.rstrip("0").rstrip(".")
+    s = s.lstrip("0") or "0"
+    return "0" if s == "0" else sign + ("0" + s if s.startswith(".") else s)
+
+
+def extract_answer(text, flexible=False):
+    """The number right after the first "####"; else the number in the last \\boxed{...}; else None.
+    flexible=True falls back to the last number in the text. Returns the normalized number."""
+    m = re.search(r"####\s*(" + NUMBER + ")", text)
+    if m and text.find("####") == m.start():  # the first ####, not a later one
+        return normalize(m.group(1))
+    boxed = [m.end() for m in re.finditer(r"\\boxed\s*\{", text)]
+    if boxed:
+        m = re.match(r"[^{}]*?(" + NUMBER + ")", text[boxed[-1]:])
+        if m:
+            return normalize(m.group(1))
+    if flexible:
+        numbers = re.findall(NUMBER, text)
+        if numbers:
+            return normalize(numbers[-1])
+    return None
+
+
+def reward(completion, answer):
+    """1.0 if the completion's strict answer equals the gold one, else 0.0. `answer` is the full
+    gold solution (its "#### N") or a bare number; the completion is cut at its first blank line."""
+    answer = str(answer).strip()
+    bare = re.fullmatch(NUMBER, answer)
+    gold = extract_answer(answer) or (normalize(answer) if bare else None)
+    assert gold is not None, f"gold answer {answer!r} has no '#### N' and is not a number"
+    return float(extract_answer(truncate(completion)) == gold)
+
+# -----------------------------------------------------------------------------
+# Evaluation
+
+def wilson(k, n, z=1.96):
+    """95% Wilson score interval for k successes in n trials (sound near 0 and 1, unlike p ± 2se)."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = k / n
+    center = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, center - half), min(1.0, center + half))
+
+
+def evaluate(model, tokenizer, problems, shots=(), batch_size=64, max_new_tokens=512,
+             stop=None, progress=True):
+    """Greedy answers to `problems` -> (summary, rows). `stop`: precomputed stop_ids(tokenizer), to
+    save 0.2 s per call when evaluating many adapters (geometry.py)."""
+    stop = set(stop_ids(tokenizer) if stop is None else stop)
+    prompts = [tokenizer.encode(format_prompt(p["question"], shots)) for p in problems]
+    # longest first: similar lengths share a batch (less padding), and an out-of-memory comes
+    # at once. Safe because greedy output never depends on the rest of the batch (DESIGN.md).
+    order = sorted(range(len(problems)), key=lambda i: -len(prompts[i]))
+    completions = [None] * len(problems)
+    model.eval()
+    t0 = time.time()
+    with tqdm(total=len(problems), desc="eval", disable=not progress) as bar:
+        for s in range(0, len(order), batch_size):
+            idx = order[s:s + batch_size]
+            outs = generate(model, [prompts[i] for i in idx], max_new_tokens,
+                            temperature=0.0, stop_ids=sorted(stop))
+            for i, ids in zip(idx, outs):
+                completions[i] = ids
+            bar.update(len(idx))
+    seconds = time.time() - t0
+    rows = []
+    for i, (p, ids) in enumerate(zip(problems, completions)):
+        text = tokenizer.decode(ids)
+        cut = truncate(text)
+        stopped = (len(ids) > 0 and ids[-1] in stop) or cut != text
+        pred, pred_flex = extract_answer(cut), extract_answer(cut, flexible=True)
+        gold = extract_answer(p["answer"])
+        rows.append(dict(i=i, question=p["question"], gold=gold, completion=text, pred=pred,
+                         pred_flexible=pred_flex, correct=reward(text, p["answer"]),
+                         correct_flexible=float(pred_flex == gold),
+                         tokens=len(ids), truncated=not stopped and len(ids) >= max_new_tokens))
+    n = len(rows)
+    k = sum(r["correct"] for r in rows)
+    k_flex = sum(r["correct_flexible"] for r in rows)
+    summary = dict(n=n, accuracy=k / max(n, 1), accuracy_ci=wilson(k, n),
+                   flexible_accuracy=k_flex / max(n, 1), flexible_ci=wilson(k_flex, n),
+                   format_rate=sum(r["pred"] is not None for r in rows) / max(n, 1),
+                   mean_tokens=sum(r["tokens"] for r in rows) / max(n, 1),
+                   truncated_rate=sum(r["truncated"] for r in rows) / max(n, 1),
+                   shots=len(shots), seconds=seconds)
+    return summary, rows
+
+
+def print_summary(summary, title):
+    s = summary
+    print(f"{title}  ({s['n']} problems, {s['shots']}-shot, greedy, {s['seconds']:.1f} s)")
+    print(f"  {'strict accuracy':<18} {s['accuracy']:.3f}  95% CI [{s['accuracy_ci'][0]:.3f}, {s['accuracy_ci'][1]:.3f}]")
+    print(f"  {'flexible accuracy':<18} {s['flexible_accuracy']:.3f}  95% CI [{s['flexible_ci'][0]:.3f}, {s['flexible_ci'][1]:.3f}]")
+    print(f"  {'format rate':<18} {s['format_rate']:.3f}  (strict extraction found a number)")
+    print(f"  {'mean length':<18} {s['mean_tokens']:.1f} tokens, {s['truncated_rate']:.3f} hit max_new_tokens")
+
+# -----------------------------------------------------------------------------
+# The toy task: two-step word problems in GSM8K's format, short enough for a char-level model.
+# "Ann has 23 eggs and buys 5 boxes of 4. How many eggs?" -> " 5*4=20\n23+20=43\n#### 43".
+# Difficulty knobs: the operand ranges and the operations. The product is a 64-fact table, the
+# second step is two-digit addition or subtraction with carries, so accuracy grows fact by fact.
+
+TOY_START = (10, 99)  # the starting amount a (inclusive range)
+TOY_FACTOR = (2, 9)   # both factors b (packs) and c (items per pack)
+TOY_OPS = "+-"        # "+": buys packs, a + b*c; "-": sells packs, a - b*c (only when >= 0)
+TOY_TEST_EVERY = 10   # 1 in 10 of the final steps (op, a, b*c) is held out for test
+TOY_NAMES = ("Ann", "Bob", "Tom", "Eva", "Sam", "Mia", "Leo", "Ivy")
+TOY_ITEMS = (("eggs", "boxes"), ("pens", "packs"), ("apples", "bags"), ("cards", "decks"),
+             ("beads", "jars"), ("books", "crates"))
+
+
+def toy_split(op, a, p, test_every=TOY_TEST_EVERY):
+    """train or test for the final step a op p: a stable hash (crc32), so splits never overlap and
+    a test problem's last step (the one that needs the carry) never appears in train."""
+    return "test" if zlib.crc32(f"{a}{op}{p}".encode()) % test_every == 0 else "train"
+
+
+def toy_problems(split, n=None, seed=0, start=TOY_START, factor=TOY_FACTOR, ops=TOY_OPS):
+    """n toy problems of `split` (None = every distinct problem of the split once), seeded. n beyond
+    the split's size cycles through it again, reshuffled, with new names and items."""
+    assert split in ("train", "test"), f"unknown toy split {split!r}"
+    pool = [(op, a, b, c) for op in ops for a in range(start[0], start[1] + 1)
+            for b in range(factor[0], factor[1] + 1) for c in range(factor[0], factor[1] + 1)
+            if (op == "+" or a >= b * c) and toy_split(op, a, b * c) == split]
+    assert pool, f"no {split} problems for start={start} factor={factor} ops={ops!r}"
+    rng = random.Random(f"{seed}-{split}")  # str seeds hash with sha512: stable across runs
+    n = len(pool) if n is None else n
+    problems = []
+    while len(problems) < n:
+        rng.shuffle(pool)
+        for op, a, b, c in pool[:n - len(problems)]:
+            name, (item, pack) = rng.choice(TOY_NAMES), rng.choice(TOY_ITEMS)
+            verb = "buys" if op == "+" else "sells"
+            x = a + b * c if op == "+" else a - b * c
+            problems.append({"question": f"{name} has {a} {item} and {verb} {b} {pack} of {c}. How many {item}?",
+                             "answer": f"{b}*{c}={b * c}\n{a}{op}{b * c}={x}\n#### {x}"})
+    return problems
+
+# -----------------------------------------------------------------------------
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    # what to evaluate
+    parser.add_argument("--model", default=None, help="hub id or local folder (default with --toy: runs/toy_base)")
+    parser.add_argument("--adapter", default=None, help="LoRA adapter folder (PEFT format) to apply; none = the base model")
+    parser.add_argument("--toy", action="store_true", help="the toy task (and the toy base model unless --model)")
+    # on which problems
+    parser.add_argument("--data", default=None, help="local JSONL file of the split; none = ~/.cache/rank1/gsm8k, downloaded once")
+    parser.add_argument("--split", default="test", help="train or test")
+    parser.add_argument("--limit", type=int, default=0, help="first N problems only; 0 = all")
+    parser.add_argument("--shots", type=int, default=0, help="worked examples from train before each question; 0 = zero-shot")
+    # how
+    parser.add_argument("--batch-size", type=int, default=64, help="prompts per generate() call")
+    parser.add_argument("--max-new-tokens", type=int, default=0, help="completion budget; 0 = 512 (GSM8K) or 64 (--toy)")
+    parser.add_argument("--out", default=None, help="write one JSON line per problem here; none = no file")
+    parser.add_argument("--device", default=None, help="cuda, mps or cpu; none = the best available")
+    args = parser.parse_args()
+
+    if args.model is None and not args.toy:  # no model: show what this file does, check the rule
+        toy = toy_problems("train", n=3)
+        print(f"toy task: {len(toy_problems('train'))} train, {len(toy_problems('test'))} test problems")
+        print("a 2-shot toy prompt and its target:\n" + "-" * 40)
+        print(format_prompt(toy[2]["question"], [(p["question"], p["answer"]) for p in toy[:2]])
+              + format_solution(toy[2]["answer"]) + "\n" + "-" * 40)
+        for text in ["#### 1,080", "so $18.00.\n#### $18.00.", "#### -5\n\nQuestion: #### 7",
+                     "The answer is \\boxed{42}.", "it is 12 or 13", "no answer"]:
+            print(f"  extract {text!r:36} strict {extract_answer(text)!s:5} "
+                  f"flexible {extract_answer(text, flexible=True)}")
+        assert all(reward(p["answer"], p["answer"]) == 1.0 for p in toy_problems("test"))
+        print("every toy test gold answer earns reward 1 against itself. Evaluate with --toy or --model.")
+        raise SystemExit
+
+    task = "toy" if args.toy else "gsm8k"
+    args.model = args.model or "runs/toy_base"
+    if args.toy and not Path(args.model).exists():
+        raise SystemExit(f"{args.model} not found: build the toy base first with `python sft.py --toy`")
+    max_new_tokens = args.max_new_tokens or (64 if args.toy else 512)
+    problems = load_gsm8k(args.split, args.data) if task == "gsm8k" else toy_problems(args.split)
+    problems = problems[:args.limit] if args.limit else problems
+    shots = [(p["question"], p["answer"]) for p in load_task(task, "train")[:args.shots]] if args.shots else []
+
+    model = load_model(args.model, device=args.device)
+    tokenizer = load_tokenizer(args.model)
+    if args.adapter:
+        import lora  # only needed here
+        lora.load_adapter(model, args.adapter)
+    summary, rows = evaluate(model, tokenizer, problems, shots, args.batch_size, max_new_tokens)
+    title = f"{args.model}" + (f" + {args.adapter}" if args.adapter else "") + f" on {task} {args.split}"
+    print_summary(summary, title)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        with open(args.out, "w") as f:
+            for r in rows:
+                f.write(json.dumps(r) + "\n")
+        print(f"wrote {len(rows)} rows to {args.out}")

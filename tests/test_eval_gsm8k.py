@@ -1,0 +1,250 @@
+"""eval_gsm8k.py: extraction and reward, data loading and its errors, the prompt, the toy task, the evaluator."""
+import hashlib
+import io
+import json
+import re
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+import eval_gsm8k as E
+from model import generate, load_model, load_tokenizer, make_toy_checkpoint, toy_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+GSM8K = SHARED / "gsm8k"
+needs_gsm8k = pytest.mark.skipif(not (GSM8K / "test.jsonl").exists(), reason="../shared/data/gsm8k absent")
+
+# -----------------------------------------------------------------------------
+# extraction and reward
+
+@pytest.mark.parametrize("text, strict, flexible", [
+    ("so 1,080 in all.\n#### 1,080", "1080", "1080"),              # thousands separator
+    ("#### 1,234,567", "1234567", "1234567"),
+    ("#### $18.00", "18", "18"),                                     # $ and decimals: 18.00 = 18
+    ("#### 18.", "18", "18"),                                        # trailing period
+    ("#### 0.50", "0.5", "0.5"),
+    ("He lost 9 - 12 = -3 dollars.\n#### -3", "-3", "-3"),           # negative
+    ("#### -$5", "-5", "-5"),
+    ("#### 42 apples, and then 7 more", "42", "42"),                 # text continues after the answer
+    ("#### 42\n\nQuestion: Ann has 7 pens.\n#### 7", "42", "42"),   # the first ####, not the last
+    ("#### no number here, #### 9", None, "9"),                      # first #### has no number
+    ("so \\boxed{3} wait, \\boxed{1,200}.", "1200", "1200"),         # the last \boxed{}
+    ("The answer is \\boxed{ $-4.0 }", "-4", "-4"),
+    ("The answer is 12, not 13.", None, "13"),                       # no marker: strict None
+    ("I do not know.", None, None),                                  # no answer at all
+    ("", None, None),
+])
+def test_extract_answer(text, strict, flexible):
+    assert E.extract_answer(text) == strict
+    assert E.extract_answer(text, flexible=True) == flexible
+
+
+def test_normalize_compares_numbers():
+    assert E.normalize("$1,080.00") == E.normalize("1080") == "1080"
+    assert E.normalize("-0.0") == E.normalize("0") == "0"
+    assert E.normalize("007") == "7" and E.normalize("-2.50") == "-2.5"
+    assert E.normalize("100") == "100"  # trailing zeros of an integer stay
+
+
+def test_reward():
+    gold = "Half of 48 is 48/2=<<48/2=24>>24.\n#### 24"
+    assert E.reward(" 48/2=24\n#### 24", gold) == 1.0
+    assert E.reward(" 48/2=24\n#### 24.00", gold) == 1.0
+    assert E.reward(" 48/2=24\n#### 25", gold) == 0.0
+    assert E.reward(" it is 24", gold) == 0.0                      # right number, no format: strict
+    assert E.reward("#### 1,080", "1080") == 1.0                   # a bare number as the gold answer
+    assert E.reward("#### 1080", 1080) == 1.0
+    assert E.reward("#### 7", "-7") == 0.0
+    # what follows the first blank line is the model's next made-up question: ignored
+    assert E.reward("it is 24\n\nQuestion: ...\n#### 24", gold) == 0.0
+    with pytest.raises(AssertionError, match="not a number"):
+        E.reward("#### 3", "three")
+
+# -----------------------------------------------------------------------------
+# data: the real files, the cache, the checksum, bad input
+
+@needs_gsm8k
+def test_real_gsm8k():
+    test = E.load_gsm8k("test", GSM8K / "test.jsonl")
+    train = E.load_gsm8k("train", GSM8K / "train.jsonl")
+    assert len(test) == 1319 and len(train) == 7473
+    blank = [p for p in test + train if "\n\n" in p["answer"]]
+    assert len(blank) == 6  # 2 test + 4 train solutions have a blank line, i.e. "stop" mid-answer
+    for p in test + train:
+        gold = E.extract_answer(p["answer"])
+        assert gold is not None and re.fullmatch(r"-?\d+", gold), p["answer"]
+        assert E.reward(p["answer"], p["answer"]) == (0.0 if p in blank else 1.0)
+        target = E.format_solution(p["answer"])   # the SFT target also earns the reward...
+        assert E.reward(target, p["answer"]) == 1.0, target
+        assert "\n\n" not in target and "<<" not in target  # ...and never contains the stop string
+
+
+@needs_gsm8k
+def test_cache_and_checksum(tmp_path, monkeypatch):
+    def offline(*a, **k):
+        raise urllib.error.URLError("no network in tests")
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    # an intact file in the cache is read without any download
+    (tmp_path / "test.jsonl").write_bytes((GSM8K / "test.jsonl").read_bytes())
+    assert len(E.load_gsm8k("test", cache_dir=tmp_path)) == 1319
+    # a tampered one (one digit changed) is rejected, naming the file
+    data = (GSM8K / "test.jsonl").read_bytes()
+    (tmp_path / "test.jsonl").write_bytes(data.replace(b"#### 18", b"#### 19", 1))
+    with pytest.raises(ValueError, match=r"test\.jsonl has sha256 .* expected 3730d312"):
+        E.load_gsm8k("test", cache_dir=tmp_path)
+    # missing and offline: the error says where to put the file and mentions --data
+    with pytest.raises(FileNotFoundError) as e:
+        E.load_gsm8k("train", cache_dir=tmp_path)
+    assert str(tmp_path / "train.jsonl") in str(e.value) and "--data" in str(e.value)
+
+
+@needs_gsm8k
+def test_download_checked(tmp_path, monkeypatch):
+    data = (GSM8K / "test.jsonl").read_bytes()
+    served = {"bytes": data + b"\n"}  # one extra byte: a corrupted download
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: io.BytesIO(served["bytes"]))
+    with pytest.raises(ValueError, match="sha256"):
+        E.load_gsm8k("test", cache_dir=tmp_path)
+    assert not (tmp_path / "test.jsonl").exists()  # a bad download is never saved
+    served["bytes"] = data
+    assert len(E.load_gsm8k("test", cache_dir=tmp_path)) == 1319
+    assert hashlib.sha256((tmp_path / "test.jsonl").read_bytes()).hexdigest() == E.GSM8K_SHA256["test"]
+
+
+def test_bad_jsonl(tmp_path):
+    good = json.dumps({"question": "2+2?", "answer": "2+2=4\n#### 4"})
+    cases = {
+        "corrupt": ([good, good, '{"question": "x", "answer": '], r"corrupt\.jsonl:3: not valid JSON"),
+        "noanswer": ([good, json.dumps({"question": "x"})], r"noanswer\.jsonl:2: record has no string 'answer'"),
+        "noquestion": ([json.dumps({"answer": "#### 1"})], r"noquestion\.jsonl:1: record has no string 'question'"),
+        "nofinal": ([good, "", json.dumps({"question": "x", "answer": "4"})], r"nofinal\.jsonl:3: answer has no final"),
+    }
+    for name, (lines, msg) in cases.items():
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("\n".join(lines) + "\n")
+        with pytest.raises(ValueError, match=msg):
+            E.load_gsm8k("test", path)
+    path = tmp_path / "ok.jsonl"
+    path.write_text(good + "\n\n" + good + "\n")  # blank lines are skipped
+    assert E.load_gsm8k("test", path) == [{"question": "2+2?", "answer": "2+2=4\n#### 4"}] * 2
+
+# -----------------------------------------------------------------------------
+# the prompt and its stop tokens
+
+def test_prompt():
+    assert E.format_prompt("What is 2+2?") == "Question: What is 2+2?\nAnswer:"
+    shot = ("Ann has 3 pens.", "She buys 2: 3+2=<<3+2=5>>5 pens.\n\n#### 5")
+    assert E.format_solution(shot[1]) == " She buys 2: 3+2=5 pens.\n#### 5"
+    p = E.format_prompt("Q2?", [shot, shot])
+    assert p == ("Question: Ann has 3 pens.\nAnswer: She buys 2: 3+2=5 pens.\n#### 5\n\n") * 2 + "Question: Q2?\nAnswer:"
+    assert E.truncate(" 3+2=5\n#### 5\n\nQuestion: more") == " 3+2=5\n#### 5"
+
+
+def test_stop_ids():
+    assert E.stop_ids(toy_tokenizer()) == [256]  # bytes only: a blank line is two tokens, cut in text
+    path = SHARED / "qwen2.5-tokenizer" / "tokenizer.json"
+    if not path.exists():
+        pytest.skip("../shared/data/qwen2.5-tokenizer absent")
+    tok = load_tokenizer(str(path))
+    ids = E.stop_ids(tok)
+    assert tok.encode("\n\n") == [271] and 271 in ids and 151643 in ids
+    assert tok.encode(".\n\n")[0] in ids
+    assert all("\n\n" in tok.decode([i]) for i in ids if i != 151643)
+    assert tok.encode("\n") [0] not in ids and len(ids) == 566
+
+# -----------------------------------------------------------------------------
+# the toy task
+
+def test_toy_problems():
+    train, test = E.toy_problems("train"), E.toy_problems("test")
+    assert E.toy_problems("test") == test and E.toy_problems("test", seed=1) != test  # seeded
+    assert len(set(p["question"] for p in test)) == len(test) > 500  # each test problem once
+
+    def last_step(p):  # "5*4=20\n23+20=43\n#### 43" -> "23+20"
+        return p["answer"].split("\n")[1].split("=")[0]
+    assert not {last_step(p) for p in train} & {last_step(p) for p in test}  # disjoint
+    for p in train + test:
+        assert E.reward(p["answer"], p["answer"]) == 1.0
+        assert E.reward(E.format_solution(p["answer"]), p["answer"]) == 1.0
+        assert len(p["question"]) <= 80 and eval(last_step(p)) >= 0, p  # short, no negatives
+    more = E.toy_problems("test", n=2 * len(test) + 3)  # beyond the pool: cycles, new wording
+    assert len(more) == 2 * len(test) + 3 and {last_step(p) for p in more} == {last_step(p) for p in test}
+    small = E.toy_problems("train", n=50, start=(1, 9), factor=(2, 3), ops="+")  # the knobs
+    assert all(re.fullmatch(r"[23]\*[23]=\d+\n\d\+\d+=\d+\n#### \d+", p["answer"]) for p in small)
+    assert E.load_task("toy", "test") == test
+
+# -----------------------------------------------------------------------------
+# the evaluator
+
+def test_evaluate_counts(monkeypatch):
+    """Canned completions with known outcomes: the summary must count exactly these."""
+    tok = toy_tokenizer()
+    # questions of different lengths, so evaluate's longest-first order differs from this one
+    problems = [{"question": "." * i + f" problem {i}", "answer": f"#### {i}"} for i in range(6)]
+    canned = {0: " #### 0",                 # strict right
+              1: " so 1.00\n#### 1.00",     # strict right (normalized)
+              2: " #### 3",                 # strict wrong, formatted
+              3: " it is 3",                # flexible right only, no format
+              4: " no idea",                # nothing
+              5: " #### 9\n\n#### 5"}       # wrong: the answer after the blank line is ignored
+
+    def fake_generate(model, prompts, max_new_tokens, temperature, stop_ids):
+        assert temperature == 0.0 and stop_ids == [256] and len(prompts) <= 4
+        ids = [int(re.search(r"problem (\d+)\nAnswer:$", tok.decode(p)).group(1)) for p in prompts]
+        return [tok.encode(canned[i]) for i in ids]
+    monkeypatch.setattr(E, "generate", fake_generate)
+    summary, rows = E.evaluate(_Eval(), tok, problems, batch_size=4, max_new_tokens=64, progress=False)
+    assert [r["correct"] for r in rows] == [1, 1, 0, 0, 0, 0]
+    assert [r["correct_flexible"] for r in rows] == [1, 1, 0, 1, 0, 0]
+    assert [r["pred"] for r in rows] == ["0", "1", "3", None, None, "9"]
+    assert summary["n"] == 6 and summary["accuracy"] == 2 / 6 and summary["flexible_accuracy"] == 3 / 6
+    assert summary["format_rate"] == 4 / 6
+    lo, hi = summary["accuracy_ci"]
+    assert 0.05 < lo < 2 / 6 < hi < 0.75
+
+
+class _Eval:  # stands in for a model where generate() is faked
+    def eval(self):
+        return self
+
+
+def test_evaluate_toy_model(tmp_path):
+    """A random toy model through the real loader and sampler: the summary equals a hand count of
+    rewards over completions generated one prompt at a time."""
+    make_toy_checkpoint(tmp_path)
+    model, tok = load_model(str(tmp_path), device="cpu", verbose=False), load_tokenizer(str(tmp_path))
+    problems = E.toy_problems("test", n=5)
+    shots = [(p["question"], p["answer"]) for p in E.toy_problems("train", n=1)]
+    summary, rows = E.evaluate(model, tok, problems, shots, batch_size=2, max_new_tokens=12, progress=False)
+    hand = []
+    for p, r in zip(problems, rows):
+        ids = generate(model, [tok.encode(E.format_prompt(p["question"], shots))], 12, temperature=0.0,
+                       stop_ids=[tok.eos_id])[0]
+        assert tok.decode(ids) == r["completion"] and len(ids) == r["tokens"]  # batch-independent, in order
+        hand.append(E.reward(tok.decode(ids), p["answer"]))
+    assert summary["accuracy"] == sum(hand) / 5
+    # and with gold answers rigged to the model's own last numbers, flexible accuracy counts them
+    rigged = [dict(p, answer=f"#### {r['pred_flexible']}") for p, r in zip(problems, rows) if r["pred_flexible"]]
+    if rigged:
+        s2, _ = E.evaluate(model, tok, rigged, shots, batch_size=5, max_new_tokens=12, progress=False)
+        assert s2["flexible_accuracy"] == 1.0
+
+
+def test_cli(tmp_path):
+    out = subprocess.run([sys.executable, "eval_gsm8k.py"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "extract" in out.stdout, out.stderr
+    make_toy_checkpoint(tmp_path / "toy")
+    cmd = [sys.executable, "eval_gsm8k.py", "--toy", "--model", str(tmp_path / "toy"), "--limit", "4",
+           "--max-new-tokens", "8", "--shots", "1", "--device", "cpu", "--out", str(tmp_path / "rows.jsonl")]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "strict accuracy" in out.stdout, out.stderr
+    rows = [json.loads(l) for l in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all(r["tokens"] <= 8 for r in rows)
+    out = subprocess.run([sys.executable, "eval_gsm8k.py", "--toy", "--model", str(tmp_path / "none")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "python sft.py --toy" in out.stderr
