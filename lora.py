@@ -45,9 +45,10 @@ class LoRALinear(nn.Module):
             raise ValueError(f"LoRA rank must be an integer >= 1, got {rank!r}")
         self.base = base.requires_grad_(False)
         self.rank, self.alpha, self.rslora = int(rank), alpha, rslora
-        # α/r: with Adam, the first steps change B·A by an amount that grows with r, and 1/r cancels
-        # it, so the best learning rate barely moves with rank (Hu et al. §4.1, "LoRA Without
-        # Regret" 2025). rsLoRA's α/√r (Kalajdzievski 2023) is the option.
+        # α/r: Adam moves each of the r rank-1 terms of B·A by a step of fixed size, so the part of
+        # the update that lowers the loss grows ∝ r; 1/r cancels it and the best learning rate barely
+        # moves with rank (Hu et al. §4.1; "LoRA Without Regret" 2025; tests/test_lora.py measures
+        # it). rsLoRA's α/√r (Kalajdzievski 2023) keeps ||B·A||_F instead; it is the option.
         self.scale = alpha / math.sqrt(rank) if rslora else alpha / rank
         out_f, in_f = base.weight.shape
         # A: PEFT's default init, Kaiming-uniform with a = √5 (nn.Linear's own), drawn on the CPU so
@@ -137,7 +138,7 @@ def parse_layers(layers, n_layers) -> list:
             if not thirds[item]:
                 raise ValueError(f"{n_layers} layers have no {item} third")
             chosen.update(thirds[item])
-        elif str(item).lstrip("-").isdigit() and 0 <= int(item) < n_layers:
+        elif str(item).isdigit() and int(item) < n_layers:
             chosen.add(int(item))
         else:
             raise ValueError(f"bad layer {item!r}: use first, middle, last or an index in [0, {n_layers})")
@@ -165,8 +166,6 @@ def lora_param_count(config, rank, targets=ALL_LINEAR, layers=None) -> int:
 
 def apply_lora(model, rank, alpha, targets=ALL_LINEAR, layers=None, rslora=False, verbose=True):
     """Wrap the chosen projections in LoRALinear, in place; freeze everything else. Returns model."""
-    if int(rank) != rank or rank < 1:
-        raise ValueError(f"LoRA rank must be an integer >= 1, got {rank!r}")
     if lora_modules(model):
         raise ValueError("model already has LoRA adapters (merge_lora it, or load_adapter into it)")
     targets, layers = parse_targets(targets), parse_layers(layers, len(model.model.layers))
@@ -249,7 +248,7 @@ def read_adapter(in_dir):
     if cfg.get("peft_type") != "LORA":
         raise ValueError(f"{paths[0]}: peft_type {cfg.get('peft_type')!r}, only LORA is supported")
     unsupported = {k: cfg[k] for k in ("use_dora", "fan_in_fan_out", "rank_pattern", "alpha_pattern",
-                                       "modules_to_save") if cfg.get(k)}
+                                       "modules_to_save", "lora_bias") if cfg.get(k)}
     if cfg.get("bias", "none") != "none":
         unsupported["bias"] = cfg["bias"]
     if unsupported:
@@ -328,8 +327,8 @@ def combine(factor_sets, weights) -> dict:
     out = {}
     for name in names:
         parts = [(w, f[name]) for f, w in zip(factor_sets, weights) if name in f]
-        B = torch.cat([w * s * B.double() for w, (s, B, A) in parts], dim=1)   # (out, Σr)
-        A = torch.cat([A.double() for w, (s, B, A) in parts], dim=0)           # (Σr, in)
+        B = torch.cat([w * s * Bi.double() for w, (s, Bi, _) in parts], dim=1)  # (out, Σr)
+        A = torch.cat([Ai.double() for _, (_, _, Ai) in parts], dim=0)           # (Σr, in)
         out[name] = (1.0, B, A)
     return out
 
@@ -441,13 +440,10 @@ if __name__ == "__main__":
         err = abs(factored_inner(factors, half) - dense(factors) @ dense(half)) / abs(dense(factors) @ dense(half))
         print(f"factored inner product vs dense: relative error {err:.1e}")
         summed, k = combine([factors, half], [1.0, -0.5]), 2
-        trunc_err, best_err = 0.0, 0.0
-        for name, (s, B, A) in summed.items():
-            W = s * B @ A                                                 # (out, in), dense, toy only
-            S = torch.linalg.svdvals(W)
-            _, Bk, Ak = truncate({name: summed[name]}, k)[name]
-            trunc_err += ((W - Bk @ Ak) ** 2).sum().item()
-            best_err += (S[k:] ** 2).sum().item()                         # Eckart-Young optimum
+        cut = truncate(summed, k)
+        dense_W = [s * B @ A for s, B, A in summed.values()]                 # (out, in) each, toy only
+        trunc_err = sum(((W - Bk @ Ak) ** 2).sum().item() for W, (_, Bk, Ak) in zip(dense_W, cut.values()))
+        best_err = sum((torch.linalg.svdvals(W)[k:] ** 2).sum().item() for W in dense_W)  # Eckart-Young
         print(f"rank-{k} truncation error {trunc_err:.6e} vs dense SVD optimum {best_err:.6e}")
         assert abs(trunc_err - best_err) <= 1e-9 * best_err, (trunc_err, best_err)
     print("lora.py: all checks passed")

@@ -175,6 +175,17 @@ def test_save_load_round_trip(toy_dir, tmp_path):
     assert want.keys() == got.keys() and all(torch.equal(want[n], got[n]) for n in want)
 
 
+def test_load_into_existing_adapters(toy_dir, tmp_path):
+    m = toy(toy_dir)
+    apply_lora(m, 2, 8, verbose=False)
+    randomize_B(m)
+    save_adapter(m, str(tmp_path))
+    same = load_adapter(apply_lora(toy(toy_dir), 2, 8, verbose=False), str(tmp_path))  # resume: fill in place
+    assert all(torch.equal(same.get_submodule(n).lora_B, mod.lora_B) for n, mod in lora_modules(m).items())
+    with pytest.raises(ValueError, match="rank 2"):
+        load_adapter(apply_lora(toy(toy_dir), 4, 8, verbose=False), str(tmp_path))
+
+
 def test_bad_adapter_files_name_the_tensor(toy_dir, tmp_path):
     m = toy(toy_dir)
     apply_lora(m, 2, 8, verbose=False)
