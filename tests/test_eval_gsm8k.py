@@ -204,6 +204,10 @@ def test_evaluate_counts(monkeypatch):
     assert [r["pred"] for r in rows] == ["0", "1", "3", None, None, "9"]
     assert summary["n"] == 6 and summary["accuracy"] == 2 / 6 and summary["flexible_accuracy"] == 3 / 6
     assert summary["format_rate"] == 4 / 6
+    # bare-number gold answers: a completion without any number is wrong under both rules
+    bare = [dict(p, answer=str(i)) for i, p in enumerate(problems)]
+    _, rows = E.evaluate(_Eval(), tok, bare, batch_size=4, max_new_tokens=64, progress=False)
+    assert [r["correct_flexible"] for r in rows] == [1, 1, 0, 1, 0, 0]
     lo, hi = summary["accuracy_ci"]
     assert 0.05 < lo < 2 / 6 < hi < 0.75
 
@@ -218,26 +222,29 @@ def test_evaluate_toy_model(tmp_path):
     rewards over completions generated one prompt at a time."""
     make_toy_checkpoint(tmp_path)
     model, tok = load_model(str(tmp_path), device="cpu", verbose=False), load_tokenizer(str(tmp_path))
-    problems = E.toy_problems("test", n=5)
-    shots = [(p["question"], p["answer"]) for p in E.toy_problems("train", n=1)]
-    summary, rows = E.evaluate(model, tok, problems, shots, batch_size=2, max_new_tokens=12, progress=False)
+    problems = E.toy_problems("test", n=4)
+    summary, rows = E.evaluate(model, tok, problems, batch_size=3, max_new_tokens=10, progress=False)
     hand = []
     for p, r in zip(problems, rows):
-        ids = generate(model, [tok.encode(E.format_prompt(p["question"], shots))], 12, temperature=0.0,
+        ids = generate(model, [tok.encode(E.format_prompt(p["question"]))], 10, temperature=0.0,
                        stop_ids=[tok.eos_id])[0]
         assert tok.decode(ids) == r["completion"] and len(ids) == r["tokens"]  # batch-independent, in order
         hand.append(E.reward(tok.decode(ids), p["answer"]))
-    assert summary["accuracy"] == sum(hand) / 5
-    # and with gold answers rigged to the model's own last numbers, flexible accuracy counts them
-    rigged = [dict(p, answer=f"#### {r['pred_flexible']}") for p, r in zip(problems, rows) if r["pred_flexible"]]
-    if rigged:
-        s2, _ = E.evaluate(model, tok, rigged, shots, batch_size=5, max_new_tokens=12, progress=False)
-        assert s2["flexible_accuracy"] == 1.0
+    assert summary["accuracy"] == sum(hand) / 4
+    assert summary["mean_tokens"] == sum(r["tokens"] for r in rows) / 4
 
 
-def test_cli(tmp_path):
-    out = subprocess.run([sys.executable, "eval_gsm8k.py"], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and "extract" in out.stdout, out.stderr
+def test_cli(tmp_path, monkeypatch, capsys):
+    import runpy
+    def main(*argv):  # the script in-process: a subprocess would import torch again
+        monkeypatch.setattr(sys, "argv", ["eval_gsm8k.py", *argv])
+        runpy.run_path(str(ROOT / "eval_gsm8k.py"), run_name="__main__")
+    with pytest.raises(SystemExit) as e:
+        main()  # no arguments: the demo
+    assert e.value.code is None and "strict 1080" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="python sft.py --toy"):
+        main("--toy", "--model", str(tmp_path / "none"))
+    # one real run as a user types it
     make_toy_checkpoint(tmp_path / "toy")
     cmd = [sys.executable, "eval_gsm8k.py", "--toy", "--model", str(tmp_path / "toy"), "--limit", "4",
            "--max-new-tokens", "8", "--shots", "1", "--device", "cpu", "--out", str(tmp_path / "rows.jsonl")]
@@ -245,6 +252,3 @@ def test_cli(tmp_path):
     assert out.returncode == 0 and "strict accuracy" in out.stdout, out.stderr
     rows = [json.loads(l) for l in (tmp_path / "rows.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and all(r["tokens"] <= 8 for r in rows)
-    out = subprocess.run([sys.executable, "eval_gsm8k.py", "--toy", "--model", str(tmp_path / "none")],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert out.returncode != 0 and "python sft.py --toy" in out.stderr
