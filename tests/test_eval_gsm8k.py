@@ -10,8 +10,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import torch
 
 import eval_gsm8k as E
+import lora
 from model import generate, load_model, load_tokenizer, make_toy_checkpoint, toy_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -252,3 +254,15 @@ def test_cli(tmp_path, monkeypatch, capsys):
     assert out.returncode == 0 and "strict accuracy" in out.stdout, out.stderr
     rows = [json.loads(l) for l in (tmp_path / "rows.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and all(r["tokens"] <= 8 for r in rows)
+    # --adapter: a nonzero rank-1 adapter, applied through lora.load_adapter, changes the answers
+    net = load_model(str(tmp_path / "toy"), device="cpu", verbose=False)
+    lora.apply_lora(net, rank=1, alpha=32, verbose=False)
+    with torch.no_grad():
+        for m in lora.lora_modules(net).values():
+            m.lora_B.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
+    lora.save_adapter(net, tmp_path / "adapter")
+    main("--toy", "--model", str(tmp_path / "toy"), "--adapter", str(tmp_path / "adapter"), "--limit", "4",
+         "--max-new-tokens", "8", "--shots", "1", "--device", "cpu", "--out", str(tmp_path / "rows2.jsonl"))
+    assert f"+ {tmp_path / 'adapter'} on toy test" in capsys.readouterr().out
+    rows2 = [json.loads(l) for l in (tmp_path / "rows2.jsonl").read_text().splitlines()]
+    assert [r["completion"] for r in rows2] != [r["completion"] for r in rows]
