@@ -1,0 +1,302 @@
+"""
+FLOPs and parameter counts of full fine-tuning versus LoRA, of sampling versus training, and the
+bits-versus-capacity calculator: how much an RL or SFT run can teach versus what LoRA can hold.
+
+    python flops.py                                  # Qwen2.5-3B, rank 1, the default GRPO step
+    python flops.py --model Qwen/Qwen2.5-3B --rank 64
+    python flops.py --model Llama-3.1-8B --rank 1 --targets mlp --json
+    python flops.py --model runs/toy_base            # any folder with a config.json
+
+Everything is arithmetic on the config: the built-in shapes need no download. Conventions:
+- A FLOP is a multiply or an add, so a matmul (m×k)@(k×n) costs 2·m·k·n. Only matmuls are
+  counted (norms, RoPE, softmax, SiLU, biases and the embedding lookup are O(T·C), noise at
+  this scale): the convention of torch.utils.flop_counter, which the tests check us against.
+- Attention is counted over the full T×T square, as model.py runs it: SDPA with a mask (the
+  GRPO trainer pads) or its math backend computes every block and masks afterwards. A causal
+  FlashAttention kernel skips the upper half: there the attention rows overstate the work ≤ 2×.
+- Backward of y = x·Wᵀ costs two matmuls of the forward's size: dX = dY·W (input gradient) and
+  dW = dYᵀ·X (weight gradient). Full fine-tuning does both (≈ 3× forward); LoRA freezes W, so
+  it pays dX only (≈ 2× forward) plus the small adapter matmuls: the 2/3 of "LoRA Without
+  Regret" (Schulman and Thinking Machines, 2025). Autograd also skips dX where nothing
+  upstream needs it; we follow it exactly (see step_flops), which under LoRA is layer 0.
+"""
+import argparse
+import json
+import math
+import os
+
+from model import Qwen2Config
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # the model and the adapter
+    parser.add_argument("--model", default="Qwen2.5-3B", help=f"built-in name ({', '.join(SHAPES)}; 'Qwen/' "
+                        "or 'meta-llama/' prefix optional) or a local folder / config.json")
+    parser.add_argument("--rank", type=int, default=1, help="LoRA rank (the full fine-tuning numbers are always shown too)")
+    parser.add_argument("--targets", default="all", choices=list(TARGETS), help="adapted projections: all seven, attn (q,k,v,o), mlp (gate,up,down)")
+    # one training step
+    parser.add_argument("--batch", type=int, default=None, help="sequences per training step (default: prompts × samples = 256)")
+    parser.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default: prompt-len + new-tokens = 662)")
+    # the GRPO step (DESIGN.md's default recipe)
+    parser.add_argument("--prompts", type=int, default=32, help="GRPO prompts per step")
+    parser.add_argument("--samples", type=int, default=8, help="GRPO samples per prompt (the group size G)")
+    parser.add_argument("--prompt-len", type=int, default=150, help="prompt tokens (a GSM8K question is ~60 Qwen tokens; ~150 with a few-shot/format prompt, an assumption)")
+    parser.add_argument("--new-tokens", type=int, default=512, help="tokens sampled per completion (all of them: no early stop, an upper bound)")
+    # bits versus capacity
+    parser.add_argument("--steps", type=int, default=500, help="GRPO steps of this project's run, for the bits table (an assumption)")
+    parser.add_argument("--sft-tokens", type=int, default=910_161, help="SFT target tokens (default: GSM8K train's 7,473 answers, Qwen2.5 tokenizer)")
+    parser.add_argument("--sft-loss", type=float, default=0.5, help="SFT loss in nats/token (default 0.5 is an assumption: pass sft.py's measured value)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    args = parser.parse_args(argv)
+    if args.rank < 1:
+        parser.error(f"--rank must be >= 1, got {args.rank} (full fine-tuning is always shown alongside)")
+    return args
+
+
+# -----------------------------------------------------------------------------
+# Built-in shapes (config.json of each hub repo, the fields that matter here)
+
+_QWEN = dict(max_position_embeddings=32768, rope_theta=1e6, num_key_value_heads=2, vocab_size=151936)
+SHAPES = {
+    "Qwen2.5-0.5B": dict(_QWEN, hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14),
+    "Qwen2.5-1.5B": dict(_QWEN, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12),
+    "Qwen2.5-3B": dict(_QWEN, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16),
+    "Qwen2.5-7B": dict(_QWEN, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+                       num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False),
+    "Llama-3.1-8B": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                         num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False, attention_bias=False,
+                         rope_theta=5e5, rms_norm_eps=1e-5, max_position_embeddings=131072,
+                         bos_token_id=128000, eos_token_id=128001),
+}
+TARGETS = {"all": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+           "attn": ("q_proj", "k_proj", "v_proj", "o_proj"),
+           "mlp": ("gate_proj", "up_proj", "down_proj")}
+
+
+def get_config(name_or_path):
+    """A built-in name (hub prefix and -Instruct optional: same shapes) or a local config.json."""
+    if os.path.isdir(name_or_path):
+        name_or_path = os.path.join(name_or_path, "config.json")
+    if os.path.isfile(name_or_path):
+        return Qwen2Config.from_json(name_or_path)
+    key = name_or_path.split("/")[-1].lower().removesuffix("-instruct").removeprefix("meta-")
+    shapes = {k.lower(): v for k, v in SHAPES.items()}
+    if key not in shapes:
+        raise ValueError(f"unknown model {name_or_path!r}: not a local folder/config.json, nor one of {list(SHAPES)}")
+    return Qwen2Config(**shapes[key])
+
+
+# -----------------------------------------------------------------------------
+# Parameter counts
+
+def matrix_shapes(cfg):
+    """(in, out) of each projection of one layer; y = x·Wᵀ with W of shape (out, in)."""
+    C, I, q, kv = cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
+    return {"q_proj": (C, q), "k_proj": (C, kv), "v_proj": (C, kv), "o_proj": (q, C),
+            "gate_proj": (C, I), "up_proj": (C, I), "down_proj": (I, C)}
+
+
+def count_params(cfg):
+    C, V, L = cfg.hidden_size, cfg.vocab_size, cfg.num_hidden_layers
+    per_layer = sum(i * o for i, o in matrix_shapes(cfg).values()) + 2 * C  # + two RMSNorm weights
+    if cfg.attention_bias:  # q, k, v carry a bias; o_proj never does
+        per_layer += (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * cfg.head_dim
+    head = 0 if cfg.tie_word_embeddings else V * C
+    return V * C + L * per_layer + C + head  # embedding, layers, final norm, lm_head
+
+
+def count_lora_params(cfg, rank, targets="all"):
+    """A (r×in) and B (out×r) per adapted matrix: r·(in + out)."""
+    shapes = matrix_shapes(cfg)
+    return cfg.num_hidden_layers * sum(rank * sum(shapes[t]) for t in TARGETS[targets])
+
+
+# -----------------------------------------------------------------------------
+# One training step: forward + backward on B×T tokens
+
+ROWS = (*TARGETS["all"], "attn_scores", "attn_values", "lm_head", "lora")
+
+
+def _linear(rows, name, n, d_in, d_out, grad_in, train_w, rank):
+    """Add y = x·Wᵀ (+ the LoRA branch x·Aᵀ·Bᵀ) on n tokens; return whether y needs a gradient."""
+    mm = 2 * n * d_in * d_out
+    rows[name][0] += mm
+    rows[name][1] += mm if grad_in else 0       # dX = dY·W, only if x needs a gradient
+    rows[name][2] += mm if train_w else 0       # dW = dYᵀ·X, only if W trains
+    if rank:
+        a, b = 2 * n * d_in * rank, 2 * n * rank * d_out  # x·Aᵀ, then (x·Aᵀ)·Bᵀ
+        rows["lora"][0] += a + b
+        rows["lora"][1] += b + (a if grad_in else 0)      # d(x·Aᵀ) = dY·B, then dX += d(x·Aᵀ)·A
+        rows["lora"][2] += a + b                          # dB = dYᵀ·(x·Aᵀ), dA = d(x·Aᵀ)ᵀ·x
+    return grad_in or train_w or rank > 0
+
+
+def step_flops(cfg, batch, seq_len, rank=0, targets="all"):
+    """{row: [forward, input-gradient, weight-gradient]} FLOPs of one step; rank 0 = full fine-tuning.
+
+    Autograd computes a gradient only for tensors that need one. In full fine-tuning the
+    embedding trains, so every activation does. Under LoRA the embedding is frozen: the stream
+    entering layer 0 needs no gradient, so layer 0's q/k/v (or with --targets mlp, its whole
+    attention and gate/up) skip dX. We track that flag through each layer exactly."""
+    B, T, H, D = batch, seq_len, cfg.num_attention_heads, cfg.head_dim
+    n, full, adapted = B * T, rank == 0, set(TARGETS[targets])
+    shapes = matrix_shapes(cfg)
+    rows = {r: [0, 0, 0] for r in ROWS}
+
+    def linear(name, grad_in):
+        return _linear(rows, name, n, *shapes[name], grad_in, full, 0 if full or name not in adapted else rank)
+
+    grad = full  # does the residual stream need a gradient?
+    att = 2 * B * H * T * T * D  # one (T×D)@(D×T) per head and sequence; K/V heads are shared (GQA), not the work
+    for _ in range(cfg.num_hidden_layers):
+        gq, gk, gv = linear("q_proj", grad), linear("k_proj", grad), linear("v_proj", grad)
+        rows["attn_scores"][0] += att                          # S = Q·Kᵀ
+        rows["attn_scores"][1] += att * gq + att * gk          # dQ = dS·K, dK = dSᵀ·Q
+        rows["attn_values"][0] += att                          # Y = P·V, P = softmax(S)
+        rows["attn_values"][1] += att * (gq or gk) + att * gv  # dP = dY·Vᵀ, dV = Pᵀ·dY
+        grad = linear("o_proj", gq or gk or gv) or grad        # x + attn(x)
+        g_act = linear("gate_proj", grad) | linear("up_proj", grad)  # both always run: | not or
+        grad = linear("down_proj", g_act) or grad              # h + mlp(h)
+    # lm_head on every position; tied or not, its weight trains only in full fine-tuning
+    _linear(rows, "lm_head", n, cfg.hidden_size, cfg.vocab_size, grad, full, 0)
+    return rows
+
+
+def total(rows, col=None):
+    return sum(r[col] if col is not None else sum(r) for r in rows.values())
+
+
+# -----------------------------------------------------------------------------
+# Sampling, as model.generate does it, and the whole GRPO step
+
+def forward_flops(cfg, tokens, pairs, logits):
+    """Forward FLOPs of one sequence: `tokens` tokens through the projections, `pairs`
+    (query, key) pairs of attention, the lm_head on `logits` positions."""
+    proj = 2 * tokens * sum(i * o for i, o in matrix_shapes(cfg).values())
+    att = 2 * 2 * pairs * cfg.num_attention_heads * cfg.head_dim  # Q·Kᵀ and P·V
+    return cfg.num_hidden_layers * (proj + att) + 2 * logits * cfg.hidden_size * cfg.vocab_size
+
+
+def sampling_flops(cfg, prompts, samples, prompt_len, new_tokens):
+    """model.generate: one prefill per prompt (the G samples share it, and only the last
+    position's logits are computed), then new_tokens - 1 one-token forwards per sample
+    (the first token comes from the prefill), each reading the whole cache."""
+    P, N = prompt_len, new_tokens
+    prefill = prompts * forward_flops(cfg, P, P * P, 1)  # the full P×P square, as SDPA with a mask does
+    # step t = 1..N-1 feeds one token at slot P+t-1, which attends to the P+t filled slots
+    decode = prompts * samples * forward_flops(cfg, N - 1, (N - 1) * P + N * (N - 1) // 2, N - 1)
+    return {"prefill": prefill, "decode": decode, "total": prefill + decode}
+
+
+def grpo_step_flops(cfg, prompts, samples, prompt_len, new_tokens, rank, targets):
+    """Sampling + one training step on the B·G prompt+completion sequences (KL off, the default:
+    the sampler's log-probs serve as the old policy, so no extra forward). model.token_logprobs
+    checkpoints the lm_head chunks, so backward recomputes the head once more: counted here."""
+    n_seq, T = prompts * samples, prompt_len + new_tokens
+    sample = sampling_flops(cfg, prompts, samples, prompt_len, new_tokens)["total"]
+    train = total(step_flops(cfg, n_seq, T, rank, targets)) + 2 * n_seq * T * cfg.hidden_size * cfg.vocab_size
+    return {"sampling": sample, "training": train, "total": sample + train}
+
+
+# -----------------------------------------------------------------------------
+# Bits versus capacity (the argument of "LoRA Without Regret" for why rank 1 suffices in RL)
+
+BITS_PER_PARAM = 2.0  # Allen-Zhu & Li 2024, "Physics of Language Models 3.3": ~2 bits of knowledge per parameter
+
+
+def distinct_advantages(group):
+    """Binary reward, advantage r - mean(group): with k of G correct, A ∈ {1 - k/G, -k/G}, so
+    across all k every advantage is j/G for j = -(G-1)..G-1, i.e. 2G - 1 values (0 included:
+    all-equal groups). An episode's scalar signal thus carries at most log2(2G - 1) bits; dividing
+    by the group's std relabels the values, it does not add any."""
+    return 2 * group - 1
+
+
+def rl_bits_per_episode(group, reward_values=2):
+    """The tighter of two bounds: the reward itself (log2 #values = 1 bit if binary; the group's
+    advantages are a function of its G rewards, so ≤ 1 bit per episode on average) and the
+    advantage's distinct values."""
+    return min(math.log2(reward_values), math.log2(distinct_advantages(group)))
+
+
+def bits_table(cfg, name, rank, targets, args):
+    """Worked examples: (label, bits the data can carry, LoRA parameters, capacity in bits)."""
+    llama = get_config("Llama-3.1-8B")
+    lora_llama, lora_here = count_lora_params(llama, 1), count_lora_params(cfg, rank, targets)
+    episodes = args.steps * args.prompts * args.samples
+    sft = args.sft_tokens * args.sft_loss / math.log(2)  # nats -> bits
+    rows = [("MATH 10k problems × 32 samples, Llama-3.1-8B r=1", 10_000 * 32 * rl_bits_per_episode(32), lora_llama),
+            ("DeepSeek-R1-Zero 5.3M episodes, Llama-3.1-8B r=1", 5.3e6 * 1.0, lora_llama),  # ≤ 1 bit each
+            (f"GRPO {args.steps}×{args.prompts}×{args.samples} episodes, {name} r={rank}",
+             episodes * rl_bits_per_episode(args.samples), lora_here),
+            (f"SFT {args.sft_tokens:,} tok × {args.sft_loss} nats, {name} r={rank}", sft, lora_here)]
+    return [dict(example=e, bits=b, lora_params=p, capacity_bits=p * BITS_PER_PARAM, fill=b / (p * BITS_PER_PARAM))
+            for e, b, p in rows]
+
+
+# -----------------------------------------------------------------------------
+# Printing
+
+def si(x):
+    for unit, scale in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:7.2f}{unit}"
+    return f"{x:7.0f} "
+
+
+def print_split(title, rows):
+    print(f"\n{title}\n{'':12s} {'forward':>9s} {'dX':>9s} {'dW':>9s} {'total':>9s}")
+    for r, (f, dx, dw) in rows.items():
+        if f + dx + dw:
+            print(f"{r:12s} {si(f)}  {si(dx)}  {si(dw)}  {si(f + dx + dw)}")
+    print(f"{'sum':12s} {si(total(rows, 0))}  {si(total(rows, 1))}  {si(total(rows, 2))}  {si(total(rows))}")
+
+
+if __name__ == "__main__":
+    args = parse_args()
+    cfg = get_config(args.model)
+    name = os.path.basename(args.model.rstrip("/")) if os.path.exists(args.model) else args.model.split("/")[-1]
+    B = args.batch or args.prompts * args.samples
+    T = args.seq_len or args.prompt_len + args.new_tokens
+    full, lora = step_flops(cfg, B, T), step_flops(cfg, B, T, args.rank, args.targets)
+    sample = sampling_flops(cfg, args.prompts, args.samples, args.prompt_len, args.new_tokens)
+    grpo = {k: grpo_step_flops(cfg, args.prompts, args.samples, args.prompt_len, args.new_tokens, r, args.targets)
+            for k, r in (("full", 0), ("lora", args.rank))}
+    bits = bits_table(cfg, name, args.rank, args.targets, args)
+    out = dict(model=name, rank=args.rank, targets=args.targets, batch=B, seq_len=T,
+               params=count_params(cfg), lora_params=count_lora_params(cfg, args.rank, args.targets),
+               lora_params_by_targets={t: count_lora_params(cfg, args.rank, t) for t in TARGETS},
+               flops_full=total(full), flops_lora=total(lora), ratio=total(lora) / total(full),
+               split_full={r: dict(zip(("fwd", "dx", "dw"), v)) for r, v in full.items()},
+               split_lora={r: dict(zip(("fwd", "dx", "dw"), v)) for r, v in lora.items()},
+               sampling=dict(sample, prompts=args.prompts, samples=args.samples, prompt_len=args.prompt_len,
+                             new_tokens=args.new_tokens), grpo_step=grpo, bits=bits)
+    if args.json:
+        print(json.dumps(out, indent=2))
+        raise SystemExit
+    C, L = cfg.hidden_size, cfg.num_hidden_layers
+    print(f"{name}: hidden {C}, inter {cfg.intermediate_size}, {L} layers, {cfg.num_attention_heads} heads, "
+          f"{cfg.num_key_value_heads} kv heads, vocab {cfg.vocab_size}, tied {cfg.tie_word_embeddings}")
+    print(f"parameters {out['params']:,}; LoRA rank {args.rank}: " +
+          ", ".join(f"{t} {n:,}" for t, n in out["lora_params_by_targets"].items()) +
+          f" ({100 * out['lora_params'] / out['params']:.4f}% with {args.targets})")
+    print(f"\none training step on {B} × {T} = {B * T:,} tokens (FLOPs; dX = input gradients, dW = weight gradients)")
+    print_split("full fine-tuning", full)
+    print_split(f"LoRA rank {args.rank} ({args.targets})", lora)
+    matmul = L * sum(i * o for i, o in matrix_shapes(cfg).values()) + cfg.vocab_size * C  # + lm_head; the lookup is no matmul
+    print(f"\nLoRA / full = {out['ratio']:.4f}  (2/3 = 0.6667; attention has no weights, so it costs 3× forward in both)")
+    print(f"rule of thumb 6·N·tokens = {si(6 * matmul * B * T)} (N = {matmul:,} matmul parameters, attention left out)")
+    print(f"\nsampling {args.prompts} prompts × {args.samples} samples, {args.prompt_len} prompt + {args.new_tokens} new tokens:"
+          f" prefill {si(sample['prefill'])}, decode {si(sample['decode'])}")
+    for k, g in grpo.items():
+        print(f"GRPO step, {k:4s}: sampling {si(g['sampling'])} + training {si(g['training'])} = {si(g['total'])}"
+              f"  (sampling {100 * g['sampling'] / g['total']:.0f}%)")
+    G = args.samples
+    print(f"\nbits vs capacity: an episode carries ≤ log2(#reward values) = 1 bit for a binary reward "
+          f"(its advantage takes ≤ 2G-1 = {distinct_advantages(G)} values, log2 = {math.log2(distinct_advantages(G)):.2f}); "
+          f"capacity = LoRA params × {BITS_PER_PARAM:g} bits")
+    print("fill = bits / capacity: below 1, the adapter can hold all the run can teach")
+    print(f"{'example':60s} {'bits':>9s} {'LoRA params':>12s} {'capacity':>9s} {'fill':>7s}")
+    for b in bits:
+        print(f"{b['example']:60s} {si(b['bits'])} {b['lora_params']:12,d} {si(b['capacity_bits'])} {b['fill']:7.3f}")
