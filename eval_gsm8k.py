@@ -69,7 +69,7 @@ def read_jsonl(path):
                 if not isinstance(rec, dict) or not isinstance(rec.get(key), str):
                     raise ValueError(f"{path}:{lineno}: record has no string '{key}'")
             if extract_answer(rec["answer"]) is None:
-                raise ValueError(f"{path}:{lineno}: answer has no final '#### N' line")
+                raise ValueError(f"{path}:{lineno}: answer has no final '#### N' (nor \\boxed{{N}})")
             problems.append({"question": rec["question"], "answer": rec["answer"]})
     return problems
 
