@@ -1,0 +1,386 @@
+"""
+GRPO: sample G answers to each question, reward the right ones, push up the answers that beat
+their group. LoRA of any rank, or full fine-tuning; checkpoints that resume exactly.
+
+    python grpo.py --toy --rank 1                  # toy world, 2-core CPU, minutes (builds runs/toy_base first)
+    python grpo.py --toy --rank 0                  # the same with full fine-tuning (LR a tenth of LoRA's)
+    python grpo.py --toy --rank 4 --seed 1 --out runs/grpo_toy_r4_s1
+    python grpo.py --rank 1                        # Qwen2.5-3B on GSM8K train, one GPU
+    python grpo.py --rank 1 --data ../shared/data/gsm8k --resume   # offline data; continue the run
+
+The recipe is DESIGN.md's "GRPO as rank1 does it": per step B prompts x G samples at temperature 1,
+reward 1 for a right strict answer, advantage = reward - group mean, a token-level policy-gradient
+loss with the importance ratio against the sampler's log-probs, Adam(0.9, 0.95), constant LR,
+gradient clipping at 1.0. Simplified on purpose: one process alternates sampling and training on
+the same weights (no inference server, so the sampler is never stale), no format or length reward.
+"""
+import argparse
+import json
+import math
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from model import generate, load_model, load_tokenizer, pick_device, save_model, token_logprobs
+from lora import adapters_disabled, apply_lora, load_adapter, save_adapter
+from eval_gsm8k import evaluate, extract_answer, format_prompt, load_task, reward, stop_ids, truncate
+
+# -----------------------------------------------------------------------------
+# The math
+
+
+def group_advantages(rewards, std_norm=False, eps=1e-4):
+    """rewards (B, G) -> advantages (B, G): each reward minus its group's mean.
+
+    std_norm=True also divides by the group's std, as GRPO does (DeepSeekMath, Shao et al. 2024,
+    §4.1.2); the default leaves it out, as Dr. GRPO argues (Liu et al. 2025, §3.1: the std
+    up-weights questions that are nearly always or never solved). A group whose rewards are all
+    equal teaches nothing and gets exactly 0 (the mean of equal floats can round off them)."""
+    B, G = rewards.shape
+    assert G >= 2, f"a group needs at least 2 samples to have a baseline, got {G}"
+    adv = rewards - rewards.mean(1, keepdim=True)
+    if std_norm:  # unbiased std and eps 1e-4, as TRL's GRPOTrainer
+        adv = adv / (rewards.std(1, keepdim=True) + eps)
+    same = (rewards == rewards[:, :1]).all(1, keepdim=True)              # (B, 1)
+    return adv.masked_fill(same, 0.0)
+
+
+def policy_loss(logp, logp_old, adv, mask, clip=None, n_tokens=None):
+    """-Σ A·ratio·mask / Σ mask with ratio = exp(logp - logp_old), a float under grad.
+
+    logp (N, T) the trainer's log-probs under grad, logp_old (N, T) the sampler's, adv (N,) one
+    advantage per sample broadcast over its tokens, mask (N, T) True on completion tokens.
+    - The sum runs over every token of the batch and is divided once by the token count: DAPO's
+      token-level loss (Yu et al. 2025, §3.3). DeepSeekMath's GRPO averages within each sequence
+      first, which weights a token of a short answer more than one of a long answer.
+    - On policy, ratio = 1 and the gradient is A·∇logp: REINFORCE with the group mean as baseline.
+      The ratio corrects for the sampler and the trainer computing slightly different log-probs
+      (bf16, cache vs full forward), an importance weight that is 1 up to rounding.
+    - clip=ε: PPO's clipped surrogate min(ratio·A, clip(ratio, 1-ε, 1+ε)·A) (Schulman et al. 2017,
+      eq. 7), only needed when a batch is reused for several updates (--epochs > 1) and the
+      policy drifts from the sampler.
+    - n_tokens: the whole batch's Σ mask when the batch is split into micro-batches, so the
+      micro-batch gradients add up to the full batch's."""
+    ratio = torch.exp(logp - logp_old)                                   # (N, T)
+    obj = ratio * adv[:, None]
+    if clip is not None:
+        obj = torch.minimum(obj, ratio.clamp(1 - clip, 1 + clip) * adv[:, None])
+    n = mask.sum() if n_tokens is None else n_tokens
+    return -torch.where(mask, obj, 0.0).sum() / n
+
+
+def kl_k3(logp, logp_ref):
+    """Per-token estimate of KL(π || π_ref) from samples of π: exp(r) - r - 1 with r = logp_ref - logp,
+    the "k3" estimator (Schulman 2020, "Approximating KL Divergence"), as in GRPO's eq. 4:
+    unbiased, never negative."""
+    r = logp_ref - logp
+    return torch.exp(r) - r - 1
+
+# -----------------------------------------------------------------------------
+# Data, rollouts, packing
+
+
+def batch_indices(n, batch, step, seed):
+    """The problems of training step `step` (1-based). Epoch e reads a permutation of the n problems
+    seeded by (seed, e), so the data position is a function of the step and resuming needs only it."""
+    lo, hi = (step - 1) * batch, step * batch                           # positions in the endless stream
+    first = lo // n
+    stream = []
+    for epoch in range(first, (hi - 1) // n + 1):
+        perm = list(range(n))
+        random.Random(f"{seed}-{epoch}").shuffle(perm)                  # str seed: stable across Pythons
+        stream += perm
+    return stream[lo - first * n:hi - first * n]
+
+
+def pack(prompts, completions, sampler_logps, device):
+    """Right-padded ids (N, T); on the (N, T-1) log-prob grid, the completion mask and the sampler's
+    log-probs. Entry t scores token t+1, so completion token j of a prompt of length P sits at P-1+j."""
+    N, T = len(prompts), max(len(p) + len(c) for p, c in zip(prompts, completions))
+    ids = torch.zeros(N, T, dtype=torch.long)
+    mask = torch.zeros(N, T - 1, dtype=torch.bool)
+    old = torch.zeros(N, T - 1)
+    for i, (p, c, lp) in enumerate(zip(prompts, completions, sampler_logps)):
+        P, L = len(p), len(p) + len(c)
+        ids[i, :L] = torch.tensor(p + c)
+        mask[i, P - 1:L - 1] = True
+        old[i, P - 1:L - 1] = torch.tensor(lp)
+    return ids.to(device), mask.to(device), old.to(device)
+
+# -----------------------------------------------------------------------------
+# Checkpoints: step_000010/ = adapter (or full weights) + trainer_state.{safetensors,json}
+
+
+def checkpoints(out):
+    """Complete checkpoints of a run folder, oldest first: step_NNNNNN/ with its trainer state
+    (a crash leaves step_NNNNNN.tmp/, which never matches)."""
+    found = [d for d in os.listdir(out) if re.fullmatch(r"step_\d{6}", d)] if os.path.isdir(out) else []
+    return sorted(os.path.join(out, d) for d in found
+                  if os.path.isfile(os.path.join(out, d, "trainer_state.json")))
+
+
+def save_checkpoint(path, model, full, base_name, optimizer, named, generator, state):
+    """Write into path.tmp, then rename: a crash never leaves half a checkpoint under the real name.
+    Adam's moments are saved by parameter name, the RNG states as uint8 tensors; no pickle."""
+    tmp = path + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    if full:
+        save_model(model, tmp)
+    else:
+        save_adapter(model, tmp, base_model_name_or_path=base_name)
+    tensors = {"rng.torch_cpu": torch.get_rng_state(), "rng.sampler": generator.get_state()}
+    for name, p in named:
+        for key, value in optimizer.state.get(p, {}).items():           # step, exp_avg, exp_avg_sq
+            tensors[f"adam.{name}.{key}"] = value.detach().cpu().contiguous()
+    save_file(tensors, os.path.join(tmp, "trainer_state.safetensors"))
+    with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
+        json.dump(state, f, indent=2)
+    os.rename(tmp, path)
+
+
+def load_trainer_state(path, optimizer, named, generator):
+    """Restore Adam's moments, the RNG states; return trainer_state.json."""
+    tensors = load_file(os.path.join(path, "trainer_state.safetensors"))
+    torch.set_rng_state(tensors["rng.torch_cpu"])
+    generator.set_state(tensors["rng.sampler"])
+    for name, p in named:
+        keys = [f"adam.{name}.{k}" for k in ("step", "exp_avg", "exp_avg_sq")]
+        missing = [k for k in keys if k not in tensors]
+        assert not missing, f"{path}: trainer state lacks {missing} (saved with other --rank/--targets/--layers?)"
+        # Adam keeps `step` on the CPU (non-capturable path) and the moments beside the parameter
+        optimizer.state[p] = {"step": tensors[keys[0]], "exp_avg": tensors[keys[1]].to(p.device),
+                              "exp_avg_sq": tensors[keys[2]].to(p.device)}
+    with open(os.path.join(path, "trainer_state.json")) as f:
+        return json.load(f)
+
+
+def append_jsonl(path, row):
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def run_eval(model, tokenizer, problems, stop, max_new_tokens):
+    """Greedy, strict accuracy on held-out problems (eval_gsm8k.evaluate), as metrics fields."""
+    s, _ = evaluate(model, tokenizer, problems, max_new_tokens=max_new_tokens, stop=stop, progress=False)
+    return dict(eval_accuracy=s["accuracy"], eval_flexible_accuracy=s["flexible_accuracy"],
+                eval_format_rate=s["format_rate"], eval_n=s["n"], eval_seconds=round(s["seconds"], 2))
+
+# -----------------------------------------------------------------------------
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # model and adapter
+    parser.add_argument("--toy", action="store_true", help="toy world: runs/toy_base (built with `python sft.py --toy` if missing), the toy task, the toy preset of batch/group/steps/LR")
+    parser.add_argument("--model", default=None, help="hub id or local folder; default Qwen/Qwen2.5-3B, or runs/toy_base with --toy")
+    parser.add_argument("--rank", type=int, default=1, help="LoRA rank; 0 = full fine-tuning (every weight, embeddings included)")
+    parser.add_argument("--alpha", type=float, default=32.0, help="LoRA alpha; the update is scaled by alpha/rank")
+    parser.add_argument("--targets", default="all", help="LoRA targets: all, attn, mlp, or projections like q_proj,v_proj")
+    parser.add_argument("--layers", default=None, help="LoRA layers: indices like 0,1,2 or first/middle/last thirds; default all")
+    parser.add_argument("--dtype", default=None, help="float32 / bfloat16; default bf16 on a bf16 GPU, else fp32 (LoRA factors stay fp32)")
+    parser.add_argument("--device", default=None, help="cuda / mps / cpu; default the best available")
+    # data and sampling
+    parser.add_argument("--task", default=None, help="gsm8k or toy; default gsm8k, toy with --toy")
+    parser.add_argument("--data", default=None, help="folder with GSM8K train.jsonl and test.jsonl; default ~/.cache/rank1/gsm8k (downloaded once)")
+    parser.add_argument("--batch", type=int, default=None, help="prompts per step; default 32")
+    parser.add_argument("--group", type=int, default=None, help="samples per prompt G; default 8")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="completion budget; default 512, 64 with --toy")
+    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (> 0); log-probs are taken under the same one")
+    # optimization
+    parser.add_argument("--steps", type=int, default=None, help="training steps (one batch of rollouts each); default 200, 60 with --toy")
+    parser.add_argument("--lr", type=float, default=None, help="Adam LR, constant; default 5e-5 (2e-3 with --toy), a tenth of that for --rank 0")
+    parser.add_argument("--epochs", type=int, default=1, help="updates per batch of rollouts; > 1 turns on PPO clipping")
+    parser.add_argument("--clip", type=float, default=0.2, help="PPO clip range eps, used only with --epochs > 1")
+    parser.add_argument("--kl", type=float, default=0.0, help="weight of the k3 KL to the adapter-off base model; 0 = none (LoRA only)")
+    parser.add_argument("--std-norm", action="store_true", help="divide advantages by the group std (GRPO as in DeepSeekMath); default off (Dr. GRPO)")
+    parser.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient's global norm to this; 0 = off")
+    parser.add_argument("--micro-batch", type=int, default=None, help="sequences per forward/backward (gradients accumulate); default 8, 0 = all (with --toy)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of LoRA's init, data order and sampling")
+    # evaluation and checkpoints
+    parser.add_argument("--eval-every", type=int, default=None, help="evaluate every N steps (also at step 0 and at the end); default 20, 10 with --toy; 0 = start and end only")
+    parser.add_argument("--eval-limit", type=int, default=200, help="held-out test problems to evaluate on; 0 = the whole split")
+    parser.add_argument("--save-every", type=int, default=10, help="checkpoint every N steps (and at the end)")
+    parser.add_argument("--out", default=None, help="run folder; default runs/grpo[_toy]_r<rank> (runs/grpo[_toy]_full for --rank 0)")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --out (a fresh start if there is none)")
+    args = parser.parse_args()
+
+    # --- resolve the presets: toy world or the real run (DESIGN.md's defaults)
+    preset = dict(model="runs/toy_base", task="toy", batch=32, group=8, max_new_tokens=64, steps=60,
+                  lr=2e-3, micro_batch=0, eval_every=10) if args.toy else \
+        dict(model="Qwen/Qwen2.5-3B", task="gsm8k", batch=32, group=8, max_new_tokens=512, steps=200,
+             lr=5e-5, micro_batch=8, eval_every=20)
+    if args.lr is None and args.rank == 0:
+        preset["lr"] /= 10  # full fine-tuning wants ~1/10 of LoRA's LR (LoRA Without Regret, 2025)
+    for key, value in preset.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.out is None:
+        args.out = f"runs/grpo{'_toy' if args.toy else ''}_{f'r{args.rank}' if args.rank else 'full'}"
+    assert args.rank >= 0 and args.temperature > 0 and args.epochs >= 1, \
+        f"need rank >= 0 ({args.rank}), temperature > 0 ({args.temperature}), epochs >= 1 ({args.epochs})"
+    if args.kl and args.rank == 0:  # the reference would be a second full copy of the weights
+        raise SystemExit("--kl needs LoRA (the reference is the model with adapters off); with --rank 0 "
+                         "it would need a frozen copy of every weight, which grpo.py does not keep")
+    device = pick_device(args.device)
+    full = args.rank == 0
+    if full and args.dtype is None and device.type != "cpu":
+        # Adam's steps (~LR relative to a weight) vanish in bf16's 8-bit mantissa; LoRA's factors are
+        # fp32 under a bf16 base, so full fine-tuning gets fp32 weights too, with TF32 matmuls for speed
+        args.dtype = "float32"
+        torch.backends.cuda.matmul.allow_tf32 = True
+        print("full fine-tuning: float32 weights (bf16 would drop Adam's small updates), TF32 matmuls")
+    if args.toy and args.model == "runs/toy_base" and not os.path.isdir(args.model):
+        print("runs/toy_base is missing: building it with `python sft.py --toy` first")
+        subprocess.run([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "sft.py"), "--toy"], check=True)
+
+    # --- run folder: args.json first; --resume picks the newest complete checkpoint
+    ckpt = checkpoints(args.out)[-1] if checkpoints(args.out) else None
+    metrics_path = os.path.join(args.out, "metrics.jsonl")
+    if ckpt and not args.resume:
+        raise SystemExit(f"{args.out} already holds checkpoints ({os.path.basename(ckpt)}); pass --resume to continue it, or another --out")
+    if args.resume and ckpt is None:
+        print(f"--resume: no complete checkpoint in {args.out}, starting from step 0")
+    if ckpt:  # the run must continue with what changes training; steps, device and eval may change
+        with open(os.path.join(args.out, "args.json")) as f:
+            saved = json.load(f)
+        free = {"resume", "out", "steps", "device", "eval_every", "eval_limit", "save_every"}
+        changed = {k: (saved.get(k), v) for k, v in vars(args).items() if k not in free and saved.get(k) != v}
+        assert not changed, f"--resume with different arguments (saved, now): {changed}"
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "args.json"), "w") as f:
+        json.dump(vars(args), f, indent=2)
+
+    # --- model, adapter, optimizer
+    torch.manual_seed(args.seed)
+    tokenizer = load_tokenizer(args.model)
+    model = load_model(ckpt if (ckpt and full) else args.model, device=device, dtype=args.dtype)
+    if full:
+        model.requires_grad_(True)
+    else:
+        apply_lora(model, args.rank, args.alpha, args.targets, args.layers)
+        if ckpt:
+            load_adapter(model, ckpt)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
+    optimizer = torch.optim.Adam(params, lr=args.lr, betas=(0.9, 0.95))
+    generator = torch.Generator(device).manual_seed(args.seed)          # the sampler's own stream
+    start = 0
+    if ckpt:
+        start = load_trainer_state(ckpt, optimizer, named, generator)["step"]
+        if os.path.exists(metrics_path):  # drop rows the interrupted run wrote after its checkpoint
+            with open(metrics_path) as f:
+                rows = [line for line in f if json.loads(line)["step"] <= start]
+            with open(metrics_path, "w") as f:
+                f.writelines(rows)
+        print(f"resumed from {ckpt} at step {start}")
+    elif os.path.exists(metrics_path):
+        os.remove(metrics_path)
+
+    # --- data
+    paths = {split: args.data and os.path.join(args.data, f"{split}.jsonl") for split in ("train", "test")}
+    train_set = load_task(args.task, "train", paths["train"])
+    eval_set = load_task(args.task, "test", paths["test"])[:args.eval_limit or None]
+    stop = stop_ids(tokenizer)
+    B, G = args.batch, args.group
+    micro = args.micro_batch or B * G
+    clip = args.clip if args.epochs > 1 else None
+    print(f"{args.task}: {len(train_set)} train problems, {len(eval_set)} held out | {B} prompts x {G} samples, "
+          f"{args.steps} steps, lr {args.lr:.1e}, {'full fine-tuning' if full else f'LoRA rank {args.rank}'}, "
+          f"{sum(p.numel() for p in params):,} trainable parameters -> {args.out}")
+
+    if start == 0:
+        row = dict(step=0, **run_eval(model, tokenizer, eval_set, stop, args.max_new_tokens))
+        append_jsonl(metrics_path, row)
+        print(f"step {0:5d}/{args.steps} | eval accuracy {row['eval_accuracy']:.3f} | flexible "
+              f"{row['eval_flexible_accuracy']:.3f} | format {row['eval_format_rate']:.3f}")
+
+    # -------------------------------------------------------------------------
+    # The loop: sample, score, update
+    t_sample_total = t_train_total = 0.0
+    for step in range(start + 1, args.steps + 1):
+        # --- rollouts: B prompts, G samples each, one prefill per prompt shared by its samples
+        t0 = time.time()
+        problems = [train_set[i] for i in batch_indices(len(train_set), B, step, args.seed)]
+        prompts = [tokenizer.encode(format_prompt(p["question"])) for p in problems]
+        model.eval()
+        completions, sampler_logps = generate(model, prompts, args.max_new_tokens, temperature=args.temperature,
+                                              stop_ids=stop, generator=generator, n=G, return_logprobs=True)
+        texts = [tokenizer.decode(c) for c in completions]                 # sample i*G + j: prompt i
+        rewards = torch.tensor([reward(t, p["answer"]) for t, p in zip(texts, (p for p in problems for _ in range(G)))])
+        rewards = rewards.view(B, G)
+        adv = group_advantages(rewards, args.std_norm).flatten().to(device)  # (B*G,)
+        fmt = sum(extract_answer(truncate(t)) is not None for t in texts) / len(texts)
+        n_tokens = sum(len(c) for c in completions)
+        t_sample = time.time() - t0
+
+        # --- update(s): micro-batches accumulate one batch gradient, normalized by its token count
+        t0 = time.time()
+        model.train()
+        prompts_n = [p for p in prompts for _ in range(G)]
+        for epoch in range(args.epochs):
+            optimizer.zero_grad(set_to_none=True)
+            loss_sum, gap, kl_sampler, kl_ref = 0.0, 0.0, 0.0, 0.0
+            for s in range(0, B * G, micro):
+                ids, mask, old = pack(prompts_n[s:s + micro], completions[s:s + micro], sampler_logps[s:s + micro], device)
+                # right padding needs no pad mask: causal attention never looks right
+                logp = token_logprobs(model, ids, temperature=args.temperature)       # (n, T-1)
+                loss = policy_loss(logp, old, adv[s:s + micro], mask, clip, n_tokens)
+                if args.kl:
+                    with torch.no_grad(), adapters_disabled(model):
+                        ref = token_logprobs(model, ids, temperature=args.temperature)
+                    kl = kl_k3(logp, ref)[mask].sum() / n_tokens
+                    loss = loss + args.kl * kl
+                    kl_ref += kl.item()
+                loss.backward()
+                loss_sum += loss.item()
+                d = (logp.detach() - old)[mask]                         # trainer minus sampler
+                gap += d.abs().sum().item() / n_tokens
+                kl_sampler += kl_k3(old[mask], logp.detach()[mask]).sum().item() / n_tokens
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip or float("inf")).item()
+            if not (math.isfinite(loss_sum) and math.isfinite(grad_norm)):
+                last = checkpoints(args.out)
+                raise SystemExit(f"step {step}: loss {loss_sum} / grad norm {grad_norm} is not finite; stopping "
+                                 f"without an update. Last good checkpoint: {last[-1] if last else 'none'}")
+            optimizer.step()
+            if epoch == 0:  # on-policy health: the sampler's and the trainer's log-probs should agree
+                gap0, kl0 = gap, kl_sampler
+        t_train = time.time() - t0
+        t_sample_total, t_train_total = t_sample_total + t_sample, t_train_total + t_train
+
+        # --- log, evaluate, checkpoint
+        zero_var = (rewards == rewards[:, :1]).all(1).float().mean().item()
+        row = dict(step=step, reward=rewards.mean().item(), reward_std=rewards.std().item(), zero_var=zero_var,
+                   length=n_tokens / (B * G), format_rate=fmt, logp_gap=gap0, kl_sampler=kl0, loss=loss_sum,
+                   grad_norm=grad_norm, lr=args.lr, t_sample=round(t_sample, 3), t_train=round(t_train, 3),
+                   tokens_per_s=n_tokens / t_sample, **({"kl_ref": kl_ref} if args.kl else {}))
+        append_jsonl(metrics_path, row)
+        print(f"step {step:5d}/{args.steps} | reward {row['reward']:.3f} ± {row['reward_std']:.2f} | zero-var "
+              f"{zero_var:.2f} | len {row['length']:5.1f} | fmt {fmt:.2f} | gap {gap0:.1e} | gnorm {grad_norm:.3f} | "
+              f"lr {args.lr:.1e} | sample {t_sample:5.1f} s, train {t_train:5.1f} s | {row['tokens_per_s']:6.0f} tok/s")
+        if step == args.steps or (args.eval_every and step % args.eval_every == 0):
+            row = dict(step=step, **run_eval(model, tokenizer, eval_set, stop, args.max_new_tokens))
+            append_jsonl(metrics_path, row)
+            print(f"step {step:5d}/{args.steps} | eval accuracy {row['eval_accuracy']:.3f} | flexible "
+                  f"{row['eval_flexible_accuracy']:.3f} | format {row['eval_format_rate']:.3f}")
+        if step == args.steps or step % args.save_every == 0:
+            state = dict(step=step, data_seed=args.seed, epoch=step * B // len(train_set),
+                         position=step * B % len(train_set), samples=step * B * G)
+            save_checkpoint(os.path.join(args.out, f"step_{step:06d}"), model, full, args.model,
+                            optimizer, named, generator, state)
+
+    # --- summary
+    with open(metrics_path) as f:
+        evals = [r for r in map(json.loads, f) if "eval_accuracy" in r]
+    if len(evals) >= 2:
+        print(f"eval accuracy {evals[0]['eval_accuracy']:.3f} (step {evals[0]['step']}) -> "
+              f"{evals[-1]['eval_accuracy']:.3f} (step {evals[-1]['step']})")
+    total = t_sample_total + t_train_total
+    if total:
+        print(f"time: sampling {t_sample_total:.1f} s ({100 * t_sample_total / total:.0f}%), "
+              f"training {t_train_total:.1f} s ({100 * t_train_total / total:.0f}%) this session")

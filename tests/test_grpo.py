@@ -1,0 +1,192 @@
+"""grpo.py: advantages, the loss and its gradient, sampler-vs-trainer agreement, a smoke run, exact resume."""
+import json
+import os
+import runpy
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import eval_gsm8k
+from grpo import batch_indices, group_advantages, kl_k3, pack, policy_loss
+from lora import apply_lora, lora_modules
+from model import generate, load_model, token_logprobs
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_RUN = ["--toy", "--batch", "2", "--group", "4", "--max-new-tokens", "8", "--eval-limit", "2",
+            "--micro-batch", "3"]  # 8 samples in micro-batches of 3, 3, 2: accumulation is exercised
+
+
+def lora_toy(toy_dir, rank=2, seed=0):
+    """The random toy model with a LoRA adapter whose B is random, so every factor gets a gradient."""
+    torch.manual_seed(seed)
+    m = load_model(toy_dir, device="cpu", dtype=torch.float32, verbose=False)
+    apply_lora(m, rank, 32, verbose=False)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for mod in lora_modules(m).values():
+            mod.lora_B.copy_(torch.randn(mod.lora_B.shape, generator=g) * 0.01)
+    return m
+
+
+def rollouts(m, n_prompts=2, G=4, max_new_tokens=6, temperature=1.0):
+    prompts = [[10 + i, 20, 30 + 2 * i, 40][:2 + i] for i in range(n_prompts)]  # different lengths
+    comps, lps = generate(m, prompts, max_new_tokens, temperature=temperature, n=G, return_logprobs=True,
+                          generator=torch.Generator().manual_seed(0))
+    return [p for p in prompts for _ in range(G)], comps, lps
+
+
+def test_group_advantages_by_hand():
+    r = torch.tensor([[1., 0., 0., 0.], [1., 1., 1., 1.], [0., 0., 0., 0.], [1., 1., 0., 0.]])
+    want = torch.tensor([[.75, -.25, -.25, -.25], [0.] * 4, [0.] * 4, [.5, .5, -.5, -.5]])
+    assert torch.equal(group_advantages(r), want)
+    s = group_advantages(r, std_norm=True)  # unbiased std: 0.5 for group 0, 1/sqrt(3) for group 3
+    torch.testing.assert_close(s[0], want[0] / (0.5 + 1e-4))
+    torch.testing.assert_close(s[3], want[3] / (3 ** -0.5 + 1e-4))
+    assert torch.equal(s[1:3], torch.zeros(2, 4)), "zero-variance groups must be exactly 0, not NaN"
+    tenth = torch.full((1, 7), 0.1)  # mean of seven 0.1s is not exactly 0.1 in float32
+    assert torch.equal(group_advantages(tenth), torch.zeros(1, 7))
+    with pytest.raises(AssertionError, match="at least 2"):
+        group_advantages(torch.ones(3, 1))
+
+
+def test_batch_indices_walks_epochs():
+    n, B = 10, 4
+    steps = [batch_indices(n, B, s, seed=3) for s in range(1, 6)]      # 20 positions = 2 epochs
+    stream = sum(steps, [])
+    assert sorted(stream[:10]) == list(range(10)) and sorted(stream[10:]) == list(range(10))
+    assert stream[:10] != stream[10:], "each epoch should be shuffled anew"
+    assert steps == [batch_indices(n, B, s, seed=3) for s in range(1, 6)]  # a function of the step
+    assert steps != [batch_indices(n, B, s, seed=4) for s in range(1, 6)]
+
+
+def test_policy_loss_gradient_clip_and_microbatches():
+    torch.manual_seed(0)
+    logp = (-torch.rand(4, 5) * 3).requires_grad_()
+    mask = torch.rand(4, 5) > 0.3
+    adv = torch.tensor([1.0, -0.5, 0.0, 2.0])
+    # on policy the gradient is REINFORCE's: -A / n_tokens on each completion token
+    policy_loss(logp, logp.detach(), adv, mask).backward()
+    torch.testing.assert_close(logp.grad, -(adv[:, None] * mask) / mask.sum())
+    # micro-batches normalized by the whole batch's token count add up to the batch loss
+    full = policy_loss(logp, logp.detach() - 0.1, adv, mask)
+    parts = sum(policy_loss(logp[s:s + 2], logp.detach()[s:s + 2] - 0.1, adv[s:s + 2], mask[s:s + 2],
+                            n_tokens=mask.sum()) for s in (0, 2))
+    torch.testing.assert_close(parts, full)
+    # PPO clipping: a ratio above 1+eps with A > 0 (or below 1-eps with A < 0) gets no gradient
+    x = torch.zeros(2, 1, requires_grad=True)
+    old = torch.tensor([[-0.5], [0.5]])                                 # ratios e^0.5 and e^-0.5
+    policy_loss(x, old, torch.tensor([1.0, -1.0]), torch.ones(2, 1, dtype=torch.bool), clip=0.2).backward()
+    assert torch.equal(x.grad, torch.zeros(2, 1))
+    x.grad = None
+    policy_loss(x, old, torch.tensor([-1.0, 1.0]), torch.ones(2, 1, dtype=torch.bool), clip=0.2).backward()
+    assert (x.grad != 0).all(), "the unclipped side must keep its gradient"
+    # k3: 0 when the policies agree, positive otherwise, and exp(r) - r - 1 by definition
+    assert kl_k3(torch.tensor(-1.0), torch.tensor(-1.0)) == 0 and kl_k3(torch.tensor(-1.0), torch.tensor(-2.0)) > 0
+
+
+def test_zero_variance_group_gives_exactly_zero_gradient(toy_dir):
+    m = lora_toy(toy_dir)
+    prompts, comps, lps = rollouts(m, n_prompts=2, G=4)
+    ids, mask, old = pack(prompts, comps, lps, "cpu")
+    rewards = torch.tensor([[1., 1., 1., 1.], [0., 1., 0., 0.]])        # group 0 all right
+    adv = group_advantages(rewards).flatten()
+    params = [p for p in m.parameters() if p.requires_grad]
+    grads = []
+    for rows in (slice(0, 4), slice(4, 8)):
+        m.zero_grad(set_to_none=False)
+        policy_loss(token_logprobs(m, ids[rows]), old[rows], adv[rows], mask[rows]).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in params]))
+    assert torch.equal(grads[0], torch.zeros_like(grads[0])), "a zero-variance group must teach nothing"
+    assert (grads[1] != 0).float().mean() > 0.5, "a mixed group must give a gradient"
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_sampler_and_trainer_logprobs_agree_on_policy(toy_dir, temperature):
+    m = lora_toy(toy_dir)
+    prompts, comps, lps = rollouts(m, n_prompts=3, G=3, max_new_tokens=12, temperature=temperature)
+    ids, mask, old = pack(prompts, comps, lps, "cpu")
+    with torch.no_grad():
+        logp = token_logprobs(m, ids, temperature=temperature)
+    assert mask.sum() == sum(len(c) for c in comps)
+    gap = (logp - old)[mask].abs().max().item()
+    assert gap <= 1e-5, f"sampler vs trainer log-prob gap {gap:.2e} in float32"
+    # and the gap would show a misalignment: the same log-probs one position off are far apart
+    assert (logp[:, 1:] - old[:, :-1])[mask[:, :-1] & mask[:, 1:]].abs().max() > 1e-2
+
+
+def read_jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_smoke_run_subprocess(toy_dir, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, os.path.join(ROOT, "grpo.py"), *TINY_RUN, "--model", toy_dir, "--steps", "3",
+           "--save-every", "2", "--out", str(out)]
+    res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert "step     3/3 | reward" in res.stdout
+    rows = read_jsonl(out / "metrics.jsonl")
+    train = [r for r in rows if "reward" in r]
+    assert [r["step"] for r in train] == [1, 2, 3]
+    assert [r["step"] for r in rows if "eval_accuracy" in r] == [0, 3]
+    for key in ("reward_std", "zero_var", "length", "format_rate", "logp_gap", "grad_norm", "lr",
+                "t_sample", "t_train", "tokens_per_s"):
+        assert all(key in r for r in train), key
+    assert all(r["logp_gap"] < 1e-5 for r in train)
+    assert sorted(os.listdir(out)) == ["args.json", "metrics.jsonl", "step_000002", "step_000003"]
+    assert sorted(os.listdir(out / "step_000003")) == ["adapter_config.json", "adapter_model.safetensors",
+                                                       "trainer_state.json", "trainer_state.safetensors"]
+    assert json.loads((out / "args.json").read_text())["rank"] == 1
+
+
+def run_inprocess(monkeypatch, argv):
+    """grpo.py as __main__ in this process, with a reward that a random model earns half the time
+    (by the parity of the completion's length), so groups are mixed and the adapter moves."""
+    monkeypatch.setattr(eval_gsm8k, "reward", lambda completion, answer: float(len(completion) % 2))
+    monkeypatch.setattr(sys, "argv", ["grpo.py", *argv])
+    runpy.run_path(os.path.join(ROOT, "grpo.py"), run_name="__main__")
+
+
+def test_kill_and_resume_is_exact(toy_dir, tmp_path, monkeypatch):
+    a, b = tmp_path / "a", tmp_path / "b"
+    args = [*TINY_RUN, "--model", toy_dir, "--steps", "4", "--save-every", "2", "--kl", "0.1",
+            "--eval-every", "0"]
+    run_inprocess(monkeypatch, [*args, "--out", str(a)])
+    with pytest.raises(SystemExit, match="pass --resume"):  # a second start would overwrite the run
+        run_inprocess(monkeypatch, [*args, "--out", str(a)])
+    # b: a run killed after its step-2 checkpoint, in the middle of writing step 4's
+    shutil.copytree(a, b)
+    shutil.rmtree(b / "step_000004")
+    shutil.copytree(a / "step_000002", b / "step_000004.tmp")
+    os.remove(b / "step_000004.tmp" / "trainer_state.json")
+    run_inprocess(monkeypatch, [*args, "--out", str(b), "--resume"])
+    for name in ("adapter_model.safetensors", "trainer_state.safetensors"):
+        ta, tb = load_file(a / "step_000004" / name), load_file(b / "step_000004" / name)
+        assert ta.keys() == tb.keys()
+        assert all(torch.equal(ta[k], tb[k]) for k in ta), f"{name} differs after resume"
+    adapter = load_file(a / "step_000004" / "adapter_model.safetensors")
+    assert any(k.endswith("lora_B.weight") and v.abs().max() > 0 for k, v in adapter.items()), "nothing trained"
+    ra, rb = read_jsonl(a / "metrics.jsonl"), read_jsonl(b / "metrics.jsonl")
+    assert [r["step"] for r in rb] == [r["step"] for r in ra] == [0, 1, 2, 3, 4, 4]
+    assert [r.get("reward") for r in rb] == [r.get("reward") for r in ra]
+    assert not (b / "step_000004.tmp").exists()
+
+
+def test_nonfinite_loss_stops_and_keeps_last_checkpoint(toy_dir, tmp_path, monkeypatch):
+    out, calls = tmp_path / "nan", []
+
+    def reward(completion, answer):  # fine for the step-0 eval (2 problems) and step 1 (8 samples), then NaN
+        calls.append(1)
+        return float(len(completion) % 2) if len(calls) <= 10 else float("nan")
+    monkeypatch.setattr(eval_gsm8k, "reward", reward)
+    monkeypatch.setattr(sys, "argv", ["grpo.py", *TINY_RUN, "--model", toy_dir, "--steps", "3",
+                                      "--save-every", "1", "--eval-every", "0", "--out", str(out)])
+    with pytest.raises(SystemExit, match="step 2: loss nan"):
+        runpy.run_path(os.path.join(ROOT, "grpo.py"), run_name="__main__")
+    assert sorted(d for d in os.listdir(out) if d.startswith("step_")) == ["step_000001"]
+    assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == [0, 1]
