@@ -166,9 +166,10 @@ def append_jsonl(path, row):
         f.write(json.dumps(row) + "\n")
 
 
-def run_eval(model, tokenizer, problems, stop, max_new_tokens):
+def run_eval(model, tokenizer, problems, stop, max_new_tokens, batch_size):
     """Greedy, strict accuracy on held-out problems (eval_gsm8k.evaluate), as metrics fields."""
-    s, _ = evaluate(model, tokenizer, problems, max_new_tokens=max_new_tokens, stop=stop, progress=False)
+    s, _ = evaluate(model, tokenizer, problems, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                    stop=stop, progress=False)
     return dict(eval_accuracy=s["accuracy"], eval_flexible_accuracy=s["flexible_accuracy"],
                 eval_format_rate=s["format_rate"], eval_n=s["n"], eval_seconds=round(s["seconds"], 2))
 
@@ -190,7 +191,7 @@ if __name__ == "__main__":
     parser.add_argument("--data", default=None, help="folder with GSM8K train.jsonl and test.jsonl; default ~/.cache/rank1/gsm8k (downloaded once)")
     parser.add_argument("--batch", type=int, default=None, help="prompts per step; default 32")
     parser.add_argument("--group", type=int, default=None, help="samples per prompt G; default 8")
-    parser.add_argument("--max-new-tokens", type=int, default=None, help="completion budget; default 512, 64 with --toy")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="completion budget (sampling and evaluation); default 512, 48 with --toy")
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (> 0); log-probs are taken under the same one")
     # optimization
     parser.add_argument("--steps", type=int, default=None, help="training steps (one batch of rollouts each); default 200, 60 with --toy")
@@ -204,17 +205,18 @@ if __name__ == "__main__":
     parser.add_argument("--seed", type=int, default=0, help="seed of LoRA's init, data order and sampling")
     # evaluation and checkpoints
     parser.add_argument("--eval-every", type=int, default=None, help="evaluate every N steps (also at step 0 and at the end); default 20, 10 with --toy; 0 = start and end only")
-    parser.add_argument("--eval-limit", type=int, default=200, help="held-out test problems to evaluate on; 0 = the whole split")
+    parser.add_argument("--eval-limit", type=int, default=None, help="held-out test problems to evaluate on; 0 = the whole split; default 200, 256 with --toy")
+    parser.add_argument("--eval-batch-size", type=int, default=None, help="prompts per generate() call in evaluation; default 64, 256 with --toy")
     parser.add_argument("--save-every", type=int, default=10, help="checkpoint every N steps (and at the end)")
     parser.add_argument("--out", default=None, help="run folder; default runs/grpo[_toy]_r<rank> (runs/grpo[_toy]_full for --rank 0)")
     parser.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --out (a fresh start if there is none)")
     args = parser.parse_args()
 
     # --- resolve the presets: toy world or the real run (DESIGN.md's defaults)
-    preset = dict(model="runs/toy_base", task="toy", batch=32, group=8, max_new_tokens=64, steps=60,
-                  lr=2e-3, micro_batch=0, eval_every=10) if args.toy else \
-        dict(model="Qwen/Qwen2.5-3B", task="gsm8k", batch=32, group=8, max_new_tokens=512, steps=200,
-             lr=5e-5, micro_batch=8, eval_every=20)
+    preset = dict(model="runs/toy_base", task="toy", batch=32, group=8, max_new_tokens=48, steps=60, lr=2e-3,
+                  micro_batch=0, eval_every=10, eval_limit=256, eval_batch_size=256) if args.toy else \
+        dict(model="Qwen/Qwen2.5-3B", task="gsm8k", batch=32, group=8, max_new_tokens=512, steps=200, lr=5e-5,
+             micro_batch=8, eval_every=20, eval_limit=200, eval_batch_size=64)
     if args.lr is None and args.rank == 0:
         preset["lr"] /= 10  # full fine-tuning wants ~1/10 of LoRA's LR (LoRA Without Regret, 2025)
     for key, value in preset.items():
@@ -235,8 +237,8 @@ if __name__ == "__main__":
         args.dtype = "float32"
         torch.backends.cuda.matmul.allow_tf32 = True
         print("full fine-tuning: float32 weights (bf16 would drop Adam's small updates), TF32 matmuls")
-    if args.toy and args.model == "runs/toy_base" and not os.path.isdir(args.model):
-        print("runs/toy_base is missing: building it with `python sft.py --toy` first")
+    if args.toy and args.model == "runs/toy_base" and not os.path.exists("runs/toy_base/model.safetensors"):
+        print("runs/toy_base is missing: building it with `python sft.py --toy` first (a few minutes)")
         subprocess.run([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "sft.py"), "--toy"], check=True)
 
     # --- run folder: args.json first; --resume picks the newest complete checkpoint
@@ -249,7 +251,7 @@ if __name__ == "__main__":
     if ckpt:  # the run must continue with what changes training; steps, device and eval may change
         with open(os.path.join(args.out, "args.json")) as f:
             saved = json.load(f)
-        free = {"resume", "out", "steps", "device", "eval_every", "eval_limit", "save_every"}
+        free = {"resume", "out", "steps", "device", "eval_every", "eval_limit", "eval_batch_size", "save_every"}
         changed = {k: (saved.get(k), v) for k, v in vars(args).items() if k not in free and saved.get(k) != v}
         assert not changed, f"--resume with different arguments (saved, now): {changed}"
     os.makedirs(args.out, exist_ok=True)
@@ -294,15 +296,16 @@ if __name__ == "__main__":
           f"{args.steps} steps, lr {args.lr:.1e}, {'full fine-tuning' if full else f'LoRA rank {args.rank}'}, "
           f"{sum(p.numel() for p in params):,} trainable parameters -> {args.out}")
 
+    t_sample_total = t_train_total = t_eval_total = 0.0
     if start == 0:
-        row = dict(step=0, **run_eval(model, tokenizer, eval_set, stop, args.max_new_tokens))
+        row = dict(step=0, **run_eval(model, tokenizer, eval_set, stop, args.max_new_tokens, args.eval_batch_size))
+        t_eval_total += row["eval_seconds"]
         append_jsonl(metrics_path, row)
         print(f"step {0:5d}/{args.steps} | eval accuracy {row['eval_accuracy']:.3f} | flexible "
               f"{row['eval_flexible_accuracy']:.3f} | format {row['eval_format_rate']:.3f}")
 
     # -------------------------------------------------------------------------
     # The loop: sample, score, update
-    t_sample_total = t_train_total = 0.0
     for step in range(start + 1, args.steps + 1):
         # --- rollouts: B prompts, G samples each, one prefill per prompt shared by its samples
         t0 = time.time()
@@ -364,7 +367,8 @@ if __name__ == "__main__":
               f"{zero_var:.2f} | len {row['length']:5.1f} | fmt {fmt:.2f} | gap {gap0:.1e} | gnorm {grad_norm:.3f} | "
               f"lr {args.lr:.1e} | sample {t_sample:5.1f} s, train {t_train:5.1f} s | {row['tokens_per_s']:6.0f} tok/s")
         if step == args.steps or (args.eval_every and step % args.eval_every == 0):
-            row = dict(step=step, **run_eval(model, tokenizer, eval_set, stop, args.max_new_tokens))
+            row = dict(step=step, **run_eval(model, tokenizer, eval_set, stop, args.max_new_tokens, args.eval_batch_size))
+            t_eval_total += row["eval_seconds"]
             append_jsonl(metrics_path, row)
             print(f"step {step:5d}/{args.steps} | eval accuracy {row['eval_accuracy']:.3f} | flexible "
                   f"{row['eval_flexible_accuracy']:.3f} | format {row['eval_format_rate']:.3f}")
@@ -380,7 +384,8 @@ if __name__ == "__main__":
     if len(evals) >= 2:
         print(f"eval accuracy {evals[0]['eval_accuracy']:.3f} (step {evals[0]['step']}) -> "
               f"{evals[-1]['eval_accuracy']:.3f} (step {evals[-1]['step']})")
-    total = t_sample_total + t_train_total
-    if total:
-        print(f"time: sampling {t_sample_total:.1f} s ({100 * t_sample_total / total:.0f}%), "
-              f"training {t_train_total:.1f} s ({100 * t_train_total / total:.0f}%) this session")
+    total = t_sample_total + t_train_total + t_eval_total
+    if total:  # a resumed run that was already finished did nothing
+        print(f"time this session: sampling {t_sample_total:.1f} s ({100 * t_sample_total / total:.0f}%), training "
+              f"{t_train_total:.1f} s ({100 * t_train_total / total:.0f}%), evaluation {t_eval_total:.1f} s "
+              f"({100 * t_eval_total / total:.0f}%)")
