@@ -1,0 +1,457 @@
+"""
+The geometry of LoRA training trajectories: PCA of effective updates, cosines, distances, plane
+exploration and rank truncation, from the run folders that grpo.py and sft.py write.
+
+    python geometry.py runs/                                # runs/geometry/geometry.json + figures
+    python geometry.py runs/ --plane --grid 7 --eval-limit 100     # accuracy over the PC1-PC2 plane
+    python geometry.py runs/ --plane --truncate 1           # + rank-1 versions of the finals and best points
+    python geometry.py --bench-scale 100                    # Gram of 100 rank-1 Qwen2.5-3B adapters: time, memory
+
+A checkpoint's effective update u = concat over adapted matrices of vec((α/r)·B·A) has the same
+length for every rank, so runs of different ranks live in one space. Nothing here forms a dense
+(out, in) update: inner products come from the factors, <B1A1, B2A2>_F = sum((B1ᵀB2) ⊙ (A1A2ᵀ)),
+PCA from the Gram matrix K[i, j] = <u_i, u_j> (kernel PCA: the eigenvectors of the centered Gram
+are the PC scores up to √λ), and a point of the PC plane is a linear combination of checkpoints,
+so it is itself a factored adapter (stacked factors, lora.combine) evaluated as is, unmerged.
+
+Step 0: B = 0 at init, so every run starts at the origin ΔW = 0. A run with no step_000000 folder
+gets that origin as its first point, and it joins the PCA like any checkpoint (the trajectories
+all start from the same base model, and the plane then reaches back to it).
+Full fine-tuning runs (no adapter) are skipped with a note: their update is dense.
+"""
+import argparse
+import json
+import math
+import os
+import re
+import time
+from collections.abc import Mapping
+from itertools import combinations
+from pathlib import Path
+
+import matplotlib
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from safetensors import safe_open
+from tqdm import tqdm
+
+import eval_gsm8k
+import lora
+import model as qwen
+
+# -----------------------------------------------------------------------------
+# Reading run folders
+
+
+class Adapter(Mapping):
+    """A saved PEFT adapter as a read-only {module: (scale, B, A)} mapping (lora_factors' form) that
+    reads a matrix from the safetensors file only when asked: the Gram over hundreds of checkpoints
+    then holds one matrix's factors at a time, not every checkpoint (rank-16 3B adapters are 120 MB)."""
+
+    def __init__(self, folder):
+        with open(os.path.join(folder, "adapter_config.json")) as f:
+            self.config = c = json.load(f)
+        bad = {k: c[k] for k in ("rank_pattern", "alpha_pattern", "use_dora", "fan_in_fan_out") if c.get(k)}
+        assert c.get("peft_type") == "LORA" and not bad, f"{folder}: not a plain LoRA adapter ({c.get('peft_type')}, {bad})"
+        self.scale = c["lora_alpha"] / (math.sqrt(c["r"]) if c.get("use_rslora") else c["r"])  # α/r or α/√r
+        self.file = safe_open(os.path.join(folder, "adapter_model.safetensors"), framework="pt")
+        n, suffix = len(lora.PEFT_PREFIX), ".lora_A.weight"
+        self.names = {k[n:-len(suffix)]: None for k in self.file.keys() if k.endswith(suffix)}
+
+    def __getitem__(self, name):
+        if name not in self.names:
+            raise KeyError(name)
+        read = lambda part: self.file.get_tensor(f"{lora.PEFT_PREFIX}{name}.{part}.weight")
+        return self.scale, read("lora_B"), read("lora_A")                 # (out, r), (r, in)
+
+    def __contains__(self, name):  # Mapping's default would read the tensors to find out
+        return name in self.names
+
+    def __iter__(self):
+        return iter(self.names)
+
+    def __len__(self):
+        return len(self.names)
+
+
+def find_runs(runs_dir):
+    """{run: [(step, folder), ...]} of every LoRA run under runs_dir, and notes on what was skipped."""
+    runs, notes = {}, []
+    for d in sorted(p for p in Path(runs_dir).iterdir() if p.is_dir()):
+        steps = sorted((int(m[1]), p) for p in d.iterdir() if p.is_dir() and (m := re.fullmatch(r"step_(\d+)", p.name)))
+        lora_steps = [(s, p) for s, p in steps if (p / "adapter_model.safetensors").exists()]
+        if not steps:
+            notes.append(f"{d.name}: no step_* checkpoints, not a run")
+        elif not lora_steps:
+            notes.append(f"{d.name}: full fine-tuning (no adapter), skipped: its update is dense")
+        else:
+            runs[d.name] = lora_steps
+            if len(lora_steps) < len(steps):
+                notes.append(f"{d.name}: {len(steps) - len(lora_steps)} step folders without an adapter ignored")
+    return runs, notes
+
+
+# -----------------------------------------------------------------------------
+# The math: Gram matrix from factors, kernel PCA
+
+
+def gram(updates, device="cpu", progress=True):
+    """K[i, j] = <u_i, u_j>_F over all adapted matrices, in float64, from the factors alone.
+
+    Per matrix, every update's factors are stacked, Bs = [s1·B1 | s2·B2 | ...] (out, R) and
+    As = [A1; A2; ...] (R, in), so (BsᵀBs) ⊙ (AsAsᵀ) (R, R) holds every pair's rank-by-rank terms
+    and summing its blocks gives K. Memory: one matrix's stacked factors, (out + in)·R floats with R
+    the total rank over checkpoints, never out·in; time R²·(out + in) per matrix, which a GPU
+    (`device`) absorbs when R reaches the thousands. An update that lacks a matrix adds 0 there."""
+    N = len(updates)
+    K = torch.zeros(N, N, dtype=torch.float64, device=device)
+    names = list(dict.fromkeys(n for u in updates for n in u))
+    for name in tqdm(names, desc="gram", unit="matrix", disable=not progress):
+        parts = [(i, *u[name]) for i, u in enumerate(updates) if name in u]  # (i, scale, B, A)
+        B = torch.cat([s * B.to(device, torch.float64) for _, s, B, _ in parts], 1)         # (out, R)
+        A = torch.cat([A.to(device, torch.float64) for _, _, _, A in parts], 0)             # (R, in)
+        owner = torch.tensor([i for i, _, _, A in parts for _ in range(A.shape[0])], device=device)  # (R,)
+        M = (B.T @ B) * (A @ A.T)                                                   # (R, R)
+        M = torch.zeros(len(owner), N, dtype=M.dtype, device=device).index_add_(1, owner, M)  # (R, N)
+        K.index_add_(0, owner, M)                                                   # blocks summed
+    return K.cpu().numpy()
+
+
+def pca(K):
+    """Centered PCA of the points whose Gram matrix is K (N, N) -> scores (N, k), explained variance
+    ratio (k,), coef (N, k). Kc = HKH with H = I - 11ᵀ/N; Kc = VΛVᵀ; point i's score on PC k is
+    √λ_k·V[i, k], and PC k itself is Σ_i coef[i, k]·u_i with coef = V/√λ (V ⊥ 1 when λ > 0, so the
+    mean drops out). k counts the components with λ > 0; each is signed so its largest score is > 0."""
+    N = len(K)
+    H = np.eye(N) - 1.0 / N
+    lam, V = np.linalg.eigh(H @ K @ H)
+    lam, V = lam[::-1], V[:, ::-1]                                           # descending
+    keep = lam > max(lam[0], 0.0) * 1e-10                                    # drop round-off "variance"
+    lam, V = lam[keep], V[:, keep]
+    V = V * np.sign(V[np.abs(V).argmax(0), np.arange(V.shape[1])])         # a fixed sign per component
+    total = lam.sum()
+    return V * np.sqrt(lam), lam / total if total > 0 else lam, V / np.sqrt(lam)
+
+
+def plane_weights(coef, a, b):
+    """Weights w (N,) with Σ_i w_i·u_i = mean + a·pc1 + b·pc2."""
+    N = len(coef)
+    return np.full(N, 1.0 / N) + a * coef[:, 0] + (b * coef[:, 1] if coef.shape[1] > 1 else 0.0)
+
+
+def cosine(K, i, j):
+    d = math.sqrt(K[i, i] * K[j, j])
+    return float(K[i, j] / d) if d > 0 else float("nan")
+
+
+def truncation(factors, k):
+    """lora.truncate(factors, k) and what survives: ||ΔW_k||²/||ΔW||² and cos(ΔW, ΔW_k)."""
+    trunc = lora.truncate(factors, k)
+    K = gram([factors, trunc], progress=False)
+    return trunc, float(K[1, 1] / K[0, 0]), cosine(K, 0, 1)
+
+
+def base_sq_norms(base, names):
+    """{module: ||W||_F²} of the base weights, streamed one tensor at a time from the safetensors
+    file(s): no model is built and at most one matrix is in memory."""
+    path = qwen.resolve_path(base)
+    index = os.path.join(path, "model.safetensors.index.json")
+    where = json.load(open(index))["weight_map"] if os.path.exists(index) else {}
+    by_file = {}
+    for n in names:
+        by_file.setdefault(where.get(f"{n}.weight", "model.safetensors"), []).append(n)
+    out = {}
+    for file, ns in by_file.items():
+        f = safe_open(os.path.join(path, file), framework="pt")
+        for n in ns:
+            out[n] = f.get_tensor(f"{n}.weight").double().pow(2).sum().item()
+    return out
+
+
+
+def accuracy(net, tok, problems, factors, max_new_tokens, batch_size, stop):
+    """Strict accuracy of the base model plus `factors`, installed unmerged whatever their rank."""
+    lora.set_factors(net, factors)
+    return eval_gsm8k.evaluate(net, tok, problems, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                               stop=stop, progress=False)[0]["accuracy"]
+
+# -----------------------------------------------------------------------------
+# Figures (matplotlib, Agg: files only)
+
+
+def draw_trajectories(ax, traj, colors):
+    """traj: {run: (steps, xy (n, 2))}; a line per run, a dot per checkpoint, first and last step labelled."""
+    for run, (steps, xy) in traj.items():
+        ax.plot(xy[:, 0], xy[:, 1], "-o", color=colors[run], ms=3, lw=1.2, label=run)
+        for k in {0, len(steps) - 1}:
+            ax.annotate(str(steps[k]), xy[k], fontsize=7, color=colors[run], xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("PC1")
+    ax.set_ylabel("PC2")
+
+
+def save_figures(out, traj, colors, evr, per_run_evr, dist, runs, cos_final, cos_time):
+    fig, ax = plt.subplots(figsize=(6, 5))
+    draw_trajectories(ax, traj, colors)
+    ax.legend(fontsize=8)
+    ax.set_title(f"trajectories in the PC1-PC2 plane ({100 * sum(evr[:2]):.0f}% of the variance)")
+    fig.savefig(out / "trajectories.png", dpi=120, bbox_inches="tight")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for run, rows in dist.items():
+        ax.plot(*zip(*rows), "-o", ms=3, color=colors[run], label=run)
+    ax.set(xlabel="step", ylabel="||u_t - u_0||_F", title="distance from the start")
+    ax.legend(fontsize=8)
+    fig.savefig(out / "distance.png", dpi=120, bbox_inches="tight")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    n = min(len(evr), 20)
+    ax.bar(np.arange(1, n + 1), evr[:n], color="0.7", label="all runs")
+    for run, r in per_run_evr.items():
+        ax.plot(np.arange(1, min(len(r), n) + 1), r[:n], "-o", ms=3, color=colors[run], label=run)
+    ax.set(xlabel="component", ylabel="explained variance ratio", title="explained variance per component")
+    ax.legend(fontsize=8)
+    fig.savefig(out / "explained_variance.png", dpi=120, bbox_inches="tight")
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
+    im = ax.imshow(cos_final, vmin=-1, vmax=1, cmap="RdBu_r")
+    ax.set(xticks=range(len(runs)), yticks=range(len(runs)), xticklabels=runs, yticklabels=runs,
+           title="cosine of the final updates")
+    for (i, j), c in np.ndenumerate(np.array(cos_final)):
+        ax.text(j, i, f"{c:.2f}", ha="center", va="center", fontsize=8)
+    fig.colorbar(im, ax=ax)
+    for pair, rows in cos_time.items():
+        ax2.plot(*(zip(*rows) if rows else ([], [])), "-o", ms=3, label=pair)
+    ax2.axhline(0, color="0.5", lw=0.8, label="orthogonal")
+    ax2.set(xlabel="step", ylabel="cosine", title="cosine between runs at the same step")
+    ax2.legend(fontsize=8)
+    fig.savefig(out / "cosine.png", dpi=120, bbox_inches="tight")
+    plt.close("all")
+
+
+def save_plane_figure(out, traj, colors, a, b, acc, best):
+    fig, ax = plt.subplots(figsize=(7, 5.5))
+    da, db = (a[1] - a[0]) / 2 if len(a) > 1 else 1, (b[1] - b[0]) / 2 if len(b) > 1 else 1
+    im = ax.imshow(acc, origin="lower", extent=(a[0] - da, a[-1] + da, b[0] - db, b[-1] + db),
+                   aspect="auto", cmap="viridis", vmin=0, vmax=1)
+    fig.colorbar(im, ax=ax, label="accuracy")
+    draw_trajectories(ax, traj, colors)
+    ax.plot([p["a"] for p in best], [p["b"] for p in best], "r*", ms=12, label="best")
+    ax.legend(fontsize=8)
+    ax.set_title("accuracy over the PC1-PC2 plane")
+    fig.savefig(out / "plane.png", dpi=120, bbox_inches="tight")
+    plt.close("all")
+
+# -----------------------------------------------------------------------------
+# The scale benchmark: synthetic rank-1 adapters of Qwen2.5-3B's shapes
+
+
+def rss_anon_mib():
+    """Anonymous resident memory in MiB (Linux): what the process allocated, without the page cache
+    that the mmapped safetensors files add to RSS (reclaimable, and shared with the OS)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) / 1024 for line in f if line.startswith("RssAnon:"))
+
+
+def bench_scale(n, device, rank=1, seed=0):
+    """Write n synthetic PEFT adapters of Qwen2.5-3B's shapes (Qwen2Config's defaults) to a temp dir,
+    then time their Gram matrix; a thread samples the anonymous memory every 5 ms for its peak."""
+    import resource, tempfile, threading
+    from safetensors.torch import save_file
+    config, g = qwen.Qwen2Config(), torch.Generator().manual_seed(seed)
+    shapes = {lora.module_name(i, t): shape for i in range(config.num_hidden_layers)
+              for t, shape in lora.projection_shapes(config).items()}
+    per, dense = sum(rank * (o + i) for o, i in shapes.values()), sum(o * i for o, i in shapes.values())
+    print(f"{n} synthetic rank-{rank} adapters of Qwen2.5-3B's shapes: {len(shapes)} matrices, {per:,} parameters "
+          f"each; Gram in float64 on {device}, {torch.get_num_threads()} CPU threads")
+    with tempfile.TemporaryDirectory() as tmp:
+        for k in tqdm(range(n), desc="write"):  # one adapter in memory at a time
+            folder = Path(tmp) / f"step_{k:06d}"
+            folder.mkdir()
+            save_file({f"{lora.PEFT_PREFIX}{name}.lora_{p}.weight": torch.randn(shape, generator=g) * 0.01
+                       for name, (o, i) in shapes.items() for p, shape in (("A", (rank, i)), ("B", (o, rank)))},
+                      str(folder / "adapter_model.safetensors"))
+            (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": rank, "lora_alpha": 32}))
+        before, peak, stop = rss_anon_mib(), [0.0], threading.Event()
+        def watch():
+            while not stop.wait(0.005):
+                peak[0] = max(peak[0], rss_anon_mib())
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        t0 = time.perf_counter()
+        updates = [Adapter(Path(tmp) / f"step_{k:06d}") for k in range(n)]
+        K = gram(updates, device)
+        seconds = time.perf_counter() - t0
+        stop.set()
+        watcher.join()
+        check = lora.factored_inner(dict(updates[0]), dict(updates[-1]))
+    assert abs(check - K[0, -1]) <= 1e-9 * math.sqrt(K[0, 0] * K[-1, -1]), (check, K[0, -1])
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    print(f"Gram {n}x{n}: {seconds:.1f} s. Anonymous memory: {before:.0f} MiB before, peak {peak[0]:.0f} MiB "
+          f"(+{peak[0] - before:.0f}); peak RSS with the mmapped files' pages {maxrss:.0f} MiB. The dense updates "
+          f"would take {n * dense * 4 / 2**30:,.0f} GiB in float32. K[0, -1] equals lora.factored_inner.")
+    return dict(n=n, rank=rank, params=per, seconds=seconds, anon_before_mib=before, anon_peak_mib=peak[0], maxrss_mib=maxrss)
+
+# -----------------------------------------------------------------------------
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs_dir", nargs="?", default=None, help="folder of run folders (runs/<name>/step_XXXXXX/); default runs/")
+    parser.add_argument("--out", default=None, help="output folder; default RUNS_DIR/geometry/")
+    parser.add_argument("--components", type=int, default=10, help="PC coordinates stored per checkpoint")
+    parser.add_argument("--model", default=None, help="base model (folder or hub id); default: the adapters' base_model_name_or_path")
+    # plane exploration and truncation (these load the base model and evaluate)
+    parser.add_argument("--plane", action="store_true", help="evaluate a grid over the PC1-PC2 plane")
+    parser.add_argument("--grid", type=int, default=5, help="grid points per axis (grid x grid evaluations)")
+    parser.add_argument("--margin", type=float, default=0.25, help="grid beyond the trajectories, as a fraction of their span")
+    parser.add_argument("--truncate", type=int, default=0, help="evaluate best rank-K versions of the final checkpoints "
+                        "(and of the best plane point with --plane); 0 = no truncation")
+    parser.add_argument("--eval-limit", type=int, default=50, help="test problems per evaluation (toy or gsm8k, per the runs' args.json)")
+    parser.add_argument("--data", default=None, help="folder with GSM8K's test.jsonl; default the runs' args.json --data, else the cached download")
+    parser.add_argument("--max-new-tokens", type=int, default=0, help="completion budget; 0 = the runs' args.json, else 64 (toy) / 512")
+    parser.add_argument("--batch-size", type=int, default=64, help="prompts per generate() call")
+    parser.add_argument("--device", default=None, help="cuda, mps or cpu; none = the best available")
+    parser.add_argument("--bench-scale", type=int, default=0, help="benchmark only: Gram of N synthetic rank-1 "
+                        "Qwen2.5-3B adapters (time, peak memory); 0 = off")
+    args = parser.parse_args()
+    # float64 Gram on a CUDA GPU when there is one (MPS has no float64), else the CPU
+    gram_device = torch.device("cuda") if qwen.pick_device(args.device).type == "cuda" else torch.device("cpu")
+    if args.bench_scale:
+        bench_scale(args.bench_scale, gram_device)
+        raise SystemExit
+    if args.runs_dir is None and not os.path.isdir("runs"):
+        parser.print_help()
+        raise SystemExit("\nno RUNS_DIR given and no runs/ here (try `python grpo.py --toy --rank 1` first, or --bench-scale 100)")
+    args.runs_dir = args.runs_dir or "runs"
+    out = Path(args.out or Path(args.runs_dir) / "geometry")
+
+    # --- every checkpoint of every run, read lazily; the origin first where step 0 was not saved
+    runs_steps, notes = find_runs(args.runs_dir)
+    print("".join(f"note: {n}\n" for n in notes), end="")
+    assert runs_steps, f"no LoRA runs under {args.runs_dir}"
+    runs = sorted(runs_steps)
+    ckpts, updates, origins = [], [], []  # (run, step), and {} for an origin or an Adapter
+    for run in runs:
+        if runs_steps[run][0][0] != 0:
+            ckpts.append((run, 0))
+            updates.append({})
+            origins.append(run)
+        for step, folder in tqdm(runs_steps[run], desc=f"load {run}"):
+            ckpts.append((run, step))
+            updates.append(Adapter(folder))
+    index = {run: [i for i, (r, _) in enumerate(ckpts) if r == run] for run in runs}
+    last = {run: ix[-1] for run, ix in index.items()}
+    print(f"{len(runs)} runs, {len(ckpts)} points ({len(origins)} origins added): "
+          + ", ".join(f"{run} rank {updates[last[run]].config['r']}" for run in runs))
+
+    # --- Gram, PCA, cosines, norms
+    K = gram(updates, gram_device)
+    scores, evr, coef = pca(K)
+    scores2 = np.pad(scores, ((0, 0), (0, max(0, 2 - scores.shape[1]))))[:, :2]  # PC1, PC2 (0 if missing)
+    per_run = {run: pca(K[np.ix_(ix, ix)])[1] for run, ix in index.items()}
+    steps = {run: [ckpts[i][1] for i in ix] for run, ix in index.items()}
+    norm = {run: [[ckpts[i][1], math.sqrt(max(K[i, i], 0.0))] for i in ix] for run, ix in index.items()}
+    dist = {run: [[ckpts[i][1], math.sqrt(max(K[i, i] - 2 * K[i, ix[0]] + K[ix[0], ix[0]], 0.0))] for i in ix]
+            for run, ix in index.items()}
+    cos_final = [[cosine(K, last[r1], last[r2]) for r2 in runs] for r1 in runs]
+    cos_time = {}
+    for r1, r2 in combinations(runs, 2):
+        at = {ckpts[j][1]: j for j in index[r2]}  # step -> r2's point
+        pairs = [(i, at[ckpts[i][1]]) for i in index[r1] if ckpts[i][1] in at]
+        cos_time[f"{r1} vs {r2}"] = [[ckpts[i][1], cosine(K, i, j)] for i, j in pairs if K[i, i] > 0 and K[j, j] > 0]
+    cos_to_final = {run: [[ckpts[i][1], cosine(K, i, last[run])] for i in ix if K[i, i] > 0] for run, ix in index.items()}
+    print(f"explained variance ratio: " + " ".join(f"{v:.3f}" for v in evr[:6])
+          + f"  (PC1+PC2 = {sum(evr[:2]):.3f})")
+    for r1, row in zip(runs, cos_final):
+        print(f"cosine of final updates  {r1:>12}: " + " ".join(f"{c:+.3f}" for c in row))
+
+    # --- ||ΔW||_F / ||W||_F over the adapted matrices at the last checkpoint
+    update_to_weight, bases = {}, {}
+    for run in runs:
+        bases[run] = args.model or updates[last[run]].config.get("base_model_name_or_path")
+        try:
+            w2 = sum(base_sq_norms(bases[run], list(updates[last[run]])).values())
+            update_to_weight[run] = math.sqrt(K[last[run], last[run]] / w2)
+            print(f"{run}: ||ΔW||/||W|| = {update_to_weight[run]:.3e} at step {ckpts[last[run]][1]} (base {bases[run]})")
+        except (OSError, RuntimeError, KeyError, TypeError, ValueError) as e:
+            notes.append(f"{run}: no ||ΔW||/||W|| (base model {bases[run]!r} unreadable: {type(e).__name__}: {e})")
+            print(f"note: {notes[-1]}")
+
+    colors = {run: f"C{k % 10}" for k, run in enumerate(runs)}
+    traj = {run: (steps[run], scores2[ix]) for run, ix in index.items()}
+    report = {"runs": runs,
+              "checkpoints": [{"run": r, "step": s, "pc": scores[i, :args.components].tolist()} for i, (r, s) in enumerate(ckpts)],
+              "explained_variance_ratio": evr.tolist(),
+              "cosine_final": cos_final,
+              "norm": norm,
+              "update_to_weight": update_to_weight,
+              # beyond DESIGN.md's keys
+              "explained_variance_ratio_per_run": {run: v.tolist() for run, v in per_run.items()},
+              "distance_from_start": dist, "cosine_over_time": cos_time, "cosine_to_final": cos_to_final,
+              "gram": K.tolist(), "origin_added": origins,
+              "notes": notes}
+    out.mkdir(parents=True, exist_ok=True)
+    save_figures(out, traj, colors, evr, per_run, dist, runs, cos_final, cos_time)
+
+    # --- plane exploration and truncation: the base model plus factored adapters, evaluated
+    if args.plane or args.truncate:
+        assert len(set(bases.values())) == 1, f"runs on different base models: {bases}"
+        run_a = [json.loads(p.read_text()) if (p := Path(args.runs_dir) / run / "args.json").exists() else {} for run in runs]
+        tasks = {a.get("task") or ("toy" if a.get("toy") else "gsm8k") for a in run_a}
+        assert len(tasks) == 1, f"runs trained on different tasks: {tasks}"
+        task = tasks.pop()
+        data = args.data or run_a[0].get("data")  # grpo.py's convention: a folder with {split}.jsonl
+        problems = eval_gsm8k.load_task(task, "test", os.path.join(data, "test.jsonl") if data and task == "gsm8k" else None)
+        problems = problems[:args.eval_limit]
+        max_new = args.max_new_tokens or run_a[0].get("max_new_tokens") or (64 if task == "toy" else 512)
+        net, tok = qwen.load_model(bases[runs[0]], device=args.device), qwen.load_tokenizer(bases[runs[0]])
+        stop = eval_gsm8k.stop_ids(tok)
+        evaluate = lambda f: accuracy(net, tok, problems, f, max_new, args.batch_size, stop)
+        print(f"evaluating on {len(problems)} {task} test problems, {max_new} new tokens, greedy")
+        base_acc = evaluate({})
+        print(f"base model (the origin): accuracy {base_acc:.3f}")
+        factor_sets = [dict(u) for u in updates]  # in memory now: every plane point reads them all
+        best = []
+        if args.plane:
+            # Exact, no truncation: a point's stacked rank R is the total rank of all checkpoints, and
+            # its LoRA path costs R·(in + out) multiply-adds per token per matrix beside the base's
+            # in·out (rank-1 3B runs, 150 checkpoints: ~10% more). Merging instead would round a
+            # small ΔW into bf16 weights (8 bits of mantissa), and set_factors keeps it in float32.
+            shape = {n: (f[n][1].shape[0], f[n][2].shape[1]) for f in factor_sets for n in f}   # (out, in)
+            rank = {n: sum(f[n][2].shape[0] for f in factor_sets if n in f) for n in shape}       # stacked R
+            R, extra = max(rank.values()), sum(rank[n] * sum(shape[n]) for n in shape) / sum(o * i for o, i in shape.values())
+            print(f"plane: {args.grid}x{args.grid} points, each a stacked adapter of rank up to {R} (exact, unmerged): "
+                  f"its LoRA path adds {100 * extra:.0f}% to the adapted matrices' multiply-adds")
+            lo, hi = scores2.min(0), scores2.max(0)
+            pad = args.margin * np.maximum(hi - lo, 1e-12)
+            a_ax, b_ax = (np.linspace(lo[k] - pad[k], hi[k] + pad[k], args.grid) for k in range(2))
+            acc = np.zeros((args.grid, args.grid))  # [b, a]
+            t0 = time.perf_counter()
+            for p in tqdm(range(args.grid ** 2), desc="plane"):
+                ib, ia = divmod(p, args.grid)
+                acc[ib, ia] = evaluate(lora.combine(factor_sets, plane_weights(coef, a_ax[ia], b_ax[ib])))
+            # the best point (ties: the one nearest the mean, a = b = 0); "good" = within 90% of it
+            top = acc.max()
+            ib, ia = min(zip(*np.nonzero(acc == top)), key=lambda p: math.hypot(a_ax[p[1]], b_ax[p[0]]))
+            best = [dict(a=float(a_ax[ia]), b=float(b_ax[ib]), accuracy=float(top))]
+            report["plane"] = dict(a=a_ax.tolist(), b=b_ax.tolist(), accuracy=acc.tolist(), best=best, task=task,
+                                   eval_limit=len(problems), base_accuracy=base_acc, stacked_rank=R,
+                                   good_fraction=float((acc >= 0.9 * top).mean()),
+                                   above_base_fraction=float((acc > base_acc).mean()), seconds=time.perf_counter() - t0)
+            print(f"plane: best accuracy {top:.3f} at (a, b) = ({best[0]['a']:.3g}, {best[0]['b']:.3g}); "
+                  f"{100 * report['plane']['good_fraction']:.0f}% of the grid within 90% of it")
+            save_plane_figure(out, traj, colors, a_ax, b_ax, acc, best)
+        if args.truncate:
+            rows = []
+            targets = [(f"{run} final (step {ckpts[last[run]][1]})", factor_sets[last[run]], None) for run in runs]
+            targets += [(f"plane best ({p['a']:.3g}, {p['b']:.3g})",
+                         lora.combine(factor_sets, plane_weights(coef, p["a"], p["b"])), p["accuracy"]) for p in best]
+            for name, f, acc_full in tqdm(targets, desc=f"rank-{args.truncate}"):
+                acc_full = evaluate(f) if acc_full is None else acc_full
+                trunc, kept, cos = truncation(f, args.truncate)
+                rows.append(dict(name=name, rank=args.truncate, accuracy=acc_full, accuracy_truncated=evaluate(trunc),
+                                 energy_kept=kept, cosine=cos))
+            print(f"{'':40} | {'accuracy':>8} | {f'rank-{args.truncate}':>8} | {'||ΔW_k||²/||ΔW||²':>17} | cos")
+            for r in rows:
+                print(f"{r['name']:40} | {r['accuracy']:8.3f} | {r['accuracy_truncated']:8.3f} | {r['energy_kept']:17.4f} | {r['cosine']:.4f}")
+            report["truncation"] = dict(rank=args.truncate, base_accuracy=base_acc, eval_limit=len(problems), rows=rows)
+    (out / "geometry.json").write_text(json.dumps(report, indent=1))
+    print(f"wrote {out / 'geometry.json'} and figures: " + ", ".join(sorted(p.name for p in out.glob("*.png"))))
