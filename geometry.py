@@ -181,8 +181,10 @@ def accuracy(net, tok, problems, factors, max_new_tokens, batch_size, stop):
 # Figures (matplotlib, Agg: files only)
 
 
-def draw_trajectories(ax, traj, colors):
-    """traj: {run: (steps, xy (n, 2))}; a line per run, a dot per checkpoint, first and last step labelled."""
+def draw_trajectories(ax, traj, colors, origin):
+    """traj: {run: (steps, xy (n, 2))}; a line per run, a dot per checkpoint, first and last step
+    labelled; origin: where the base model (ΔW = 0) falls in the plane."""
+    ax.plot(*origin, "kx", ms=9, mew=2, label="base model (ΔW = 0)")
     for run, (steps, xy) in traj.items():
         ax.plot(xy[:, 0], xy[:, 1], "-o", color=colors[run], ms=3, lw=1.2, label=run)
         for k in {0, len(steps) - 1}:
@@ -191,9 +193,9 @@ def draw_trajectories(ax, traj, colors):
     ax.set_ylabel("PC2")
 
 
-def save_figures(out, traj, colors, evr, per_run_evr, dist, runs, cos_final, cos_time):
+def save_figures(out, traj, colors, origin, evr, per_run_evr, dist, runs, cos_final, cos_time):
     fig, ax = plt.subplots(figsize=(6, 5))
-    draw_trajectories(ax, traj, colors)
+    draw_trajectories(ax, traj, colors, origin)
     ax.legend(fontsize=8)
     ax.set_title(f"trajectories in the PC1-PC2 plane ({100 * sum(evr[:2]):.0f}% of the variance)")
     fig.savefig(out / "trajectories.png", dpi=120, bbox_inches="tight")
@@ -227,13 +229,13 @@ def save_figures(out, traj, colors, evr, per_run_evr, dist, runs, cos_final, cos
     plt.close("all")
 
 
-def save_plane_figure(out, traj, colors, a, b, acc, best):
+def save_plane_figure(out, traj, colors, origin, a, b, acc, best):
     fig, ax = plt.subplots(figsize=(7, 5.5))
     da, db = (a[1] - a[0]) / 2 if len(a) > 1 else 1, (b[1] - b[0]) / 2 if len(b) > 1 else 1
     im = ax.imshow(acc, origin="lower", extent=(a[0] - da, a[-1] + da, b[0] - db, b[-1] + db),
                    aspect="auto", cmap="viridis", vmin=0, vmax=1)
     fig.colorbar(im, ax=ax, label="accuracy")
-    draw_trajectories(ax, traj, colors)
+    draw_trajectories(ax, traj, colors, origin)
     ax.plot([p["a"] for p in best], [p["b"] for p in best], "r*", ms=12, label="best")
     ax.legend(fontsize=8)
     ax.set_title("accuracy over the PC1-PC2 plane")
@@ -389,7 +391,9 @@ if __name__ == "__main__":
               "gram": K.tolist(), "origin_added": origins,
               "notes": notes}
     out.mkdir(parents=True, exist_ok=True)
-    save_figures(out, traj, colors, evr, per_run, dist, runs, cos_final, cos_time)
+    origin = -(K.mean(0) @ np.pad(coef, ((0, 0), (0, max(0, 2 - coef.shape[1]))))[:, :2])  # <0 - mean, pc1, pc2>
+    report["origin_pc"] = origin.tolist()
+    save_figures(out, traj, colors, origin, evr, per_run, dist, runs, cos_final, cos_time)
 
     # --- plane exploration and truncation: the base model plus factored adapters, evaluated
     if args.plane or args.truncate:
@@ -438,7 +442,7 @@ if __name__ == "__main__":
                                    above_base_fraction=float((acc > base_acc).mean()), seconds=time.perf_counter() - t0)
             print(f"plane: best accuracy {top:.3f} at (a, b) = ({best[0]['a']:.3g}, {best[0]['b']:.3g}); "
                   f"{100 * report['plane']['good_fraction']:.0f}% of the grid within 90% of it")
-            save_plane_figure(out, traj, colors, a_ax, b_ax, acc, best)
+            save_plane_figure(out, traj, colors, origin, a_ax, b_ax, acc, best)
         if args.truncate:
             rows = []
             targets = [(f"{run} final (step {ckpts[last[run]][1]})", factor_sets[last[run]], None) for run in runs]

@@ -156,6 +156,7 @@ def test_cli_writes_report_and_figures(runs_dir, toy_dir, tmp_path):
     assert [(c["run"], c["step"]) for c in rep["checkpoints"][:6]] == \
         [("r1", 0), ("r1", 10), ("r1", 20), ("r1", 30), ("r1", 40), ("r2attn", 0)]
     assert all(len(c["pc"]) == 3 for c in rep["checkpoints"])
+    np.testing.assert_allclose(rep["origin_pc"], rep["checkpoints"][0]["pc"][:2], atol=1e-9)  # r1's added origin
     evr = rep["explained_variance_ratio"]
     assert evr == sorted(evr, reverse=True) and math.isclose(sum(evr), 1.0, rel_tol=1e-9)
     assert np.allclose(np.diag(rep["cosine_final"]), 1.0)
