@@ -189,8 +189,7 @@ def draw_trajectories(ax, traj, colors, origin):
         ax.plot(xy[:, 0], xy[:, 1], "-o", color=colors[run], ms=3, lw=1.2, label=run)
         for k in {0, len(steps) - 1}:
             ax.annotate(str(steps[k]), xy[k], fontsize=7, color=colors[run], xytext=(3, 3), textcoords="offset points")
-    ax.set_xlabel("PC1")
-    ax.set_ylabel("PC2")
+    ax.set(xlabel="PC1", ylabel="PC2")
 
 
 def save_figures(out, traj, colors, origin, evr, per_run_evr, dist, runs, cos_final, cos_time):
@@ -246,13 +245,6 @@ def save_plane_figure(out, traj, colors, origin, a, b, acc, best):
 # The scale benchmark: synthetic rank-1 adapters of Qwen2.5-3B's shapes
 
 
-def rss_anon_mib():
-    """Anonymous resident memory in MiB (Linux): what the process allocated, without the page cache
-    that the mmapped safetensors files add to RSS (reclaimable, and shared with the OS)."""
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) / 1024 for line in f if line.startswith("RssAnon:"))
-
-
 def bench_scale(n, device, rank=1, seed=0):
     """Write n synthetic PEFT adapters of Qwen2.5-3B's shapes (Qwen2Config's defaults) to a temp dir,
     then time their Gram matrix; a thread samples the anonymous memory every 5 ms for its peak."""
@@ -262,6 +254,9 @@ def bench_scale(n, device, rank=1, seed=0):
     shapes = {lora.module_name(i, t): shape for i in range(config.num_hidden_layers)
               for t, shape in lora.projection_shapes(config).items()}
     per, dense = sum(rank * (o + i) for o, i in shapes.values()), sum(o * i for o, i in shapes.values())
+    # anonymous resident memory, MiB (Linux): what the process allocated, without the page cache that
+    # the mmapped safetensors files add to RSS (reclaimable, and shared with the OS)
+    rss_anon_mib = lambda: next(int(l.split()[1]) / 1024 for l in open("/proc/self/status") if l.startswith("RssAnon:"))
     print(f"{n} synthetic rank-{rank} adapters of Qwen2.5-3B's shapes: {len(shapes)} matrices, {per:,} parameters "
           f"each; Gram in float64 on {device}, {torch.get_num_threads()} CPU threads")
     with tempfile.TemporaryDirectory() as tmp:
@@ -278,19 +273,18 @@ def bench_scale(n, device, rank=1, seed=0):
                 peak[0] = max(peak[0], rss_anon_mib())
         watcher = threading.Thread(target=watch)
         watcher.start()
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         updates = [Adapter(Path(tmp) / f"step_{k:06d}") for k in range(n)]
         K = gram(updates, device)
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         stop.set()
         watcher.join()
         check = lora.factored_inner(dict(updates[0]), dict(updates[-1]))
     assert abs(check - K[0, -1]) <= 1e-9 * math.sqrt(K[0, 0] * K[-1, -1]), (check, K[0, -1])
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-    print(f"Gram {n}x{n}: {seconds:.1f} s. Anonymous memory: {before:.0f} MiB before, peak {peak[0]:.0f} MiB "
+    print(f"Gram {n}x{n}: {seconds:.1f} s wall, {cpu:.1f} s CPU (all threads). Anonymous memory: {before:.0f} MiB before, peak {peak[0]:.0f} MiB "
           f"(+{peak[0] - before:.0f}); peak RSS with the mmapped files' pages {maxrss:.0f} MiB. The dense updates "
           f"would take {n * dense * 4 / 2**30:,.0f} GiB in float32. K[0, -1] equals lora.factored_inner.")
-    return dict(n=n, rank=rank, params=per, seconds=seconds, anon_before_mib=before, anon_peak_mib=peak[0], maxrss_mib=maxrss)
 
 # -----------------------------------------------------------------------------
 
