@@ -1,0 +1,356 @@
+"""
+Supervised fine-tuning on prompt/solution pairs, LoRA or full, and the toy world's base model.
+
+    python sft.py --toy                                       # train the toy base from scratch -> runs/toy_base
+    python sft.py --toy --model runs/toy_base --rank 1        # LoRA SFT of the toy base on the toy task
+    python sft.py --rank 1                                    # rank-1 LoRA, Qwen2.5-3B on GSM8K train
+    python sft.py --rank 0 --model Qwen/Qwen2.5-0.5B          # full fine-tuning
+    python sft.py --rank 1 --data ../shared/data/gsm8k --resume
+
+The loss is the mean cross-entropy over solution tokens only: the prompt is given, not learned, and
+each solution ends in eos so the model learns to stop. Batches hold examples of similar length
+(little padding); their order is a function of (seed, step), so resuming needs only the step.
+Default LR: Thinking Machines' fitted rule (DESIGN.md), LR = 5e-5 x (10 if LoRA) x (2000/hidden)^p;
+the toy world has its own preset. Training the toy base stops once held-out accuracy reaches
+--target-acc and keeps the best model seen, because a small model learns arithmetic in jumps
+(DESIGN.md, "The toy world"): a base with middling accuracy leaves RL something to do.
+Simplified on purpose: no packing, no gradient accumulation, constant LR after a linear warmup.
+"""
+import argparse
+import json
+import math
+import os
+import random
+import re
+import shutil
+import time
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch.utils.checkpoint import checkpoint
+from tqdm import tqdm
+
+from model import TOY_CONFIG, Qwen2, load_model, load_tokenizer, pick_device, save_model, toy_tokenizer
+from lora import apply_lora, load_adapter, save_adapter
+from eval_gsm8k import evaluate, format_prompt, format_solution, load_task, stop_ids
+
+# -----------------------------------------------------------------------------
+# Data: tokenized examples, length-bucketed batches, the loss mask
+
+
+def encode(tokenizer, problems):
+    """[(prompt ids, solution ids + eos)]. The two are encoded apart, as at inference, where the
+    model continues the encoded prompt; the eos teaches it to stop."""
+    return [(tokenizer.encode(format_prompt(p["question"])),
+             tokenizer.encode(format_solution(p["answer"])) + [tokenizer.eos_id]) for p in problems]
+
+
+def epoch_batches(lengths, batch_size, seed, epoch, window=16):
+    """One epoch's batches of example indices: shuffle, sort each window of `window` batches by
+    length, cut it into batches, shuffle the batches. Similar lengths share a batch (little padding)
+    while a batch still mixes problems; the remainder of batch_size is dropped (a new one each epoch)."""
+    rng = random.Random(f"{seed}-{epoch}")                                    # str seed: stable across Pythons
+    idx = list(range(len(lengths)))
+    rng.shuffle(idx)
+    idx = idx[:len(idx) // batch_size * batch_size]
+    batches = []
+    for w in range(0, len(idx), window * batch_size):
+        chunk = sorted(idx[w:w + window * batch_size], key=lambda i: lengths[i])
+        batches += [chunk[s:s + batch_size] for s in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def collate(examples, pad_id, device):
+    """Right-padded inputs and targets (B, T) and the loss mask (B, T): targets[b, t] = the token
+    after inputs[b, t], learned only where it is a solution token (or the final eos)."""
+    B, T = len(examples), max(len(p) + len(s) for p, s in examples) - 1
+    inputs = torch.full((B, T), pad_id, dtype=torch.long)
+    targets = torch.full((B, T), pad_id, dtype=torch.long)
+    mask = torch.zeros(B, T, dtype=torch.bool)
+    for i, (p, s) in enumerate(examples):
+        ids = torch.tensor(p + s)
+        inputs[i, :len(ids) - 1], targets[i, :len(ids) - 1] = ids[:-1], ids[1:]
+        mask[i, len(p) - 1:len(ids) - 1] = True                               # solution token j sits at P-1+j
+    return inputs.to(device), targets.to(device), mask.to(device)
+
+# -----------------------------------------------------------------------------
+# The loss
+
+
+def _chunk_nll(h, weight, targets):
+    return F.cross_entropy((h @ weight.T).float(), targets, reduction="sum")  # (N, V) logits, made here
+
+
+def sft_loss(model, inputs, targets, mask, chunk_size=1024):
+    """Mean next-token cross-entropy over the masked positions. Only their hidden states reach the
+    lm_head, so prompt targets cost nothing and cannot leak into the loss; the logits (vocab 151,936
+    for Qwen) are made chunk_size tokens at a time and recomputed in backward, never all stored."""
+    h = model(inputs, hidden_only=True)[mask]                                 # (N, C) masked positions only
+    t = targets[mask]                                                         # (N,)
+    assert len(t) > 0, "no solution tokens in this batch"
+    total = sum(checkpoint(_chunk_nll, h[s:s + chunk_size], model.lm_head.weight, t[s:s + chunk_size],
+                           use_reentrant=False) for s in range(0, len(t), chunk_size))
+    return total / len(t)
+
+
+def default_lr(config, lora):
+    """DESIGN.md's reference: Thinking Machines' rule fitted on SFT sweeps ("LoRA Without Regret")."""
+    p = 0.0775 if config.attention_bias else 0.781                            # Qwen has q/k/v biases, Llama none
+    return 5e-5 * (10 if lora else 1) * (2000 / config.hidden_size) ** p, \
+        f"5e-5 x {10 if lora else 1} x (2000/{config.hidden_size})^{p} (DESIGN.md, fitted for {'Qwen' if p < 0.5 else 'Llama'})"
+
+# -----------------------------------------------------------------------------
+# Run folder: checkpoints (written to a temporary name, then renamed), metrics, evaluation
+
+
+def checkpoints(out):
+    """Complete step_NNNNNN/ folders of a run, oldest first (an interrupted save leaves .tmp)."""
+    found = [d for d in os.listdir(out) if re.fullmatch(r"step_\d{6}", d)] if os.path.isdir(out) else []
+    return sorted(os.path.join(out, d) for d in found if os.path.isfile(os.path.join(out, d, "trainer_state.json")))
+
+
+def save_weights(path, model, tokenizer, full, base_name):
+    """Full weights + tokenizer.json (a model folder load_model reads), or the PEFT adapter."""
+    if full:
+        save_model(model, path)
+        tokenizer.tok.save(os.path.join(path, "tokenizer.json"))
+    else:
+        save_adapter(model, path, base_model_name_or_path=base_name)
+
+
+def save_checkpoint(path, model, tokenizer, full, base_name, optimizer, named, state):
+    """Weights and the optimizer's moments by parameter name (safetensors, no pickle) into path.tmp,
+    then one rename: a crash never leaves half a checkpoint under the real name."""
+    tmp = path + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_weights(tmp, model, tokenizer, full, base_name)
+    tensors = {f"adam.{name}.{k}": v.detach().cpu().contiguous()
+               for name, p in named for k, v in optimizer.state.get(p, {}).items()}
+    save_file(tensors, os.path.join(tmp, "trainer_state.safetensors"))
+    with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
+        json.dump(state, f, indent=2)
+    os.rename(tmp, path)
+
+
+def load_trainer_state(path, optimizer, named):
+    tensors = load_file(os.path.join(path, "trainer_state.safetensors"))
+    for name, p in named:
+        keys = [f"adam.{name}.{k}" for k in ("step", "exp_avg", "exp_avg_sq")]
+        assert all(k in tensors for k in keys), f"{path}: no optimizer state for {name} (other --rank/--targets?)"
+        optimizer.state[p] = {"step": tensors[keys[0]], "exp_avg": tensors[keys[1]].to(p.device),
+                              "exp_avg_sq": tensors[keys[2]].to(p.device)}
+    with open(os.path.join(path, "trainer_state.json")) as f:
+        return json.load(f)
+
+
+def append_jsonl(path, row):
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def run_eval(model, tokenizer, problems, stop, max_new_tokens, batch_size):
+    """Greedy, strict accuracy on held-out problems (eval_gsm8k.evaluate), as metrics fields."""
+    s, _ = evaluate(model, tokenizer, problems, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                    stop=stop, progress=False)
+    model.train()
+    return dict(eval_accuracy=s["accuracy"], eval_flexible_accuracy=s["flexible_accuracy"],
+                eval_format_rate=s["format_rate"], eval_n=s["n"], eval_seconds=round(s["seconds"], 2))
+
+# -----------------------------------------------------------------------------
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # model and adapter
+    parser.add_argument("--toy", action="store_true", help="toy world: the toy task and preset; without --model, train the toy base from scratch (model.TOY_CONFIG) into runs/toy_base")
+    parser.add_argument("--model", default=None, help="hub id or local folder to fine-tune; default Qwen/Qwen2.5-3B (none with --toy: from scratch)")
+    parser.add_argument("--rank", type=int, default=None, help="LoRA rank; 0 = full fine-tuning; default 1 (0 when training from scratch)")
+    parser.add_argument("--alpha", type=float, default=32.0, help="LoRA alpha; the update is scaled by alpha/rank")
+    parser.add_argument("--targets", default="all", help="LoRA targets: all, attn, mlp, or projections like q_proj,v_proj")
+    parser.add_argument("--layers", default=None, help="LoRA layers: indices like 0,1,2 or first/middle/last thirds; default all")
+    parser.add_argument("--dtype", default=None, help="float32 / bfloat16; default bf16 on a bf16 GPU (float32 for --rank 0), else fp32")
+    parser.add_argument("--device", default=None, help="cuda / mps / cpu; default the best available")
+    # data
+    parser.add_argument("--task", default=None, help="gsm8k or toy; default gsm8k, toy with --toy")
+    parser.add_argument("--data", default=None, help="folder with GSM8K train.jsonl and test.jsonl; default ~/.cache/rank1/gsm8k (downloaded once)")
+    parser.add_argument("--max-len", type=int, default=1024, help="drop training examples longer than this many tokens")
+    # optimization
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps; default 250 (one epoch of GSM8K at batch 32), toy: see the preset")
+    parser.add_argument("--batch-size", type=int, default=None, help="examples per step; default 32, 64 with --toy")
+    parser.add_argument("--lr", type=float, default=None, help="AdamW LR; default DESIGN.md's rule (LoRA ~10x full), toy: its preset")
+    parser.add_argument("--warmup", type=int, default=None, help="steps of linear LR warmup, then constant; default 0 (toy from scratch: 50)")
+    parser.add_argument("--weight-decay", type=float, default=0.0, help="AdamW decoupled weight decay; 0 = plain Adam")
+    parser.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient's global norm to this; 0 = off")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the init (LoRA's A, or the whole toy model) and the data order")
+    # evaluation, logging, checkpoints
+    parser.add_argument("--eval-every", type=int, default=None, help="evaluate every N steps (also at step 0 and at the end); 0 = start and end only; default 0, toy 100")
+    parser.add_argument("--eval-limit", type=int, default=None, help="held-out test problems to evaluate on; 0 = the whole split; default 200, toy 256")
+    parser.add_argument("--eval-batch-size", type=int, default=None, help="prompts per generate() call in evaluation; default 64, toy 256")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="completion budget in evaluation; default 512, 48 with --toy")
+    parser.add_argument("--target-acc", type=float, default=None, help="stop once eval accuracy reaches this, keeping the best model seen in --out; 0 = off; default 0 (0.4 for the toy base)")
+    parser.add_argument("--log-every", type=int, default=10, help="print a progress line every N steps (metrics.jsonl gets every step)")
+    parser.add_argument("--save-every", type=int, default=None, help="checkpoint every N steps (and at the end); 0 = only at the end; default 50, toy 0")
+    parser.add_argument("--out", default=None, help="run folder; default runs/sft[_toy]_r<rank> (_full for --rank 0), runs/toy_base from scratch")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --out (a fresh start if none)")
+    args = parser.parse_args()
+
+    # --- resolve the presets: the toy base from scratch, toy fine-tuning, or the real run
+    scratch = args.toy and args.model is None
+    if scratch:
+        preset = dict(task="toy", rank=0, steps=1500, batch_size=64, lr=3e-3, warmup=50, eval_every=100,
+                      eval_limit=256, eval_batch_size=256, max_new_tokens=48, target_acc=0.4, save_every=0)
+    elif args.toy:
+        preset = dict(task="toy", rank=1, steps=100, batch_size=64, lr=2e-4 if args.rank == 0 else 2e-3,
+                      warmup=0, eval_every=0, eval_limit=256, eval_batch_size=256, max_new_tokens=48,
+                      target_acc=0, save_every=0)
+    else:
+        preset = dict(model="Qwen/Qwen2.5-3B", task="gsm8k", rank=1, steps=250, batch_size=32, warmup=0,
+                      eval_every=0, eval_limit=200, eval_batch_size=64, max_new_tokens=512, target_acc=0, save_every=50)
+    lr_rule = "--lr" if args.lr is not None else (
+        f"toy preset ({'from scratch' if scratch else 'LoRA' if args.rank != 0 else 'full fine-tuning, a tenth of LoRA'})"
+        if args.toy else None)
+    for key, value in preset.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    full = args.rank == 0
+    assert args.rank >= 0 and args.steps > 0 and args.batch_size > 0, \
+        f"need rank >= 0 ({args.rank}), steps > 0 ({args.steps}), batch size > 0 ({args.batch_size})"
+    assert full or not scratch, f"a model trained from scratch has no base to adapt: --rank {args.rank} needs --model"
+    if args.out is None:
+        args.out = "runs/toy_base" if scratch else f"runs/sft{'_toy' if args.toy else ''}_{'full' if full else f'r{args.rank}'}"
+    device = pick_device(args.device)
+    if full and args.dtype is None and device.type != "cpu":
+        args.dtype = "float32"  # Adam's steps (~LR relative to a weight) would vanish in bf16's 8-bit mantissa
+        print("full fine-tuning: float32 weights (bf16 would drop Adam's small updates)")
+
+    # --- run folder: args.json first; --resume picks the newest complete checkpoint
+    ckpt = checkpoints(args.out)[-1] if checkpoints(args.out) else None
+    metrics_path = os.path.join(args.out, "metrics.jsonl")
+    if ckpt and not args.resume:
+        raise SystemExit(f"{args.out} already holds checkpoints ({os.path.basename(ckpt)}); pass --resume to continue it, or another --out")
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "args.json"), "w") as f:
+        json.dump(vars(args), f, indent=2)
+
+    # --- model, tokenizer, LR
+    torch.manual_seed(args.seed)
+    if scratch:
+        tokenizer = toy_tokenizer()
+        model = Qwen2(TOY_CONFIG).to(device) if not ckpt else load_model(ckpt, device=device, dtype=args.dtype)
+        print(f"toy base from scratch: {sum(p.numel() for p in model.parameters()):,} parameters on {device}, float32")
+    else:
+        tokenizer = load_tokenizer(args.model)
+        model = load_model(ckpt if (ckpt and full) else args.model, device=device, dtype=args.dtype)
+    if full:
+        model.requires_grad_(True)
+    else:
+        apply_lora(model, args.rank, args.alpha, args.targets, args.layers)
+        if ckpt:
+            load_adapter(model, ckpt)
+    if args.lr is None:
+        args.lr, lr_rule = default_lr(model.config, not full)
+    print(f"lr {args.lr:.2e} from {lr_rule}")
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
+    optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay)
+    start, best = 0, -1.0
+    if ckpt:
+        state = load_trainer_state(ckpt, optimizer, named)
+        start, best = state["step"], state["best_accuracy"]
+        with open(metrics_path) as f:  # drop rows the interrupted run wrote after its checkpoint
+            rows = [line for line in f if json.loads(line)["step"] <= start]
+        with open(metrics_path, "w") as f:
+            f.writelines(rows)
+        print(f"resumed from {ckpt} at step {start}")
+    elif os.path.exists(metrics_path):
+        os.remove(metrics_path)
+
+    # --- data
+    paths = {split: args.data and os.path.join(args.data, f"{split}.jsonl") for split in ("train", "test")}
+    train = encode(tokenizer, load_task(args.task, "train", paths["train"]))
+    n_all = len(train)
+    train = [ex for ex in train if len(ex[0]) + len(ex[1]) <= args.max_len]
+    eval_set = load_task(args.task, "test", paths["test"])[:args.eval_limit or None]
+    lengths = [len(p) + len(s) for p, s in train]
+    stop = stop_ids(tokenizer)
+    n_batches = len(train) // args.batch_size
+    assert n_batches > 0, f"{len(train)} training examples are fewer than one batch of {args.batch_size}"
+    print(f"{args.task}: {len(train)} train examples ({n_all - len(train)} longer than {args.max_len} dropped), "
+          f"{len(eval_set)} held out | batch {args.batch_size}, {args.steps} steps = {args.steps / n_batches:.2f} epochs | "
+          f"{'full fine-tuning' if full else f'LoRA rank {args.rank}'}, {sum(p.numel() for p in params):,} "
+          f"trainable parameters -> {args.out}")
+
+    if start == 0:
+        row = dict(step=0, **run_eval(model, tokenizer, eval_set, stop, args.max_new_tokens, args.eval_batch_size))
+        append_jsonl(metrics_path, row)
+        print(f"step {0:5d}/{args.steps} | eval accuracy {row['eval_accuracy']:.3f} | flexible "
+              f"{row['eval_flexible_accuracy']:.3f} | format {row['eval_format_rate']:.3f}")
+
+    # -------------------------------------------------------------------------
+    # The loop
+    model.train()
+    epoch, batches = None, None
+    t_start, tokens_seen, step = time.time(), 0, start
+    bar = tqdm(range(start + 1, args.steps + 1), desc="sft", initial=start, total=args.steps, dynamic_ncols=True)
+    for step in bar:
+        t0 = time.time()
+        if (step - 1) // n_batches != epoch:  # the batch of step s is a function of (seed, s)
+            epoch = (step - 1) // n_batches
+            batches = epoch_batches(lengths, args.batch_size, args.seed, epoch)
+        inputs, targets, mask = collate([train[i] for i in batches[(step - 1) % n_batches]], tokenizer.pad_id, device)
+        lr = args.lr * min(1.0, step / args.warmup) if args.warmup else args.lr
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        # right padding needs no pad mask: causal attention never looks right, so real tokens never see it
+        loss = sft_loss(model, inputs, targets, mask)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip or float("inf")).item()
+        if not (math.isfinite(loss.item()) and math.isfinite(grad_norm)):
+            raise SystemExit(f"step {step}: loss {loss.item()} / grad norm {grad_norm} is not finite; stopping without an update")
+        optimizer.step()
+        dt = time.time() - t0
+        tokens_seen += int(mask.sum())
+        row = dict(step=step, loss=loss.item(), grad_norm=grad_norm, lr=lr, tokens=int(mask.sum()),
+                   padding=1 - (inputs != tokenizer.pad_id).float().mean().item(), seconds=round(dt, 3))
+        append_jsonl(metrics_path, row)
+        if step % args.log_every == 0 or step == args.steps:
+            bar.write(f"step {step:5d}/{args.steps} | loss {row['loss']:.4f} | gnorm {grad_norm:7.3f} | lr {lr:.1e} | "
+                      f"{row['tokens'] / dt:7.0f} tok/s | {dt:5.2f} s | {time.time() - t_start:6.1f} s total")
+
+        # --- evaluate; the toy base keeps its best model and stops once it reaches --target-acc
+        done = False
+        if step == args.steps or (args.eval_every and step % args.eval_every == 0):
+            row = dict(step=step, **run_eval(model, tokenizer, eval_set, stop, args.max_new_tokens, args.eval_batch_size))
+            append_jsonl(metrics_path, row)
+            acc = row["eval_accuracy"]
+            bar.write(f"step {step:5d}/{args.steps} | eval accuracy {acc:.3f} | flexible "
+                      f"{row['eval_flexible_accuracy']:.3f} | format {row['eval_format_rate']:.3f} | {row['eval_seconds']:.1f} s")
+            if (scratch or args.target_acc) and acc > best:  # the kept model lives in the run folder itself
+                best = acc
+                save_weights(args.out + ".best.tmp", model, tokenizer, full, args.model)
+                for name in os.listdir(args.out + ".best.tmp"):
+                    os.replace(os.path.join(args.out + ".best.tmp", name), os.path.join(args.out, name))
+                os.rmdir(args.out + ".best.tmp")
+                append_jsonl(metrics_path, dict(step=step, kept_accuracy=acc))
+            done = bool(args.target_acc) and acc >= args.target_acc
+            if done:
+                bar.write(f"step {step:5d}/{args.steps} | eval accuracy {acc:.3f} >= --target-acc {args.target_acc}: stopping")
+        if done or step == args.steps or (args.save_every and step % args.save_every == 0):
+            state = dict(step=step, best_accuracy=best, epoch=epoch, data_seed=args.seed)
+            save_checkpoint(os.path.join(args.out, f"step_{step:06d}"), model, tokenizer, full, args.model,
+                            optimizer, named, state)
+        if done:
+            break
+    bar.close()
+
+    # --- summary
+    with open(metrics_path) as f:
+        evals = [r for r in map(json.loads, f) if "eval_accuracy" in r]
+    print(f"eval accuracy {evals[0]['eval_accuracy']:.3f} (step {evals[0]['step']}) -> "
+          f"{evals[-1]['eval_accuracy']:.3f} (step {evals[-1]['step']}) | {tokens_seen:,} solution tokens, "
+          f"{time.time() - t_start:.1f} s this session")
+    if scratch or args.target_acc:
+        print(f"kept model: {args.out} (eval accuracy {best:.3f}); evaluate it on the whole test split with "
+              f"`python eval_gsm8k.py {'--toy ' if args.toy else ''}--model {args.out}`")
