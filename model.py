@@ -13,6 +13,7 @@ from dataclasses import dataclass, asdict, fields
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 
 # -----------------------------------------------------------------------------
@@ -118,14 +119,34 @@ def attention_mask(key_mask, start, T):
 # KV cache: an explicit object passed to forward, preallocated once (static shapes)
 
 class KVCache:
+    """Keys and values of every layer, (B, Hkv, S, D), filled slot by slot; `mask` marks real tokens.
+
+    Eager mode: `pos` (an int) slots are filled; a forward appends T tokens and attends over them.
+    Static mode (`make_static`, for generate(compile=True)): a forward writes one token per row at
+    `slot`, a (1,) tensor, and attends over all S slots with the empty ones masked out. Every step
+    then has the same shapes and reads no Python number that changes (torch.compile would recompile
+    for each new int), which is what torch.compile and CUDA graphs need. The caller moves `slot`."""
+
     def __init__(self, config, batch_size, max_len, device, dtype):
         shape = (batch_size, config.num_key_value_heads, max_len, config.head_dim)  # (B, Hkv, S, D)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
         self.mask = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)  # real tokens
         self.pos = 0  # slots filled so far, the same for every row (prompts are left-padded)
+        self.slot = None  # static mode: the slot the next token goes to, a (1,) tensor
+
+    def make_static(self, slot):
+        self.slot = torch.tensor([slot], device=self.mask.device)
+        # the compiled step writes these in place: marked, CUDA graphs neither copy them on every
+        # replay nor refuse to capture a step that mutates its inputs
+        for t in (*self.k, *self.v, self.mask):
+            torch._dynamo.mark_static_address(t)
 
     def update(self, layer, k, v):
+        if self.slot is not None:  # static: write at a tensor index, return the whole cache
+            self.k[layer].index_copy_(2, self.slot, k)
+            self.v[layer].index_copy_(2, self.slot, v)
+            return self.k[layer], self.v[layer]
         T = k.shape[2]
         assert self.pos + T <= self.k[layer].shape[2], f"cache full: {self.pos} + {T} > {self.k[layer].shape[2]}"
         self.k[layer][:, :, self.pos:self.pos + T] = k
@@ -137,6 +158,8 @@ class KVCache:
         self.k = [k[rows] for k in self.k]
         self.v = [v[rows] for v in self.v]
         self.mask = self.mask[rows]
+        if self.slot is not None:  # new tensors: mark them too
+            self.make_static(self.slot.item())
 
 
 # -----------------------------------------------------------------------------
@@ -171,10 +194,16 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)                              # (B, Hkv, S, D)
-        # grouped-query attention: query head h reads kv head h // (H / Hkv); SDPA's enable_gqa
-        # does that without materializing repeated K/V (which would cost H/Hkv× the cache reads)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
-                                           enable_gqa=self.n_kv != self.n_head)   # (B, H, T, D)
+        # grouped-query attention: query head h reads kv head h // (H / Hkv). SDPA's enable_gqa does
+        # that without copying K/V, except on CUDA with a mask: there the math kernel repeats K/V
+        # H/Hkv times. So when decoding one (always masked) token, the H/Hkv query heads that share
+        # a kv head become H/Hkv queries of that head instead: same result, no enable_gqa.
+        if T == 1 and mask is not None:
+            y = F.scaled_dot_product_attention(q.reshape(B, self.n_kv, -1, self.head_dim), k, v,
+                                               attn_mask=mask).reshape(B, self.n_head, 1, self.head_dim)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                               enable_gqa=self.n_kv != self.n_head)  # (B, H, T, D)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
 
 
@@ -212,6 +241,10 @@ class Qwen2(nn.Module):
             norm=RMSNorm(config.hidden_size, config.rms_norm_eps),
         ))
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        # activation checkpointing when training: keep each block's input only and recompute the
+        # block in backward. One more forward (+1/3 of a full fine-tuning step's FLOPs, +1/2 of
+        # LoRA's); activations shrink to the blocks' inputs plus one block's insides at a time.
+        self.grad_checkpointing = False
         self.apply(self._init_weights)
         self.tie_weights()
 
@@ -232,10 +265,15 @@ class Qwen2(nn.Module):
         pad_mask (B, T): True for real tokens (left or right padding). cache: a KVCache that
         this call appends to. Without either, plain causal attention."""
         B, T = input_ids.shape
-        start = cache.pos if cache is not None else 0
-        if pad_mask is None and cache is None:
+        if cache is not None and cache.slot is not None:  # static decode step (see KVCache)
+            assert T == 1 and pad_mask is None, f"a static cache takes one token per row, got {T}"
+            cache.mask.index_fill_(1, cache.slot, True)
+            positions = cache.mask.sum(-1, keepdim=True) - 1                          # (B, 1)
+            mask = cache.mask[:, None, None, :]                                        # (B, 1, 1, S)
+        elif pad_mask is None and cache is None:
             mask, positions = None, torch.arange(T, device=input_ids.device).expand(B, T)
         else:
+            start = cache.pos if cache is not None else 0
             if pad_mask is None:
                 pad_mask = torch.ones(B, T, dtype=torch.bool, device=input_ids.device)
             if cache is not None:
@@ -249,8 +287,11 @@ class Qwen2(nn.Module):
         x = self.model.embed_tokens(input_ids)                                         # (B, T, C)
         cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta, x.dtype)
         for block in self.model.layers:
-            x = block(x, cos, sin, mask, cache)
-        if cache is not None:
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(block, x, cos, sin, mask, cache, use_reentrant=False)
+            else:
+                x = block(x, cos, sin, mask, cache)
+        if cache is not None and cache.slot is None:
             cache.pos += T
         x = self.model.norm(x)
         return x if hidden_only else self.lm_head(x)
@@ -407,12 +448,22 @@ def sample_token(logits, temperature, top_p, generator):
     return tok, logp.gather(-1, tok[:, None]).squeeze(-1)
 
 
+def decode_step(model, tok, cache):
+    """tok (B, 1) -> next-token logits (B, V), appending to the cache: what compile=True compiles."""
+    return model(tok, cache=cache)[:, -1]
+
+
 @torch.inference_mode()
 def generate(model, prompts, max_new_tokens, temperature=1.0, top_p=1.0, stop_ids=(),
-             generator=None, n=1, return_logprobs=False):
+             generator=None, n=1, return_logprobs=False, compile=False):
     """Complete each prompt (a list of token ids); returns completions without the prompt,
     each cut after its first stop token. n samples per prompt share one prefill; output i*n + j
-    is prompt i's sample j. temperature=0 is greedy."""
+    is prompt i's sample j. temperature=0 is greedy.
+
+    compile=True runs the decode step with static shapes (KVCache.make_static) under torch.compile,
+    with CUDA graphs on a GPU ("reduce-overhead"): the first call of a shape compiles (slow), later
+    calls replay. Greedy output is the same as compile=False; sampled output differs (finished rows
+    leave the batch at other steps, so the random draws fall differently)."""
     assert prompts and all(len(p) > 0 for p in prompts), "every prompt needs at least one token"
     device = model.lm_head.weight.device
     B, P, N = len(prompts), max(len(p) for p in prompts), len(prompts) * n
@@ -421,7 +472,10 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_p=1.0, stop_id
     for i, p in enumerate(prompts):  # left-pad so every row's next token goes into the same slot
         ids[i, P - len(p):], pad_mask[i, P - len(p):] = torch.tensor(p), True
     ids, pad_mask = ids.to(device), pad_mask.to(device)
-    cache = KVCache(model.config, B, P + max_new_tokens, device, model.lm_head.weight.dtype)
+    S = P + max_new_tokens
+    if compile:  # round up, so batches with other prompt lengths reuse the compiled shapes
+        S = -(-S // 64) * 64
+    cache = KVCache(model.config, B, S, device, model.lm_head.weight.dtype)
     h = model(ids, pad_mask=pad_mask, cache=cache, hidden_only=True)
     logits = model.lm_head(h[:, -1])                                        # (B, V)
     if n > 1:  # fan each prefilled prompt out to its n samples
@@ -433,6 +487,10 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_p=1.0, stop_id
     logps = torch.zeros(N, max_new_tokens, device=device)
     rows = torch.arange(N, device=device)       # which output each batch row writes to
     alive = torch.ones(N, dtype=torch.bool, device=device)
+    step = decode_step
+    if compile:
+        cache.make_static(cache.pos)
+        step = torch.compile(decode_step, mode="reduce-overhead" if device.type == "cuda" else None)
     for t in range(max_new_tokens):
         tok, lp = sample_token(logits, temperature, top_p, generator)
         live = alive[rows]
@@ -441,10 +499,19 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_p=1.0, stop_id
         if t == max_new_tokens - 1 or not alive.any():
             break
         done = ~alive[rows]
-        if done.sum() * 4 >= len(rows):  # drop finished rows once they are a quarter of the batch
-            cache.select(~done)
-            rows, tok = rows[~done], tok[~done]
-        logits = model(tok[:, None], cache=cache)[:, -1]
+        keep = None
+        if not compile and done.sum() * 4 >= len(rows):  # drop finished rows once they are a quarter
+            keep = ~done
+        elif compile and done.sum() * 2 >= len(rows):  # halve the batch, live rows first: few shapes
+            keep = done.int().argsort(stable=True)[:len(rows) // 2]
+        if keep is not None:
+            cache.select(keep)
+            rows, tok = rows[keep], tok[keep]
+        if compile:
+            torch.compiler.cudagraph_mark_step_begin()  # a new step: the graph may reuse its outputs' memory
+        logits = step(model, tok[:, None], cache)
+        if compile:
+            cache.slot += 1  # the static step writes at cache.slot; moving it is the caller's job
     out, out_lp = [], []
     for row, row_lp in zip(tokens.tolist(), logps.tolist()):
         L = row.index(-1) if -1 in row else len(row)
@@ -466,7 +533,6 @@ def token_logprobs(model, input_ids, pad_mask=None, temperature=1.0, chunk_size=
 
     The logits are B×T×vocab floats (151,936 per token for Qwen): made chunk_size tokens at a
     time, and under autograd each chunk is recomputed in backward instead of stored."""
-    from torch.utils.checkpoint import checkpoint
     B, T = input_ids.shape
     h = model(input_ids, pad_mask=pad_mask, hidden_only=True)[:, :-1].reshape(B * (T - 1), -1)
     targets = input_ids[:, 1:].reshape(-1)
