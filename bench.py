@@ -1,0 +1,334 @@
+"""
+Speed on one device: the sampler and the GRPO training step, measured against the physical floors
+and, where they are installed, against transformers + peft doing the same work.
+
+    python bench.py --toy                          # the toy model on a CPU, seconds
+    python bench.py --toy --peer --compile         # + transformers/peft, + the compiled decode step
+    python bench.py --shape Qwen2.5-3B --batch 64 --group 8 --new-tokens 512 --compile --peer   # one H100
+    python bench.py --shape Qwen2.5-3B --grad-checkpoint --json runs/bench_3b.json
+
+Random weights of the real shape, made on the device (no download): speed depends on the shapes,
+not on what the weights are. Nothing stops early (no stop token, and the peer gets
+min_new_tokens = max_new_tokens), so every completion is --new-tokens long for us and for the peer.
+
+- sampling: model.generate, B prompts x G samples x N new tokens at temperature 1: generated tokens/s.
+  Peer: transformers' generate (do_sample, num_return_sequences=G, its default dynamic KV cache and
+  SDPA attention, what TRL's GRPOTrainer calls when it does not use vLLM).
+- training: one GRPO step on the B*G sequences of P + N tokens: log-probs, the on-policy policy-
+  gradient loss, backward in micro-batches, gradient clipping, Adam. Tokens (P + N per sequence)/s
+  and peak memory. LoRA (bf16 base, fp32 adapters) and full fine-tuning (fp32 weights and Adam,
+  bf16 autocast on a GPU; plain fp32 on a CPU). Peer: peft's LoRA on transformers' Qwen2, log-probs
+  taken TRL's way (the model's full logits, then log_softmax row by row).
+- floors: a decode step reads every weight and the whole KV cache once (bytes / the measured copy
+  bandwidth); any work needs flops.py's matmul FLOPs (FLOPs / the measured matmul rate). The floor
+  is the larger of the two times; "of floor" = floor time / measured time (100% = at the limit).
+"""
+import argparse
+import importlib.util
+import json
+import platform
+import resource
+import time
+
+import torch
+
+from model import TOY_CONFIG, Qwen2, RMSNorm, generate, pick_device, pick_dtype, token_logprobs
+from lora import apply_lora
+from flops import count_params, get_config, sampling_flops, si, step_flops, total
+
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+# what to run on
+parser.add_argument("--shape", default="Qwen2.5-3B", help="model shape: a flops.py name (Qwen2.5-0.5B/1.5B/3B/7B, Llama-3.1-8B) or a config.json; random weights")
+parser.add_argument("--toy", action="store_true", help="the toy model (model.TOY_CONFIG) and a tiny workload: seconds on a CPU")
+parser.add_argument("--device", default=None, help="cuda / mps / cpu; default the best available")
+parser.add_argument("--threads", type=int, default=None, help="CPU threads; default torch's, 1 with --toy (its matrices are too small to split, and threads fight on a busy CPU)")
+parser.add_argument("--dtype", default=None, help="weights for sampling and the LoRA base; default bf16 on a bf16 GPU, else float32")
+# the workload (defaults: DESIGN.md's GRPO step with 64 prompts; tiny with --toy)
+parser.add_argument("--batch", type=int, default=None, help="prompts B; default 64 (4 with --toy)")
+parser.add_argument("--group", type=int, default=None, help="samples per prompt G; default 8 (4 with --toy)")
+parser.add_argument("--prompt-len", type=int, default=None, help="prompt tokens P; default 150 (16 with --toy)")
+parser.add_argument("--new-tokens", type=int, default=None, help="new tokens N per sample, all of them generated; default 512 (32 with --toy)")
+parser.add_argument("--micro-batch", type=int, default=None, help="sequences per forward/backward in the training step; default 8; 0 = all at once (the --toy default)")
+parser.add_argument("--rank", type=int, default=1, help="LoRA rank of the LoRA training step")
+# speed switches
+parser.add_argument("--compile", action="store_true", help="generate(compile=True): static-shape decode step under torch.compile (CUDA graphs on a GPU)")
+parser.add_argument("--grad-checkpoint", action="store_true", help="activation checkpointing in the training steps (ours: model.grad_checkpointing; peer: gradient_checkpointing_enable)")
+parser.add_argument("--peer", action="store_true", help="also time transformers' generate and a peft LoRA step (skipped, loudly, where not installed)")
+parser.add_argument("--no-full", action="store_true", help="skip the full fine-tuning step (it needs ~16 bytes a parameter: 49 GB at 3B)")
+# measurement
+parser.add_argument("--reps", type=int, default=3, help="timed repetitions of each measurement (after the warm-up)")
+parser.add_argument("--warmup", type=int, default=1, help="untimed runs first (compilation, CUDA graph capture, allocator)")
+parser.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs")
+parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+
+# -----------------------------------------------------------------------------
+# Timing and memory
+
+
+def sync(device):
+    if device.type == "cuda":  # the GPU runs behind Python: wait for it before reading the clock
+        torch.cuda.synchronize()
+
+
+def timed(fn, reps, warmup, device):
+    """Seconds of each of `reps` runs of fn, after `warmup` runs (compilation, allocator) timed apart."""
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    warm = time.perf_counter() - t0
+    times = []
+    for _ in range(reps):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return times, warm
+
+
+def reset_peak(device):
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_gb(device):
+    """GPU: the most memory tensors held since reset_peak. CPU: the process's peak RSS so far,
+    which cannot be reset, so later rows include earlier ones."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 1e9
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # Linux reports KiB
+
+
+def measure_bandwidth(device, nbytes, reps=5):
+    """Bytes/s of a large device copy: it reads and writes every byte, as decoding reads weights."""
+    x = torch.empty(nbytes // 4, device=device)
+    y = torch.empty_like(x)
+    return 2 * nbytes / min(timed(lambda: y.copy_(x), reps, 2, device)[0])
+
+
+def measure_matmul(device, dtype, n, reps=5):
+    """FLOP/s of an n x n x n matmul in dtype (2 n^3 FLOPs), the best a dense layer can do here."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    return 2 * n ** 3 / min(timed(lambda: a @ b, reps, 2, device)[0])
+
+# -----------------------------------------------------------------------------
+# Models with random weights, ours and the peer's
+
+
+def random_model(cfg, device, dtype, seed):
+    """model.Qwen2 with random weights of this shape, made on the device in dtype (3B in bf16 is 6 GB):
+    built on the meta device, given storage with to_empty, then initialized in place."""
+    with torch.device("meta"):
+        m = Qwen2(cfg)
+    m = m.to(dtype).to_empty(device=device)
+    m.tie_weights()  # to_empty gave the tied matrix a storage per module
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        m.apply(m._init_weights)
+        for mod in m.modules():
+            if isinstance(mod, RMSNorm):
+                mod.weight.fill_(1.0)
+    return m.eval()
+
+
+def peer_model(ours, dtype):
+    """transformers' Qwen2ForCausalLM with our weights: the parameter names are the same."""
+    import transformers
+    hf_cfg = transformers.Qwen2Config(**ours.config.to_hf_dict())
+    with torch.device(ours.lm_head.weight.device):
+        hf = transformers.Qwen2ForCausalLM(hf_cfg).to(dtype)
+    hf.load_state_dict(ours.state_dict())
+    return hf.eval()
+
+
+def peer_logprobs(hf, ids):
+    """TRL's GRPOTrainer: the full (n, T, V) logits, then log_softmax one sequence at a time
+    (trl's selective_log_softmax, its bf16 branch)."""
+    logits = hf(input_ids=ids).logits[:, :-1]                                   # (n, T-1, V)
+    return torch.stack([row.log_softmax(-1).gather(-1, t[:, None]).squeeze(-1).float()
+                        for row, t in zip(logits, ids[:, 1:])])                 # (n, T-1)
+
+# -----------------------------------------------------------------------------
+# The two workloads
+
+
+def train_step(logprobs_fn, params, optimizer, ids, mask, adv, micro, autocast):
+    """One GRPO update on policy: the loss -Σ A·ratio·mask / Σ mask of grpo.policy_loss with
+    ratio = exp(logp - logp.detach()) = 1, so the gradient is Σ A·∇logp / Σ mask."""
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        n_tokens = mask.sum()
+        for s in range(0, len(ids), micro):
+            with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=autocast):
+                logp = logprobs_fn(ids[s:s + micro])                            # (n, T-1)
+            ratio = torch.exp(logp - logp.detach())
+            loss = -(ratio * adv[s:s + micro, None] * mask[s:s + micro]).sum() / n_tokens
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+    return step
+
+
+def run(rows, name, fn, tokens, floor_s, args, device):
+    """Time fn, add a row; an out-of-memory error becomes a row that says so."""
+    reset_peak(device)
+    try:
+        times, warm = timed(fn, args.reps, args.warmup, device)
+    except torch.OutOfMemoryError as e:
+        print(f"{name}: out of memory ({str(e).splitlines()[0]}); try --micro-batch 4 or --grad-checkpoint")
+        rows.append(dict(name=name, error="out of memory"))
+        return
+    mean = sum(times) / len(times)
+    rows.append(dict(name=name, tokens=tokens, tokens_per_s=tokens / mean, mean_s=mean, min_s=min(times),
+                     peak_gb=peak_gb(device), floor_s=floor_s, of_floor=floor_s / mean, warmup_s=warm))
+    print(f"  {name}: {tokens / mean:,.0f} tokens/s ({mean:.3f} s mean, {min(times):.3f} s min; warm-up {warm:.1f} s)")
+
+
+def print_table(rows):
+    print(f"\n{'':38s} {'tokens/s':>11s} {'mean s':>9s} {'min s':>9s} {'peak GB':>8s} {'floor s':>9s} {'of floor':>8s}")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['name']:38s} {r['error']}")
+        else:
+            print(f"{r['name']:38s} {r['tokens_per_s']:11,.0f} {r['mean_s']:9.3f} {r['min_s']:9.3f} {r['peak_gb']:8.2f} "
+                  f"{r['floor_s']:9.3f} {100 * r['of_floor']:7.1f}%")
+
+# -----------------------------------------------------------------------------
+
+if __name__ == "__main__":
+    args = parser.parse_args()
+    preset = dict(batch=4, group=4, prompt_len=16, new_tokens=32, micro_batch=0, threads=1) if args.toy else \
+        dict(batch=64, group=8, prompt_len=150, new_tokens=512, micro_batch=8, threads=torch.get_num_threads())
+    for key, value in preset.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    torch.set_num_threads(args.threads)
+    cfg = TOY_CONFIG if args.toy else get_config(args.shape)
+    shape = "toy" if args.toy else args.shape
+    device = pick_device(args.device)
+    if device.type == "cpu" and not args.toy and args.device is None:
+        parser.error(f"no GPU here: `python bench.py --toy` is the CPU setting ({shape} would take hours; "
+                     f"pass --device cpu to time it anyway)")
+    dtype, why = pick_dtype(args.dtype, device)
+    B, G, P, N = args.batch, args.group, args.prompt_len, args.new_tokens
+    n_seq, T = B * G, P + N
+    micro = args.micro_batch or n_seq
+    gpu = device.type == "cuda"
+    name = torch.cuda.get_device_name() if gpu else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    print(f"device: {name} ({device}), {dtype} ({why}), torch {torch.__version__}")
+    print(f"{shape}: {count_params(cfg):,} parameters, random weights | {B} prompts x {G} samples, "
+          f"{P} prompt + {N} new tokens | training micro-batch {micro}")
+
+    # --- the floors: what this device can do at best
+    big = gpu or not args.toy
+    bandwidth = measure_bandwidth(device, 2 ** 31 if gpu else 2 ** 28 if big else 2 ** 26)
+    matmul = measure_matmul(device, dtype, 8192 if gpu else 2048 if big else 1024)
+    print(f"measured: copy bandwidth {bandwidth / 1e9:,.1f} GB/s, {dtype} matmul {matmul / 1e12:,.2f} TFLOP/s")
+    elem = torch.finfo(dtype).bits // 8
+    C, V, L = cfg.hidden_size, cfg.vocab_size, cfg.num_hidden_layers
+    weight_bytes = (count_params(cfg) - (0 if cfg.tie_word_embeddings else V * C)) * elem  # the embedding lookup reads B rows, not V
+    kv_bytes_per_token = 2 * L * cfg.num_key_value_heads * cfg.head_dim * elem              # K and V, every layer
+    # decode step t = 1..N-1 reads the weights and a cache of P + t tokens per sequence: P + N/2 on average
+    decode_bytes = (N - 1) * (weight_bytes + n_seq * kv_bytes_per_token * (P + N / 2))
+    sample_flops = sampling_flops(cfg, B, G, P, N)["total"]
+    floors = dict(sample_bandwidth_s=decode_bytes / bandwidth, sample_flops_s=sample_flops / matmul,
+                  lora_flops_s=total(step_flops(cfg, n_seq, T, args.rank)) / matmul,
+                  full_flops_s=total(step_flops(cfg, n_seq, T, 0)) / matmul)
+    print(f"floors: sampling reads {si(decode_bytes)}B ({floors['sample_bandwidth_s']:.4f} s) and does "
+          f"{si(sample_flops)}FLOP ({floors['sample_flops_s']:.4f} s); training step "
+          f"{floors['lora_flops_s']:.3f} s (LoRA r{args.rank}), {floors['full_flops_s']:.3f} s (full)")
+    sample_floor = max(floors["sample_bandwidth_s"], floors["sample_flops_s"])
+
+    # --- the same random inputs for every measurement
+    g = torch.Generator().manual_seed(args.seed)
+    prompts = torch.randint(0, min(V, cfg.eos_token_id), (B, P), generator=g)
+    ids = torch.cat([prompts.repeat_interleave(G, 0), torch.randint(0, min(V, cfg.eos_token_id), (n_seq, N), generator=g)], 1).to(device)
+    mask = torch.zeros(n_seq, T - 1, dtype=torch.bool, device=device)
+    mask[:, P - 1:] = True                                                       # completion tokens
+    adv = (torch.randint(0, 2, (n_seq,), generator=g).float() - 0.5).to(device)  # ±0.5, a group's advantages
+    rows = []
+
+    # --- ours: sampling, then the LoRA step on the same model, then full fine-tuning
+    print("ours (model.py, lora.py)")
+    model = random_model(cfg, device, dtype, args.seed)
+    sampler = torch.Generator(device).manual_seed(args.seed)
+    run(rows, f"sampling{' (compiled)' if args.compile else ''}",
+        lambda: generate(model, prompts.tolist(), N, temperature=1.0, n=G, generator=sampler, compile=args.compile),
+        n_seq * N, sample_floor, args, device)
+    if args.compile:
+        torch.compiler.reset()  # drop the compiled step and its CUDA-graph memory before measuring training
+    apply_lora(model, args.rank, 32.0, verbose=False)
+    model.train()
+    model.grad_checkpointing = args.grad_checkpoint
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=1e-5, betas=(0.9, 0.95))
+    run(rows, f"train LoRA r{args.rank}", train_step(lambda x: token_logprobs(model, x), params, opt, ids, mask, adv, micro, False),
+        n_seq * T, floors["lora_flops_s"], args, device)
+    del model, params, opt
+    if not args.no_full:
+        reset_peak(device)
+        # Adam's steps vanish in bf16 weights: fp32 master weights and moments, bf16 matmuls via autocast on a GPU
+        model = random_model(cfg, device, torch.float32, args.seed).train().requires_grad_(True)
+        model.grad_checkpointing = args.grad_checkpoint
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-6, betas=(0.9, 0.95), fused=gpu)
+        run(rows, f"train full FT ({'fp32 + bf16 autocast' if gpu else 'fp32'})",
+            train_step(lambda x: token_logprobs(model, x), list(model.parameters()), opt, ids, mask, adv, micro, gpu),
+            n_seq * T, floors["full_flops_s"], args, device)
+        del model, opt
+
+    # --- the peer: transformers' generate, peft's LoRA step
+    have = {m: importlib.util.find_spec(m) is not None for m in ("transformers", "peft")}
+    if args.peer and not have["transformers"]:
+        print("--peer: transformers is not installed; no peer measurements (pip install transformers peft)")
+    elif args.peer:
+        import transformers
+        print(f"peer (transformers {transformers.__version__})")
+        hf = peer_model(random_model(cfg, device, dtype, args.seed), dtype)
+        prompt_ids = prompts.to(device)
+        run(rows, f"peer sampling (transformers, {hf.config._attn_implementation})",
+            lambda: hf.generate(input_ids=prompt_ids, attention_mask=torch.ones_like(prompt_ids), do_sample=True,
+                                temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=N, min_new_tokens=N,
+                                num_return_sequences=G, pad_token_id=cfg.eos_token_id, eos_token_id=cfg.eos_token_id),
+            n_seq * N, sample_floor, args, device)
+        if not have["peft"]:
+            print("--peer: peft is not installed; no peer LoRA step")
+        else:
+            import peft
+            hf = peft.get_peft_model(hf, peft.LoraConfig(r=args.rank, lora_alpha=32, lora_dropout=0.0, target_modules=[
+                "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])).train()
+            if args.grad_checkpoint:
+                hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            params = [p for p in hf.parameters() if p.requires_grad]
+            opt = torch.optim.Adam(params, lr=1e-5, betas=(0.9, 0.95))
+            run(rows, f"peer train LoRA r{args.rank} (peft {peft.__version__})",
+                train_step(lambda x: peer_logprobs(hf, x), params, opt, ids, mask, adv, micro, False),
+                n_seq * T, floors["lora_flops_s"], args, device)
+        del hf
+
+    # --- the table, the ratios the issue asks for
+    print_table(rows)
+    by = {r["name"].split(" (")[0]: r for r in rows if "error" not in r}
+    ratios = {}
+    if "sampling" in by and "peer sampling" in by:
+        ratios["sampling_vs_peer"] = by["sampling"]["tokens_per_s"] / by["peer sampling"]["tokens_per_s"]
+    lora, peer_lora = by.get(f"train LoRA r{args.rank}"), by.get(f"peer train LoRA r{args.rank}")
+    if lora and peer_lora:
+        ratios["lora_step_vs_peer"] = lora["tokens_per_s"] / peer_lora["tokens_per_s"]
+        ratios["lora_memory_vs_peer"] = lora["peak_gb"] / peer_lora["peak_gb"]
+    if "sampling" in by:
+        ratios["sampling_of_bandwidth_floor"] = floors["sample_bandwidth_s"] / by["sampling"]["mean_s"]
+    goals = dict(sampling_vs_peer="goal >= 5", lora_step_vs_peer="goal > 1", lora_memory_vs_peer="goal <= 1",
+                 sampling_of_bandwidth_floor="goal >= 0.5")
+    for k, v in ratios.items():
+        print(f"{k:30s} {v:8.2f}   ({goals[k]} on an H100 at 3B shapes)")
+    if not gpu:
+        print("(peak GB on a CPU is the process's peak RSS so far: it never goes down, so later rows include earlier ones)")
+    if args.json:
+        out = dict(device=name, device_type=device.type, dtype=str(dtype), torch=torch.__version__, shape=shape,
+                   args=vars(args), bandwidth_bytes_per_s=bandwidth, matmul_flops_per_s=matmul,
+                   floors=floors, rows=rows, ratios=ratios)
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=2)
+        print(f"wrote {args.json}")

@@ -1,0 +1,135 @@
+"""bench.py runs and reports; the sampler's static (compile=True) path equals the eager one; activation
+checkpointing changes memory, not gradients."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import model
+from model import KVCache, generate, load_model, token_logprobs
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPTS = [[5, 6, 7], [40, 41, 42, 43, 44, 45, 46, 47, 48], [100], [9, 9, 9, 9]]
+
+
+def lively_toy(toy_dir):
+    """The random toy with its projections ×5: at init it only repeats its last token, so greedy
+    output would not notice a wrong mask or position; scaled up, it depends on the whole context."""
+    m = load_model(toy_dir, device="cpu", dtype=torch.float32)
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if name.endswith("proj.weight"):
+                p.mul_(5.0)
+    return m
+
+
+def test_static_decode_step_equals_eager(toy_dir):
+    """The same decode steps through an eager cache (slices, pos) and a static one (index_copy_ at a
+    tensor slot, attention over every slot with the empty ones masked): same logits."""
+    m = load_model(toy_dir, device="cpu", dtype=torch.float32)
+    ids = torch.randint(0, 256, (3, 6))
+    pad = torch.ones(3, 6, dtype=torch.bool)
+    pad[0, :4] = pad[2, :1] = False                                   # left padding, ragged
+    steps = torch.randint(0, 256, (3, 5))
+    out = {}
+    with torch.no_grad():
+        for static in (False, True):
+            cache = KVCache(m.config, 3, 6 + 5 + 7, "cpu", torch.float32)  # spare slots stay empty
+            m(ids, pad_mask=pad, cache=cache)
+            if static:
+                cache.make_static(cache.pos)
+            logits = []
+            for t in range(5):
+                logits.append(model.decode_step(m, steps[:, t:t + 1], cache))
+                if static:
+                    cache.slot += 1
+            out[static] = torch.stack(logits)
+    assert cache.slot.item() == 11 and cache.mask.sum().item() == 3 * 5 + pad.sum().item()
+    err = ((out[True] - out[False]).abs().max() / out[False].abs().max()).item()
+    assert err < 1e-5, err
+
+
+def test_static_generate_equals_eager(toy_dir, monkeypatch):
+    """generate(compile=True) with torch.compile replaced by the identity: the static-shape code
+    itself, run eagerly. Greedy output equals compile=False, also when stop tokens make rows finish
+    (the static path halves the batch, the eager one drops finished rows)."""
+    m = lively_toy(toy_dir)
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compiled.append(fn) or fn)
+    ref = generate(m, PROMPTS, 20, temperature=0, n=2)
+    assert len({tuple(c) for c in ref}) == 4 and all(len(set(c)) > 3 for c in ref)  # varied text
+    assert not compiled
+    assert generate(m, PROMPTS, 20, temperature=0, n=2, compile=True) == ref
+    assert compiled == [model.decode_step]
+    stop = [ref[2][3], ref[6][2], ref[0][5]]                          # tokens we know will appear
+    ref_stop = generate(m, PROMPTS, 20, temperature=0, n=2, stop_ids=stop)
+    assert sum(len(c) < 20 for c in ref_stop) >= 4                     # enough finish early to shrink the batch
+    assert generate(m, PROMPTS, 20, temperature=0, n=2, stop_ids=stop, compile=True) == ref_stop
+
+
+@pytest.mark.skipif(os.environ.get("RANK1_COMPILE_TESTS") != "1",
+                    reason="torch.compile on a CPU takes ~1 min; set RANK1_COMPILE_TESTS=1")
+def test_compiled_generate_equals_eager(toy_dir):
+    m = lively_toy(toy_dir)
+    ref = generate(m, PROMPTS, 20, temperature=0, n=2)
+    assert generate(m, PROMPTS, 20, temperature=0, n=2, compile=True) == ref
+    stop = [ref[2][3], ref[6][2], ref[0][5]]
+    assert generate(m, PROMPTS, 20, temperature=0, n=2, stop_ids=stop, compile=True) == \
+        generate(m, PROMPTS, 20, temperature=0, n=2, stop_ids=stop)
+
+
+def test_grad_checkpointing_recomputes_and_keeps_gradients(toy_dir, monkeypatch):
+    m = load_model(toy_dir, device="cpu", dtype=torch.float32).train()
+    m.requires_grad_(True)
+    ids = torch.randint(0, 256, (2, 24))
+    calls, mlp_forward = [], model.MLP.forward                          # (module hooks miss the recompute)
+    monkeypatch.setattr(model.MLP, "forward", lambda self, x: calls.append(1) or mlp_forward(self, x))
+    L = m.config.num_hidden_layers
+    grads = {}
+    for flag in (False, True):
+        m.grad_checkpointing = flag
+        m.zero_grad()
+        calls.clear()
+        token_logprobs(m, ids).sum().backward()
+        grads[flag] = [p.grad.clone() for p in m.parameters()]
+        assert len(calls) == (2 * L if flag else L)                    # each block again in backward
+    for g0, g1 in zip(grads[False], grads[True]):
+        assert torch.allclose(g0, g1, rtol=1e-5, atol=1e-7)
+    calls.clear()
+    with torch.no_grad():                                               # no autograd: nothing to recompute
+        m(ids)
+    assert len(calls) == L
+
+
+def test_bench_toy_prints_the_table_and_json(tmp_path):
+    peer = all(importlib.util.find_spec(p) for p in ("transformers", "peft"))
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, "bench.py", "--toy", "--batch", "2", "--group", "2", "--prompt-len", "8",
+           "--new-tokens", "8", "--reps", "2", "--warmup", "1", "--json", str(out)] + (["--peer"] if peer else [])
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "tokens/s" in r.stdout and "of floor" in r.stdout and "copy bandwidth" in r.stdout
+    res = json.loads(out.read_text())
+    names = [row["name"] for row in res["rows"]]
+    want = ["sampling", "train LoRA r1", "train full FT (fp32)"]
+    if peer:
+        want += ["peer sampling", "peer train LoRA r1"]
+    for w in want:
+        assert any(n.startswith(w) for n in names), (w, names)
+    for row in res["rows"]:
+        assert "error" not in row, row
+        for key in ("tokens_per_s", "mean_s", "min_s", "peak_gb", "floor_s", "of_floor"):
+            assert row[key] > 0, (row["name"], key, row[key])
+        assert row["min_s"] <= row["mean_s"]
+    sampling = next(row for row in res["rows"] if row["name"] == "sampling")
+    assert sampling["tokens"] == 2 * 2 * 8                              # B x G x N: nothing stops early
+    assert res["bandwidth_bytes_per_s"] > 0 and res["matmul_flops_per_s"] > 0
+    assert all(v > 0 for v in res["floors"].values())
+    if peer:
+        assert set(res["ratios"]) >= {"sampling_vs_peer", "lora_step_vs_peer", "lora_memory_vs_peer"}
+        assert all(v > 0 for v in res["ratios"].values())
