@@ -426,13 +426,13 @@ if __name__ == "__main__":
             for p in tqdm(range(args.grid ** 2), desc="plane"):
                 ib, ia = divmod(p, args.grid)
                 acc[ib, ia] = evaluate(lora.combine(factor_sets, plane_weights(coef, a_ax[ia], b_ax[ib])))
-            # the best point (ties: the one nearest the mean, a = b = 0); "good" = within 90% of it
+            # the best point (ties: the one nearest the mean, a = b = 0); "good" = within 90% of it (none if it is 0)
             top = acc.max()
             ib, ia = min(zip(*np.nonzero(acc == top)), key=lambda p: math.hypot(a_ax[p[1]], b_ax[p[0]]))
             best = [dict(a=float(a_ax[ia]), b=float(b_ax[ib]), accuracy=float(top))]
             report["plane"] = dict(a=a_ax.tolist(), b=b_ax.tolist(), accuracy=acc.tolist(), best=best, task=task,
                                    eval_limit=len(problems), base_accuracy=base_acc, stacked_rank=R,
-                                   good_fraction=float((acc >= 0.9 * top).mean()),
+                                   good_fraction=float((acc >= 0.9 * top).mean()) if top > 0 else 0.0,
                                    above_base_fraction=float((acc > base_acc).mean()), seconds=time.perf_counter() - t0)
             print(f"plane: best accuracy {top:.3f} at (a, b) = ({best[0]['a']:.3g}, {best[0]['b']:.3g}); "
                   f"{100 * report['plane']['good_fraction']:.0f}% of the grid within 90% of it")
