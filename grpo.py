@@ -5,7 +5,7 @@ their group. LoRA of any rank, or full fine-tuning; checkpoints that resume exac
     python grpo.py --toy --rank 1                  # toy world, 2-core CPU, minutes (builds runs/toy_base first)
     python grpo.py --toy --rank 0                  # the same with full fine-tuning (LR a tenth of LoRA's)
     python grpo.py --toy --rank 4 --seed 1 --out runs/grpo_toy_r4_s1
-    python grpo.py --rank 1                        # Qwen2.5-3B on GSM8K train, one GPU
+    python grpo.py --rank 1 --compile              # Qwen2.5-3B on GSM8K train, one GPU (compiled sampler)
     python grpo.py --rank 1 --data ../shared/data/gsm8k --resume   # offline data; continue the run
 
 The recipe is DESIGN.md's "GRPO as rank1 does it": per step B prompts x G samples at temperature 1,
@@ -202,6 +202,8 @@ if __name__ == "__main__":
     parser.add_argument("--std-norm", action="store_true", help="divide advantages by the group std (GRPO as in DeepSeekMath); default off (Dr. GRPO)")
     parser.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient's global norm to this; 0 = off")
     parser.add_argument("--micro-batch", type=int, default=None, help="sequences per forward/backward (gradients accumulate); default 8, 0 = all (with --toy)")
+    parser.add_argument("--grad-checkpoint", action="store_true", help="activation checkpointing: recompute each block in backward (less memory, ~1/2 more LoRA FLOPs)")
+    parser.add_argument("--compile", action="store_true", help="rollouts with generate(compile=True): compiled decode step, CUDA graphs on a GPU (the first steps compile)")
     parser.add_argument("--seed", type=int, default=0, help="seed of LoRA's init, data order and sampling")
     # evaluation and checkpoints
     parser.add_argument("--eval-every", type=int, default=None, help="evaluate every N steps (also at step 0 and at the end); default 20, 10 with --toy; 0 = start and end only")
@@ -251,7 +253,8 @@ if __name__ == "__main__":
     if ckpt:  # the run must continue with what changes training; steps, device and eval may change
         with open(os.path.join(args.out, "args.json")) as f:
             saved = json.load(f)
-        free = {"resume", "out", "steps", "device", "eval_every", "eval_limit", "eval_batch_size", "save_every"}
+        free = {"resume", "out", "steps", "device", "eval_every", "eval_limit", "eval_batch_size", "save_every",
+                "grad_checkpoint"}
         changed = {k: (saved.get(k), v) for k, v in vars(args).items() if k not in free and saved.get(k) != v}
         assert not changed, f"--resume with different arguments (saved, now): {changed}"
     os.makedirs(args.out, exist_ok=True)
@@ -268,6 +271,7 @@ if __name__ == "__main__":
         apply_lora(model, args.rank, args.alpha, args.targets, args.layers)
         if ckpt:
             load_adapter(model, ckpt)
+    model.grad_checkpointing = args.grad_checkpoint
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     params = [p for _, p in named]
     optimizer = torch.optim.Adam(params, lr=args.lr, betas=(0.9, 0.95))
@@ -313,7 +317,8 @@ if __name__ == "__main__":
         prompts = [tokenizer.encode(format_prompt(p["question"])) for p in problems]
         model.eval()
         completions, sampler_logps = generate(model, prompts, args.max_new_tokens, temperature=args.temperature,
-                                              stop_ids=stop, generator=generator, n=G, return_logprobs=True)
+                                              stop_ids=stop, generator=generator, n=G, return_logprobs=True,
+                                              compile=args.compile)
         texts = [tokenizer.decode(c) for c in completions]                 # sample i*G + j: prompt i
         rewards = torch.tensor([reward(t, p["answer"]) for t, p in zip(texts, (p for p in problems for _ in range(G)))])
         rewards = rewards.view(B, G)

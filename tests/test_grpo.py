@@ -152,10 +152,12 @@ def run_inprocess(monkeypatch, argv):
     runpy.run_path(os.path.join(ROOT, "grpo.py"), run_name="__main__")
 
 
-def test_kill_and_resume_is_exact(toy_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("rank", [1, 0])
+def test_kill_and_resume_is_exact(toy_dir, tmp_path, monkeypatch, rank):
     a, b = tmp_path / "a", tmp_path / "b"
-    args = [*TINY_RUN, "--model", toy_dir, "--steps", "4", "--save-every", "2", "--kl", "0.1",
-            "--eval-every", "0"]
+    args = [*TINY_RUN, "--model", toy_dir, "--rank", str(rank), "--steps", "4", "--save-every", "2",
+            "--eval-every", "0", *(["--kl", "0.1"] if rank else [])]  # KL needs the adapter-off reference
+    weights = "adapter_model.safetensors" if rank else "model.safetensors"
     run_inprocess(monkeypatch, [*args, "--out", str(a)])
     with pytest.raises(SystemExit, match="pass --resume"):  # a second start would overwrite the run
         run_inprocess(monkeypatch, [*args, "--out", str(a)])
@@ -165,12 +167,16 @@ def test_kill_and_resume_is_exact(toy_dir, tmp_path, monkeypatch):
     shutil.copytree(a / "step_000002", b / "step_000004.tmp")
     os.remove(b / "step_000004.tmp" / "trainer_state.json")
     run_inprocess(monkeypatch, [*args, "--out", str(b), "--resume"])
-    for name in ("adapter_model.safetensors", "trainer_state.safetensors"):
+    for name in (weights, "trainer_state.safetensors"):
         ta, tb = load_file(a / "step_000004" / name), load_file(b / "step_000004" / name)
         assert ta.keys() == tb.keys()
         assert all(torch.equal(ta[k], tb[k]) for k in ta), f"{name} differs after resume"
-    adapter = load_file(a / "step_000004" / "adapter_model.safetensors")
-    assert any(k.endswith("lora_B.weight") and v.abs().max() > 0 for k, v in adapter.items()), "nothing trained"
+    moved = load_file(a / "step_000004" / weights)
+    start = load_file(os.path.join(toy_dir, "model.safetensors"))
+    if rank:
+        assert any(k.endswith("lora_B.weight") and v.abs().max() > 0 for k, v in moved.items()), "nothing trained"
+    else:
+        assert not torch.equal(moved["model.layers.0.mlp.up_proj.weight"], start["model.layers.0.mlp.up_proj.weight"])
     ra, rb = read_jsonl(a / "metrics.jsonl"), read_jsonl(b / "metrics.jsonl")
     assert [r["step"] for r in rb] == [r["step"] for r in ra] == [0, 1, 2, 3, 4, 4]
     assert [r.get("reward") for r in rb] == [r.get("reward") for r in ra]
