@@ -583,7 +583,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--toy", action="store_true", help="use the toy base (runs/toy_base), or a random toy model if it is not built yet")
     parser.add_argument("--model", default=None, help="local folder or hub id, e.g. Qwen/Qwen2.5-3B")
-    parser.add_argument("--prompt", default="Question: Tom has 3 apples and buys 4 more. How many apples does he have?\nAnswer:", help="text to complete")
+    parser.add_argument("--prompt", default="Question: Ann has 23 eggs and buys 5 boxes of 4. How many eggs?\nAnswer:", help="text to complete")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     parser.add_argument("--device", default=None, help="cuda / mps / cpu (default: best available)")
