@@ -9,12 +9,15 @@ Supervised fine-tuning on prompt/solution pairs, LoRA or full, and the toy world
 
 The loss is the mean cross-entropy over solution tokens only: the prompt is given, not learned, and
 each solution ends in eos so the model learns to stop. Batches hold examples of similar length
-(little padding); their order is a function of (seed, step), so resuming needs only the step.
+(--bucket: length-sorted windows of 16 batches, little padding on GSM8K); the toy task's lengths
+barely vary and length-homogeneous batches slowed its learning, so the toy uses shuffled batches.
+The batch of a step is a function of (seed, step), so resuming needs only the step.
 Default LR: Thinking Machines' fitted rule (DESIGN.md), LR = 5e-5 x (10 if LoRA) x (2000/hidden)^p;
 the toy world has its own preset. Training the toy base stops once held-out accuracy reaches
---target-acc and keeps the best model seen, because a small model learns arithmetic in jumps
-(DESIGN.md, "The toy world"): a base with middling accuracy leaves RL something to do.
-Simplified on purpose: no packing, no gradient accumulation, constant LR after a linear warmup.
+--target-acc and keeps the best model seen, because how soon a small model "gets" arithmetic varies
+from seed to seed (DESIGN.md, "The toy world"): a base with middling accuracy, whose errors are
+near misses, leaves RL something to do.
+Simplified on purpose: no sequence packing, constant LR after a linear warmup.
 """
 import argparse
 import json
@@ -31,7 +34,8 @@ from safetensors.torch import load_file, save_file
 from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
-from model import TOY_CONFIG, Qwen2, load_model, load_tokenizer, pick_device, save_model, toy_tokenizer
+from model import (TOY_CONFIG, Qwen2, Qwen2Config, load_model, load_tokenizer, pick_device, resolve_path,
+                   save_model, toy_tokenizer)
 from lora import apply_lora, load_adapter, save_adapter
 from eval_gsm8k import evaluate, format_prompt, format_solution, load_task, stop_ids
 
@@ -83,16 +87,18 @@ def _chunk_nll(h, weight, targets):
     return F.cross_entropy((h @ weight.T).float(), targets, reduction="sum")  # (N, V) logits, made here
 
 
-def sft_loss(model, inputs, targets, mask, chunk_size=1024):
+def sft_loss(model, inputs, targets, mask, n_tokens=None, chunk_size=1024):
     """Mean next-token cross-entropy over the masked positions. Only their hidden states reach the
     lm_head, so prompt targets cost nothing and cannot leak into the loss; the logits (vocab 151,936
-    for Qwen) are made chunk_size tokens at a time and recomputed in backward, never all stored."""
+    for Qwen) are made chunk_size tokens at a time and recomputed in backward, never all stored.
+    n_tokens: the whole batch's token count when it is split into micro-batches, so that their
+    gradients add up to the batch's (every solution token weighs the same)."""
     h = model(inputs, hidden_only=True)[mask]                                 # (N, C) masked positions only
     t = targets[mask]                                                         # (N,)
     assert len(t) > 0, "no solution tokens in this batch"
     total = sum(checkpoint(_chunk_nll, h[s:s + chunk_size], model.lm_head.weight, t[s:s + chunk_size],
                            use_reentrant=False) for s in range(0, len(t), chunk_size))
-    return total / len(t)
+    return total / (n_tokens or len(t))
 
 
 def default_lr(config, lora):
@@ -174,17 +180,19 @@ if __name__ == "__main__":
     # data
     parser.add_argument("--task", default=None, help="gsm8k or toy; default gsm8k, toy with --toy")
     parser.add_argument("--data", default=None, help="folder with GSM8K train.jsonl and test.jsonl; default ~/.cache/rank1/gsm8k (downloaded once)")
+    parser.add_argument("--bucket", type=int, default=None, help="batches per length-sorted window (less padding, less mixing); 1 = plain shuffled batches; default 16, toy 1")
     parser.add_argument("--max-len", type=int, default=1024, help="drop training examples longer than this many tokens")
     # optimization
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps; default 250 (one epoch of GSM8K at batch 32), toy: see the preset")
     parser.add_argument("--batch-size", type=int, default=None, help="examples per step; default 32, 64 with --toy")
     parser.add_argument("--lr", type=float, default=None, help="AdamW LR; default DESIGN.md's rule (LoRA ~10x full), toy: its preset")
     parser.add_argument("--warmup", type=int, default=None, help="steps of linear LR warmup, then constant; default 0 (toy from scratch: 50)")
+    parser.add_argument("--micro-batch", type=int, default=None, help="examples per forward/backward (gradients accumulate); 0 = the whole batch; default 8, toy 0")
     parser.add_argument("--weight-decay", type=float, default=0.0, help="AdamW decoupled weight decay; 0 = plain Adam")
     parser.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient's global norm to this; 0 = off")
     parser.add_argument("--seed", type=int, default=0, help="seed of the init (LoRA's A, or the whole toy model) and the data order")
     # evaluation, logging, checkpoints
-    parser.add_argument("--eval-every", type=int, default=None, help="evaluate every N steps (also at step 0 and at the end); 0 = start and end only; default 0, toy 100")
+    parser.add_argument("--eval-every", type=int, default=None, help="evaluate every N steps (also at step 0 and at the end); 0 = start and end only; default 0, toy base 100")
     parser.add_argument("--eval-limit", type=int, default=None, help="held-out test problems to evaluate on; 0 = the whole split; default 200, toy 256")
     parser.add_argument("--eval-batch-size", type=int, default=None, help="prompts per generate() call in evaluation; default 64, toy 256")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="completion budget in evaluation; default 512, 48 with --toy")
@@ -198,14 +206,14 @@ if __name__ == "__main__":
     # --- resolve the presets: the toy base from scratch, toy fine-tuning, or the real run
     scratch = args.toy and args.model is None
     if scratch:
-        preset = dict(task="toy", rank=0, steps=1500, batch_size=64, lr=3e-3, warmup=50, eval_every=100,
+        preset = dict(task="toy", rank=0, steps=1500, batch_size=64, micro_batch=0, bucket=1, lr=3e-3, warmup=50, eval_every=100,
                       eval_limit=256, eval_batch_size=256, max_new_tokens=48, target_acc=0.4, save_every=0)
     elif args.toy:
-        preset = dict(task="toy", rank=1, steps=100, batch_size=64, lr=2e-4 if args.rank == 0 else 2e-3,
+        preset = dict(task="toy", rank=1, steps=100, batch_size=64, micro_batch=0, bucket=1, lr=2e-4 if args.rank == 0 else 2e-3,
                       warmup=0, eval_every=0, eval_limit=256, eval_batch_size=256, max_new_tokens=48,
                       target_acc=0, save_every=0)
     else:
-        preset = dict(model="Qwen/Qwen2.5-3B", task="gsm8k", rank=1, steps=250, batch_size=32, warmup=0,
+        preset = dict(model="Qwen/Qwen2.5-3B", task="gsm8k", rank=1, steps=250, batch_size=32, micro_batch=8, bucket=16, warmup=0,
                       eval_every=0, eval_limit=200, eval_batch_size=64, max_new_tokens=512, target_acc=0, save_every=50)
     lr_rule = "--lr" if args.lr is not None else (
         f"toy preset ({'from scratch' if scratch else 'LoRA' if args.rank != 0 else 'full fine-tuning, a tenth of LoRA'})"
@@ -219,6 +227,9 @@ if __name__ == "__main__":
     assert full or not scratch, f"a model trained from scratch has no base to adapt: --rank {args.rank} needs --model"
     if args.out is None:
         args.out = "runs/toy_base" if scratch else f"runs/sft{'_toy' if args.toy else ''}_{'full' if full else f'r{args.rank}'}"
+    config = TOY_CONFIG if scratch else Qwen2Config.from_json(os.path.join(resolve_path(args.model), "config.json"))
+    if args.lr is None:
+        args.lr, lr_rule = default_lr(config, not full)
     device = pick_device(args.device)
     if full and args.dtype is None and device.type != "cpu":
         args.dtype = "float32"  # Adam's steps (~LR relative to a weight) would vanish in bf16's 8-bit mantissa
@@ -229,15 +240,21 @@ if __name__ == "__main__":
     metrics_path = os.path.join(args.out, "metrics.jsonl")
     if ckpt and not args.resume:
         raise SystemExit(f"{args.out} already holds checkpoints ({os.path.basename(ckpt)}); pass --resume to continue it, or another --out")
+    if ckpt:  # what changes training must stay; the step budget, device and evaluation may change
+        with open(os.path.join(args.out, "args.json")) as f:
+            saved = json.load(f)
+        free = {"resume", "out", "steps", "device", "eval_every", "eval_limit", "eval_batch_size", "log_every", "save_every"}
+        changed = {k: (saved.get(k), v) for k, v in vars(args).items() if k not in free and saved.get(k) != v}
+        assert not changed, f"--resume with different arguments (saved, now): {changed}"
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "args.json"), "w") as f:
         json.dump(vars(args), f, indent=2)
 
-    # --- model, tokenizer, LR
+    # --- model, tokenizer, optimizer
     torch.manual_seed(args.seed)
     if scratch:
         tokenizer = toy_tokenizer()
-        model = Qwen2(TOY_CONFIG).to(device) if not ckpt else load_model(ckpt, device=device, dtype=args.dtype)
+        model = Qwen2(config).to(device) if not ckpt else load_model(ckpt, device=device, dtype=args.dtype)
         print(f"toy base from scratch: {sum(p.numel() for p in model.parameters()):,} parameters on {device}, float32")
     else:
         tokenizer = load_tokenizer(args.model)
@@ -248,8 +265,6 @@ if __name__ == "__main__":
         apply_lora(model, args.rank, args.alpha, args.targets, args.layers)
         if ckpt:
             load_adapter(model, ckpt)
-    if args.lr is None:
-        args.lr, lr_rule = default_lr(model.config, not full)
     print(f"lr {args.lr:.2e} from {lr_rule}")
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     params = [p for _, p in named]
@@ -297,27 +312,33 @@ if __name__ == "__main__":
         t0 = time.time()
         if (step - 1) // n_batches != epoch:  # the batch of step s is a function of (seed, s)
             epoch = (step - 1) // n_batches
-            batches = epoch_batches(lengths, args.batch_size, args.seed, epoch)
-        inputs, targets, mask = collate([train[i] for i in batches[(step - 1) % n_batches]], tokenizer.pad_id, device)
+            batches = epoch_batches(lengths, args.batch_size, args.seed, epoch, args.bucket)
+        examples = [train[i] for i in batches[(step - 1) % n_batches]]
         lr = args.lr * min(1.0, step / args.warmup) if args.warmup else args.lr
         for group in optimizer.param_groups:
             group["lr"] = lr
-        # right padding needs no pad mask: causal attention never looks right, so real tokens never see it
-        loss = sft_loss(model, inputs, targets, mask)
+        n_tokens = sum(len(s) for _, s in examples)                           # solution tokens in the batch
+        micro = args.micro_batch or len(examples)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss, padded = 0.0, 0
+        for s in range(0, len(examples), micro):
+            inputs, targets, mask = collate(examples[s:s + micro], tokenizer.pad_id, device)
+            # right padding needs no pad mask: causal attention never looks right, so real tokens never see it
+            micro_loss = sft_loss(model, inputs, targets, mask, n_tokens)
+            micro_loss.backward()
+            loss, padded = loss + micro_loss.item(), padded + inputs.numel()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip or float("inf")).item()
-        if not (math.isfinite(loss.item()) and math.isfinite(grad_norm)):
-            raise SystemExit(f"step {step}: loss {loss.item()} / grad norm {grad_norm} is not finite; stopping without an update")
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            raise SystemExit(f"step {step}: loss {loss} / grad norm {grad_norm} is not finite; stopping without an update")
         optimizer.step()
         dt = time.time() - t0
-        tokens_seen += int(mask.sum())
-        row = dict(step=step, loss=loss.item(), grad_norm=grad_norm, lr=lr, tokens=int(mask.sum()),
-                   padding=1 - (inputs != tokenizer.pad_id).float().mean().item(), seconds=round(dt, 3))
+        tokens_seen += n_tokens
+        row = dict(step=step, loss=loss, grad_norm=grad_norm, lr=lr, tokens=n_tokens, seconds=round(dt, 3),
+                   padding=round(1 - sum(len(p) + len(s) - 1 for p, s in examples) / padded, 4))
         append_jsonl(metrics_path, row)
         if step % args.log_every == 0 or step == args.steps:
             bar.write(f"step {step:5d}/{args.steps} | loss {row['loss']:.4f} | gnorm {grad_norm:7.3f} | lr {lr:.1e} | "
-                      f"{row['tokens'] / dt:7.0f} tok/s | {dt:5.2f} s | {time.time() - t_start:6.1f} s total")
+                      f"{padded / dt:7.0f} tok/s | {dt:5.2f} s | {time.time() - t_start:6.1f} s total")
 
         # --- evaluate; the toy base keeps its best model and stops once it reaches --target-acc
         done = False
