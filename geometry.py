@@ -313,16 +313,17 @@ if __name__ == "__main__":
     if args.bench_scale:
         bench_scale(args.bench_scale, gram_device)
         raise SystemExit
-    if args.runs_dir is None and not os.path.isdir("runs"):
-        parser.print_help()
-        raise SystemExit("\nno RUNS_DIR given and no runs/ here (try `python grpo.py --toy --rank 1` first, or --bench-scale 100)")
     args.runs_dir = args.runs_dir or "runs"
+    if not os.path.isdir(args.runs_dir):
+        parser.print_help()
+        raise SystemExit(f"\nno folder {args.runs_dir}/: train some runs first (`python grpo.py --toy --rank 1`), or try --bench-scale 100")
     out = Path(args.out or Path(args.runs_dir) / "geometry")
 
     # --- every checkpoint of every run, read lazily; the origin first where step 0 was not saved
     runs_steps, notes = find_runs(args.runs_dir)
     print("".join(f"note: {n}\n" for n in notes), end="")
-    assert runs_steps, f"no LoRA runs under {args.runs_dir}"
+    if not runs_steps:
+        raise SystemExit(f"no LoRA runs under {args.runs_dir}/ (a run is a folder with step_*/adapter_model.safetensors)")
     runs = sorted(runs_steps)
     ckpts, updates, origins = [], [], []  # (run, step), and {} for an origin or an Adapter
     for run in runs:
