@@ -183,7 +183,7 @@ if __name__ == "__main__":
     parser.add_argument("--bucket", type=int, default=None, help="batches per length-sorted window (less padding, less mixing); 1 = plain shuffled batches; default 16, toy 1")
     parser.add_argument("--max-len", type=int, default=1024, help="drop training examples longer than this many tokens")
     # optimization
-    parser.add_argument("--steps", type=int, default=None, help="optimizer steps; default 250 (one epoch of GSM8K at batch 32), toy: see the preset")
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps; default 250 (one epoch of GSM8K at batch 32); toy: 1500 (a budget; from scratch stops at --target-acc), 60 fine-tuning")
     parser.add_argument("--batch-size", type=int, default=None, help="examples per step; default 32, 64 with --toy")
     parser.add_argument("--lr", type=float, default=None, help="AdamW LR; default DESIGN.md's rule (LoRA ~10x full), toy: its preset")
     parser.add_argument("--warmup", type=int, default=None, help="steps of linear LR warmup, then constant; default 0 (toy from scratch: 50)")
@@ -209,15 +209,14 @@ if __name__ == "__main__":
         preset = dict(task="toy", rank=0, steps=1500, batch_size=64, micro_batch=0, bucket=1, lr=3e-3, warmup=50, eval_every=100,
                       eval_limit=256, eval_batch_size=256, max_new_tokens=48, target_acc=0.4, save_every=0)
     elif args.toy:
-        preset = dict(task="toy", rank=1, steps=100, batch_size=64, micro_batch=0, bucket=1, lr=2e-4 if args.rank == 0 else 2e-3,
+        preset = dict(task="toy", rank=1, steps=60, batch_size=64, micro_batch=0, bucket=1, lr=3e-4 if args.rank == 0 else 1e-3,
                       warmup=0, eval_every=0, eval_limit=256, eval_batch_size=256, max_new_tokens=48,
                       target_acc=0, save_every=0)
     else:
         preset = dict(model="Qwen/Qwen2.5-3B", task="gsm8k", rank=1, steps=250, batch_size=32, micro_batch=8, bucket=16, warmup=0,
                       eval_every=0, eval_limit=200, eval_batch_size=64, max_new_tokens=512, target_acc=0, save_every=50)
-    lr_rule = "--lr" if args.lr is not None else (
-        f"toy preset ({'from scratch' if scratch else 'LoRA' if args.rank != 0 else 'full fine-tuning, a tenth of LoRA'})"
-        if args.toy else None)
+    lr_rule = "--lr" if args.lr is not None else None if not args.toy else "toy preset (from scratch)" if scratch \
+        else f"toy preset ({'LoRA' if args.rank != 0 else 'full fine-tuning'}: best of 3 LRs in 60-step SFT of the toy base)"
     for key, value in preset.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
