@@ -249,6 +249,17 @@ def evaluate(model, tokenizer, problems, shots=(), batch_size=64, max_new_tokens
     return summary, rows
 
 
+def eval_metrics(model, tokenizer, problems, stop, max_new_tokens, batch_size):
+    """evaluate() as the metrics row fields the training scripts log; the model's train/eval mode is
+    left as it was."""
+    was_training = model.training
+    s, _ = evaluate(model, tokenizer, problems, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                    stop=stop, progress=False)
+    model.train(was_training)
+    return dict(eval_accuracy=s["accuracy"], eval_flexible_accuracy=s["flexible_accuracy"],
+                eval_format_rate=s["format_rate"], eval_n=s["n"], eval_seconds=round(s["seconds"], 2))
+
+
 def print_summary(summary, title):
     s = summary
     print(f"{title}  ({s['n']} problems, {s['shots']}-shot, greedy, {s['seconds']:.1f} s)")

@@ -19,18 +19,16 @@ import json
 import math
 import os
 import random
-import re
-import shutil
 import subprocess
 import sys
 import time
 
 import torch
-from safetensors.torch import load_file, save_file
 
-from model import generate, load_model, load_tokenizer, pick_device, save_model, token_logprobs
-from lora import adapters_disabled, apply_lora, load_adapter, save_adapter
-from eval_gsm8k import evaluate, extract_answer, format_prompt, load_task, reward, stop_ids, truncate
+from model import generate, load_model, load_tokenizer, pick_device, token_logprobs
+from lora import (adapters_disabled, append_jsonl, apply_lora, checkpoints, load_adapter, load_trainer_state,
+                  save_checkpoint, trim_metrics)
+from eval_gsm8k import eval_metrics, extract_answer, format_prompt, load_task, reward, stop_ids, truncate
 
 # -----------------------------------------------------------------------------
 # The math
@@ -113,65 +111,6 @@ def pack(prompts, completions, sampler_logps, device):
         mask[i, P - 1:L - 1] = True
         old[i, P - 1:L - 1] = torch.tensor(lp)
     return ids.to(device), mask.to(device), old.to(device)
-
-# -----------------------------------------------------------------------------
-# Checkpoints: step_000010/ = adapter (or full weights) + trainer_state.{safetensors,json}
-
-
-def checkpoints(out):
-    """Complete checkpoints of a run folder, oldest first: step_NNNNNN/ with its trainer state
-    (a crash leaves step_NNNNNN.tmp/, which never matches)."""
-    found = [d for d in os.listdir(out) if re.fullmatch(r"step_\d{6}", d)] if os.path.isdir(out) else []
-    return sorted(os.path.join(out, d) for d in found
-                  if os.path.isfile(os.path.join(out, d, "trainer_state.json")))
-
-
-def save_checkpoint(path, model, full, base_name, optimizer, named, generator, state):
-    """Write into path.tmp, then rename: a crash never leaves half a checkpoint under the real name.
-    Adam's moments are saved by parameter name, the RNG states as uint8 tensors; no pickle."""
-    tmp = path + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    if full:
-        save_model(model, tmp)
-    else:
-        save_adapter(model, tmp, base_model_name_or_path=base_name)
-    tensors = {"rng.torch_cpu": torch.get_rng_state(), "rng.sampler": generator.get_state()}
-    for name, p in named:
-        for key, value in optimizer.state.get(p, {}).items():           # step, exp_avg, exp_avg_sq
-            tensors[f"adam.{name}.{key}"] = value.detach().cpu().contiguous()
-    save_file(tensors, os.path.join(tmp, "trainer_state.safetensors"))
-    with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
-        json.dump(state, f, indent=2)
-    os.rename(tmp, path)
-
-
-def load_trainer_state(path, optimizer, named, generator):
-    """Restore Adam's moments, the RNG states; return trainer_state.json."""
-    tensors = load_file(os.path.join(path, "trainer_state.safetensors"))
-    torch.set_rng_state(tensors["rng.torch_cpu"])
-    generator.set_state(tensors["rng.sampler"])
-    for name, p in named:
-        keys = [f"adam.{name}.{k}" for k in ("step", "exp_avg", "exp_avg_sq")]
-        missing = [k for k in keys if k not in tensors]
-        assert not missing, f"{path}: trainer state lacks {missing} (saved with other --rank/--targets/--layers?)"
-        # Adam keeps `step` on the CPU (non-capturable path) and the moments beside the parameter
-        optimizer.state[p] = {"step": tensors[keys[0]], "exp_avg": tensors[keys[1]].to(p.device),
-                              "exp_avg_sq": tensors[keys[2]].to(p.device)}
-    with open(os.path.join(path, "trainer_state.json")) as f:
-        return json.load(f)
-
-
-def append_jsonl(path, row):
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
-
-
-def run_eval(model, tokenizer, problems, stop, max_new_tokens, batch_size):
-    """Greedy, strict accuracy on held-out problems (eval_gsm8k.evaluate), as metrics fields."""
-    s, _ = evaluate(model, tokenizer, problems, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                    stop=stop, progress=False)
-    return dict(eval_accuracy=s["accuracy"], eval_flexible_accuracy=s["flexible_accuracy"],
-                eval_format_rate=s["format_rate"], eval_n=s["n"], eval_seconds=round(s["seconds"], 2))
 
 # -----------------------------------------------------------------------------
 
@@ -278,12 +217,11 @@ if __name__ == "__main__":
     generator = torch.Generator(device).manual_seed(args.seed)          # the sampler's own stream
     start = 0
     if ckpt:
-        start = load_trainer_state(ckpt, optimizer, named, generator)["step"]
-        if os.path.exists(metrics_path):  # drop rows the interrupted run wrote after its checkpoint
-            with open(metrics_path) as f:
-                rows = [line for line in f if json.loads(line)["step"] <= start]
-            with open(metrics_path, "w") as f:
-                f.writelines(rows)
+        state, tensors = load_trainer_state(ckpt, optimizer, named)
+        torch.set_rng_state(tensors["rng.torch_cpu"])
+        generator.set_state(tensors["rng.sampler"])
+        start = state["step"]
+        trim_metrics(metrics_path, start)
         print(f"resumed from {ckpt} at step {start}")
     elif os.path.exists(metrics_path):
         os.remove(metrics_path)
@@ -302,7 +240,7 @@ if __name__ == "__main__":
 
     t_sample_total = t_train_total = t_eval_total = 0.0
     if start == 0:
-        row = dict(step=0, **run_eval(model, tokenizer, eval_set, stop, args.max_new_tokens, args.eval_batch_size))
+        row = dict(step=0, **eval_metrics(model, tokenizer, eval_set, stop, args.max_new_tokens, args.eval_batch_size))
         t_eval_total += row["eval_seconds"]
         append_jsonl(metrics_path, row)
         print(f"step {0:5d}/{args.steps} | eval accuracy {row['eval_accuracy']:.3f} | flexible "
@@ -372,7 +310,7 @@ if __name__ == "__main__":
               f"{zero_var:.2f} | len {row['length']:5.1f} | fmt {fmt:.2f} | gap {gap0:.1e} | gnorm {grad_norm:.3f} | "
               f"lr {args.lr:.1e} | sample {t_sample:5.1f} s, train {t_train:5.1f} s | {row['tokens_per_s']:6.0f} tok/s")
         if step == args.steps or (args.eval_every and step % args.eval_every == 0):
-            row = dict(step=step, **run_eval(model, tokenizer, eval_set, stop, args.max_new_tokens, args.eval_batch_size))
+            row = dict(step=step, **eval_metrics(model, tokenizer, eval_set, stop, args.max_new_tokens, args.eval_batch_size))
             t_eval_total += row["eval_seconds"]
             append_jsonl(metrics_path, row)
             print(f"step {step:5d}/{args.steps} | eval accuracy {row['eval_accuracy']:.3f} | flexible "
@@ -380,8 +318,9 @@ if __name__ == "__main__":
         if step == args.steps or step % args.save_every == 0:
             state = dict(step=step, data_seed=args.seed, epoch=step * B // len(train_set),
                          position=step * B % len(train_set), samples=step * B * G)
-            save_checkpoint(os.path.join(args.out, f"step_{step:06d}"), model, full, args.model,
-                            optimizer, named, generator, state)
+            rng = {"rng.torch_cpu": torch.get_rng_state(), "rng.sampler": generator.get_state()}  # uint8 tensors
+            save_checkpoint(os.path.join(args.out, f"step_{step:06d}"), model, optimizer, named, state,
+                            full=full, tokenizer=tokenizer, base_name=args.model, extra=rng)
 
     # --- summary
     with open(metrics_path) as f:

@@ -18,6 +18,8 @@ import argparse
 import json
 import math
 import os
+import re
+import shutil
 import tempfile
 from contextlib import contextmanager
 
@@ -25,7 +27,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
-from model import Qwen2Config, TOY_CONFIG, load_model, make_toy_checkpoint
+from model import Qwen2Config, TOY_CONFIG, load_model, make_toy_checkpoint, save_model
 
 ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
@@ -287,6 +289,66 @@ def load_adapter(model, in_dir, verbose=True):
         for key, p in params.items():
             p.copy_(tensors[key])
     return model
+
+# -----------------------------------------------------------------------------
+# Run folders (DESIGN.md, "Files on disk"), shared by sft.py and grpo.py: step_NNNNNN/ holds the
+# adapter (or full weights) + trainer_state.{safetensors,json}; metrics.jsonl one row per line
+
+
+def checkpoints(out):
+    """Complete step_NNNNNN/ folders of a run, oldest first (an interrupted save leaves .tmp)."""
+    found = [d for d in os.listdir(out) if re.fullmatch(r"step_\d{6}", d)] if os.path.isdir(out) else []
+    return sorted(os.path.join(out, d) for d in found if os.path.isfile(os.path.join(out, d, "trainer_state.json")))
+
+
+def save_checkpoint(path, model, optimizer, named, state, full=False, tokenizer=None, base_name=None, extra=None):
+    """Weights (full: config + safetensors + tokenizer.json; else the PEFT adapter), Adam's moments by
+    parameter name and `extra` tensors (RNG states) as safetensors, `state` as JSON; no pickle.
+    Written into path.tmp, then one rename: a crash never leaves half a checkpoint under the real name."""
+    tmp = path + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    if full:
+        save_model(model, tmp)
+        if tokenizer is not None:
+            tokenizer.tok.save(os.path.join(tmp, "tokenizer.json"))
+    else:
+        save_adapter(model, tmp, base_model_name_or_path=base_name)
+    tensors = dict(extra or {})
+    for name, p in named:
+        for key, value in optimizer.state.get(p, {}).items():           # step, exp_avg, exp_avg_sq
+            tensors[f"adam.{name}.{key}"] = value.detach().cpu().contiguous()
+    save_file(tensors, os.path.join(tmp, "trainer_state.safetensors"))
+    with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
+        json.dump(state, f, indent=2)
+    os.rename(tmp, path)
+
+
+def load_trainer_state(path, optimizer, named):
+    """Restore Adam's moments; return (trainer_state.json, every saved tensor, e.g. the RNG states)."""
+    tensors = load_file(os.path.join(path, "trainer_state.safetensors"))
+    for name, p in named:
+        keys = [f"adam.{name}.{k}" for k in ("step", "exp_avg", "exp_avg_sq")]
+        missing = [k for k in keys if k not in tensors]
+        assert not missing, f"{path}: trainer state lacks {missing} (saved with other --rank/--targets/--layers?)"
+        # Adam keeps `step` on the CPU (non-capturable path) and the moments beside the parameter
+        optimizer.state[p] = {"step": tensors[keys[0]], "exp_avg": tensors[keys[1]].to(p.device),
+                              "exp_avg_sq": tensors[keys[2]].to(p.device)}
+    with open(os.path.join(path, "trainer_state.json")) as f:
+        return json.load(f), tensors
+
+
+def append_jsonl(path, row):
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def trim_metrics(path, step):
+    """Drop the metrics rows an interrupted run wrote after its last checkpoint."""
+    if os.path.exists(path):
+        with open(path) as f:
+            rows = [line for line in f if json.loads(line)["step"] <= step]
+        with open(path, "w") as f:
+            f.writelines(rows)
 
 # -----------------------------------------------------------------------------
 # The effective update in factored form: {name: (scale, B, A)}, ΔW = scale·B·A

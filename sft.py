@@ -24,20 +24,18 @@ import json
 import math
 import os
 import random
-import re
-import shutil
 import time
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
 from model import (TOY_CONFIG, Qwen2, Qwen2Config, load_model, load_tokenizer, pick_device, resolve_path,
                    save_model, toy_tokenizer)
-from lora import apply_lora, load_adapter, save_adapter
-from eval_gsm8k import evaluate, format_prompt, format_solution, load_task, stop_ids
+from lora import (append_jsonl, apply_lora, checkpoints, load_adapter, load_trainer_state, save_adapter,
+                  save_checkpoint, trim_metrics)
+from eval_gsm8k import eval_metrics, format_prompt, format_solution, load_task, stop_ids
 
 # -----------------------------------------------------------------------------
 # Data: tokenized examples, length-bucketed batches, the loss mask
@@ -108,13 +106,7 @@ def default_lr(config, lora):
         f"5e-5 x {10 if lora else 1} x (2000/{config.hidden_size})^{p} (DESIGN.md, fitted for {'Qwen' if p < 0.5 else 'Llama'})"
 
 # -----------------------------------------------------------------------------
-# Run folder: checkpoints (written to a temporary name, then renamed), metrics, evaluation
-
-
-def checkpoints(out):
-    """Complete step_NNNNNN/ folders of a run, oldest first (an interrupted save leaves .tmp)."""
-    found = [d for d in os.listdir(out) if re.fullmatch(r"step_\d{6}", d)] if os.path.isdir(out) else []
-    return sorted(os.path.join(out, d) for d in found if os.path.isfile(os.path.join(out, d, "trainer_state.json")))
+# The kept model (checkpoints, metrics rows and evaluation are lora.py's and eval_gsm8k.py's)
 
 
 def save_weights(path, model, tokenizer, full, base_name):
@@ -124,45 +116,6 @@ def save_weights(path, model, tokenizer, full, base_name):
         tokenizer.tok.save(os.path.join(path, "tokenizer.json"))
     else:
         save_adapter(model, path, base_model_name_or_path=base_name)
-
-
-def save_checkpoint(path, model, tokenizer, full, base_name, optimizer, named, state):
-    """Weights and the optimizer's moments by parameter name (safetensors, no pickle) into path.tmp,
-    then one rename: a crash never leaves half a checkpoint under the real name."""
-    tmp = path + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_weights(tmp, model, tokenizer, full, base_name)
-    tensors = {f"adam.{name}.{k}": v.detach().cpu().contiguous()
-               for name, p in named for k, v in optimizer.state.get(p, {}).items()}
-    save_file(tensors, os.path.join(tmp, "trainer_state.safetensors"))
-    with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
-        json.dump(state, f, indent=2)
-    os.rename(tmp, path)
-
-
-def load_trainer_state(path, optimizer, named):
-    tensors = load_file(os.path.join(path, "trainer_state.safetensors"))
-    for name, p in named:
-        keys = [f"adam.{name}.{k}" for k in ("step", "exp_avg", "exp_avg_sq")]
-        assert all(k in tensors for k in keys), f"{path}: no optimizer state for {name} (other --rank/--targets?)"
-        optimizer.state[p] = {"step": tensors[keys[0]], "exp_avg": tensors[keys[1]].to(p.device),
-                              "exp_avg_sq": tensors[keys[2]].to(p.device)}
-    with open(os.path.join(path, "trainer_state.json")) as f:
-        return json.load(f)
-
-
-def append_jsonl(path, row):
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
-
-
-def run_eval(model, tokenizer, problems, stop, max_new_tokens, batch_size):
-    """Greedy, strict accuracy on held-out problems (eval_gsm8k.evaluate), as metrics fields."""
-    s, _ = evaluate(model, tokenizer, problems, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                    stop=stop, progress=False)
-    model.train()
-    return dict(eval_accuracy=s["accuracy"], eval_flexible_accuracy=s["flexible_accuracy"],
-                eval_format_rate=s["format_rate"], eval_n=s["n"], eval_seconds=round(s["seconds"], 2))
 
 # -----------------------------------------------------------------------------
 
@@ -270,12 +223,9 @@ if __name__ == "__main__":
     optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay)
     start, best = 0, -1.0
     if ckpt:
-        state = load_trainer_state(ckpt, optimizer, named)
+        state, _ = load_trainer_state(ckpt, optimizer, named)
         start, best = state["step"], state["best_accuracy"]
-        with open(metrics_path) as f:  # drop rows the interrupted run wrote after its checkpoint
-            rows = [line for line in f if json.loads(line)["step"] <= start]
-        with open(metrics_path, "w") as f:
-            f.writelines(rows)
+        trim_metrics(metrics_path, start)
         print(f"resumed from {ckpt} at step {start}")
     elif os.path.exists(metrics_path):
         os.remove(metrics_path)
@@ -296,7 +246,7 @@ if __name__ == "__main__":
           f"trainable parameters -> {args.out}")
 
     if start == 0:
-        row = dict(step=0, **run_eval(model, tokenizer, eval_set, stop, args.max_new_tokens, args.eval_batch_size))
+        row = dict(step=0, **eval_metrics(model, tokenizer, eval_set, stop, args.max_new_tokens, args.eval_batch_size))
         append_jsonl(metrics_path, row)
         print(f"step {0:5d}/{args.steps} | eval accuracy {row['eval_accuracy']:.3f} | flexible "
               f"{row['eval_flexible_accuracy']:.3f} | format {row['eval_format_rate']:.3f}")
@@ -342,7 +292,7 @@ if __name__ == "__main__":
         # --- evaluate; the toy base keeps its best model and stops once it reaches --target-acc
         done = False
         if step == args.steps or (args.eval_every and step % args.eval_every == 0):
-            row = dict(step=step, **run_eval(model, tokenizer, eval_set, stop, args.max_new_tokens, args.eval_batch_size))
+            row = dict(step=step, **eval_metrics(model, tokenizer, eval_set, stop, args.max_new_tokens, args.eval_batch_size))
             append_jsonl(metrics_path, row)
             acc = row["eval_accuracy"]
             bar.write(f"step {step:5d}/{args.steps} | eval accuracy {acc:.3f} | flexible "
@@ -359,8 +309,8 @@ if __name__ == "__main__":
                 bar.write(f"step {step:5d}/{args.steps} | eval accuracy {acc:.3f} >= --target-acc {args.target_acc}: stopping")
         if done or step == args.steps or (args.save_every and step % args.save_every == 0):
             state = dict(step=step, best_accuracy=best, epoch=epoch, data_seed=args.seed)
-            save_checkpoint(os.path.join(args.out, f"step_{step:06d}"), model, tokenizer, full, args.model,
-                            optimizer, named, state)
+            save_checkpoint(os.path.join(args.out, f"step_{step:06d}"), model, optimizer, named, state,
+                            full=full, tokenizer=tokenizer, base_name=args.model)
         if done:
             break
     bar.close()
