@@ -38,10 +38,10 @@ from tqdm import tqdm
 import eval_gsm8k
 import lora
 import model as qwen
-import runs as run_folders
+import runs as run_folders  # "runs" below is the list of run names
 
 # -----------------------------------------------------------------------------
-# Reading run folders
+# Reading adapters lazily (finding the runs and their checkpoints is runs.py's)
 
 
 class Adapter(Mapping):
@@ -51,12 +51,13 @@ class Adapter(Mapping):
 
     def __init__(self, folder):
         path = os.path.join(folder, "adapter_config.json")
-        self.config = c = qwen.read_json(path)
-        bad = {k: c[k] for k in ("rank_pattern", "alpha_pattern", "use_dora", "fan_in_fan_out") if c.get(k)} \
-            if isinstance(c, dict) else {}
-        if not isinstance(c, dict) or c.get("peft_type") != "LORA" or bad or not {"r", "lora_alpha"} <= c.keys():
-            raise qwen.UserError(f"{path}: not a plain LoRA adapter config (peft_type "
-                                 f"{c.get('peft_type') if isinstance(c, dict) else c!r}, {bad or 'r and lora_alpha needed'})")
+        c = qwen.read_json(path)
+        c = c if isinstance(c, dict) else {}
+        bad = {k: c[k] for k in ("rank_pattern", "alpha_pattern", "use_dora", "fan_in_fan_out") if c.get(k)}
+        if c.get("peft_type") != "LORA" or bad or not {"r", "lora_alpha"} <= c.keys():
+            raise qwen.UserError(f"{path}: not a plain LoRA adapter config (peft_type {c.get('peft_type')!r}, "
+                                 f"r {c.get('r')!r}, lora_alpha {c.get('lora_alpha')!r}, {bad or 'no unsupported options'})")
+        self.config = c
         self.scale = c["lora_alpha"] / (math.sqrt(c["r"]) if c.get("use_rslora") else c["r"])  # α/r or α/√r
         # the header is checked against the file's size now: a truncated file fails here, by name
         self.file = qwen.open_safetensors(os.path.join(folder, "adapter_model.safetensors"))
@@ -77,7 +78,6 @@ class Adapter(Mapping):
 
     def __len__(self):
         return len(self.names)
-
 
 
 # -----------------------------------------------------------------------------

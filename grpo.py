@@ -127,7 +127,7 @@ if __name__ == "__main__":
     parser.add_argument("--device", default=None, help="cuda / mps / cpu; default the best available")
     # data and sampling
     parser.add_argument("--task", default=None, help="gsm8k or toy; default gsm8k, toy with --toy")
-    parser.add_argument("--data", default=None, help="folder with GSM8K train.jsonl and test.jsonl; default ~/.cache/rank1/gsm8k (downloaded once)")
+    parser.add_argument("--data", default=None, help="GSM8K data: a folder holding train.jsonl and test.jsonl, or one JSONL file (training and evaluation then both read it); default ~/.cache/rank1/gsm8k (downloaded once)")
     parser.add_argument("--batch", type=int, default=None, help="prompts per step; default 32")
     parser.add_argument("--group", type=int, default=None, help="samples per prompt G; default 8")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="completion budget (sampling and evaluation); default 512, 48 with --toy")

@@ -132,7 +132,7 @@ if __name__ == "__main__":
     parser.add_argument("--device", default=None, help="cuda / mps / cpu; default the best available")
     # data
     parser.add_argument("--task", default=None, help="gsm8k or toy; default gsm8k, toy with --toy")
-    parser.add_argument("--data", default=None, help="folder with GSM8K train.jsonl and test.jsonl; default ~/.cache/rank1/gsm8k (downloaded once)")
+    parser.add_argument("--data", default=None, help="GSM8K data: a folder holding train.jsonl and test.jsonl, or one JSONL file (training and evaluation then both read it); default ~/.cache/rank1/gsm8k (downloaded once)")
     parser.add_argument("--bucket", type=int, default=None, help="batches per length-sorted window (less padding, less mixing); 1 = plain shuffled batches; default 16, toy 1")
     parser.add_argument("--max-len", type=int, default=1024, help="drop training examples longer than this many tokens")
     # optimization
