@@ -166,12 +166,14 @@ if __name__ == "__main__":
             setattr(args, key, value)
     if args.out is None:
         args.out = f"runs/grpo{'_toy' if args.toy else ''}_{f'r{args.rank}' if args.rank else 'full'}"
-    if not (args.rank >= 0 and args.temperature > 0 and args.epochs >= 1 and args.group >= 2 and args.batch >= 1):
+    if not (args.rank >= 0 and args.temperature > 0 and args.epochs >= 1 and args.group >= 2 and args.batch >= 1
+            and args.save_every >= 1):
         raise user_exit(f"need --rank >= 0 ({args.rank}), --temperature > 0 ({args.temperature}), --epochs >= 1 "
-                        f"({args.epochs}), --group >= 2 ({args.group}: a group is its own baseline), --batch >= 1 ({args.batch})")
+                        f"({args.epochs}), --group >= 2 ({args.group}: a group is its own baseline), --batch >= 1 "
+                        f"({args.batch}), --save-every >= 1 ({args.save_every})")
     if args.kl and args.rank == 0:  # the reference would be a second full copy of the weights
         raise user_exit("--kl needs LoRA (the reference is the model with adapters off); with --rank 0 "
-                         "it would need a frozen copy of every weight, which grpo.py does not keep")
+                        "it would need a frozen copy of every weight, which grpo.py does not keep")
     device = pick_device(args.device)
     full = args.rank == 0
     if full and args.dtype is None and device.type != "cpu":

@@ -74,7 +74,7 @@ def append_metrics(run, row):
         f.write(json.dumps(row) + "\n")
 
 
-def read_jsonl(path):
+def jsonl_rows(path):
     """[(line number, row)] of a JSONL file of objects, blank lines skipped. A last line without its
     newline that does not parse is a write cut short: dropped, with a note on stderr. Any other line
     that is not a JSON object is a UserError naming file:line."""
@@ -106,9 +106,9 @@ def read_jsonl(path):
 
 def read_metrics(run) -> list:
     """The rows of run/metrics.jsonl in order, [{"step": 0, "eval_accuracy": 0.4, ...}, {"step": 1, ...}];
-    every good row, a torn last line dropped (read_jsonl). A missing file is a UserError."""
+    every good row, a torn last line dropped (jsonl_rows). A missing file is a UserError."""
     path = os.path.join(run, "metrics.jsonl")
-    rows = read_jsonl(path)
+    rows = jsonl_rows(path)
     for n, row in rows:
         if not isinstance(row.get("step"), int):
             raise UserError(f"{path}:{n}: a metrics row needs an integer \"step\", got {row.get('step')!r}")

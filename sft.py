@@ -177,7 +177,7 @@ if __name__ == "__main__":
     full = args.rank == 0
     if not (args.rank >= 0 and args.steps > 0 and args.batch_size > 0):
         raise user_exit(f"need --rank >= 0 ({args.rank}), --steps > 0 ({args.steps}), --batch-size > 0 ({args.batch_size})")
-    if not (full or not scratch):
+    if scratch and not full:
         raise user_exit(f"a model trained from scratch has no base to adapt: --rank {args.rank} needs --model")
     if args.out is None:
         args.out = "runs/toy_base" if scratch else f"runs/sft{'_toy' if args.toy else ''}_{'full' if full else f'r{args.rank}'}"
