@@ -32,7 +32,7 @@ import time
 
 import torch
 
-from model import TOY_CONFIG, Qwen2, RMSNorm, generate, pick_device, pick_dtype, token_logprobs
+from model import TOY_CONFIG, Qwen2, RMSNorm, exit_on_user_error, generate, pick_device, pick_dtype, token_logprobs
 from lora import apply_lora
 from flops import count_params, get_config, sampling_flops, si, step_flops, total
 
@@ -199,6 +199,7 @@ def print_table(rows):
 
 if __name__ == "__main__":
     args = parser.parse_args()
+    exit_on_user_error()
     preset = dict(batch=4, group=4, prompt_len=16, new_tokens=32, micro_batch=0, threads=1) if args.toy else \
         dict(batch=64, group=8, prompt_len=150, new_tokens=512, micro_batch=8, threads=torch.get_num_threads())
     for key, value in preset.items():

@@ -41,7 +41,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from model import generate, load_model, load_tokenizer
+from model import UserError, exit_on_user_error, generate, load_model, load_tokenizer, user_exit
 
 GSM8K_URL = "https://raw.githubusercontent.com/openai/grade-school-math/master/grade_school_math/data/{split}.jsonl"
 GSM8K_SHA256 = {  # the upstream files, byte for byte (MIT License, Copyright (c) 2021 OpenAI)
@@ -57,19 +57,22 @@ STOP = "\n\n"  # the blank line that ends an answer (see the docstring)
 def read_jsonl(path):
     """Problems from a JSONL file of {"question", "answer"} records; bad lines name file and line."""
     problems = []
-    with open(path, encoding="utf-8") as f:
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: no such file" + (" (a folder? --data takes a folder holding {split}.jsonl or "
+                                                   "a file)" if os.path.isdir(path) else ""))
+    with open(path, encoding="utf-8", errors="replace") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+                raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
             for key in ("question", "answer"):
                 if not isinstance(rec, dict) or not isinstance(rec.get(key), str):
-                    raise ValueError(f"{path}:{lineno}: record has no string '{key}'")
+                    raise UserError(f"{path}:{lineno}: record has no string '{key}'")
             if extract_answer(rec["answer"]) is None:
-                raise ValueError(f"{path}:{lineno}: answer has no final '#### N' (nor \\boxed{{N}})")
+                raise UserError(f"{path}:{lineno}: answer has no final '#### N' (nor \\boxed{{N}})")
             problems.append({"question": rec["question"], "answer": rec["answer"]})
     return problems
 
@@ -78,7 +81,8 @@ def load_gsm8k(split, path=None, cache_dir=GSM8K_CACHE):
     """GSM8K `split` from `path`, or from the cache folder, downloading it there once (checked)."""
     if path is not None:
         return read_jsonl(path)  # the user's own file: any subset is fine, so no checksum
-    assert split in GSM8K_SHA256, f"unknown GSM8K split {split!r}, expected train or test"
+    if split not in GSM8K_SHA256:
+        raise UserError(f"unknown GSM8K split {split!r}, expected train or test")
     file = Path(cache_dir).expanduser() / f"{split}.jsonl"
     url, want = GSM8K_URL.format(split=split), GSM8K_SHA256[split]
     if not file.exists():
@@ -87,12 +91,12 @@ def load_gsm8k(split, path=None, cache_dir=GSM8K_CACHE):
             with urllib.request.urlopen(url, timeout=60) as r:
                 data = r.read()
         except OSError as e:  # URLError, timeouts and DNS failures are all OSErrors
-            raise FileNotFoundError(
+            raise UserError(
                 f"GSM8K {split} is not in {file} and could not be downloaded from {url} ({e}).\n"
                 f"Put the upstream file there (sha256 {want}), or pass a local JSONL file "
                 f"with --data FILE (load_gsm8k(split, path=FILE)).") from None
         if hashlib.sha256(data).hexdigest() != want:
-            raise ValueError(f"download of {url} has sha256 {hashlib.sha256(data).hexdigest()}, "
+            raise UserError(f"download of {url} has sha256 {hashlib.sha256(data).hexdigest()}, "
                              f"expected {want}; not saved")
         file.parent.mkdir(parents=True, exist_ok=True)
         tmp = file.with_suffix(".tmp")
@@ -100,17 +104,31 @@ def load_gsm8k(split, path=None, cache_dir=GSM8K_CACHE):
         os.replace(tmp, file)  # atomic: a crash never leaves half a file under the real name
     got = hashlib.sha256(file.read_bytes()).hexdigest()
     if got != want:
-        raise ValueError(f"{file} has sha256 {got}, expected {want} (the upstream {split} split); "
+        raise UserError(f"{file} has sha256 {got}, expected {want} (the upstream {split} split); "
                          f"delete it to download again, or pass your own file with --data")
     return read_jsonl(file)
+
+
+def data_path(data, split):
+    """What --data means in every script: None = the cached download (None here); a folder = its
+    {split}.jsonl; a file = that file, whatever the split (a script that reads two splits from one
+    file says so)."""
+    if data is None or not os.path.isdir(data):
+        return data
+    path = os.path.join(data, f"{split}.jsonl")
+    if not os.path.isfile(path):
+        raise UserError(f"--data {data}: a folder, but it holds no {split}.jsonl")
+    return path
 
 
 def load_task(task, split, path=None):
     """The one entry point for sft/grpo/geometry: task "gsm8k" or "toy", split "train" or "test"."""
     if task == "gsm8k":
         return load_gsm8k(split, path)
-    assert task == "toy", f"unknown task {task!r}, expected gsm8k or toy"
-    assert path is None, f"the toy task is generated, not read: got path {path}"
+    if task != "toy":
+        raise UserError(f"unknown task {task!r}, expected gsm8k or toy")
+    if path is not None:
+        raise UserError(f"the toy task is generated, not read: --data {path} is for --task gsm8k")
     return toy_problems(split)
 
 # -----------------------------------------------------------------------------
@@ -320,7 +338,7 @@ if __name__ == "__main__":
     parser.add_argument("--adapter", default=None, help="LoRA adapter folder (PEFT format) to apply; none = the base model")
     parser.add_argument("--toy", action="store_true", help="the toy task (and the toy base model unless --model)")
     # on which problems
-    parser.add_argument("--data", default=None, help="local JSONL file of the split; none = ~/.cache/rank1/gsm8k, downloaded once")
+    parser.add_argument("--data", default=None, help="GSM8K data: a folder holding {split}.jsonl (and train.jsonl for --shots), or the JSONL file of --split; none = ~/.cache/rank1/gsm8k, downloaded once")
     parser.add_argument("--split", default="test", choices=["train", "test"], help="which split to evaluate")
     parser.add_argument("--limit", type=int, default=0, help="first N problems only; 0 = all")
     parser.add_argument("--shots", type=int, default=0, help="worked examples from train before each question; 0 = zero-shot")
@@ -330,6 +348,7 @@ if __name__ == "__main__":
     parser.add_argument("--out", default=None, help="write one JSON line per problem here; none = no file")
     parser.add_argument("--device", default=None, help="cuda, mps or cpu; none = the best available")
     args = parser.parse_args()
+    exit_on_user_error()
 
     if args.model is None and not args.toy:  # no model: show what this file does, check the rule
         toy = toy_problems("train", n=3)
@@ -348,11 +367,15 @@ if __name__ == "__main__":
     task = "toy" if args.toy else "gsm8k"
     args.model = args.model or "runs/toy_base"
     if args.toy and not Path(args.model).exists():
-        raise SystemExit(f"{args.model} not found: build the toy base first with `python sft.py --toy`")
+        raise user_exit(f"{args.model} not found: build the toy base first with `python sft.py --toy`")
     max_new_tokens = args.max_new_tokens or (64 if args.toy else 512)
-    problems = load_task(task, args.split, args.data)
+    problems = load_task(task, args.split, data_path(args.data, args.split))
     problems = problems[:args.limit] if args.limit else problems
-    shots = [(p["question"], p["answer"]) for p in load_task(task, "train")[:args.shots]] if args.shots else []
+    # shots come from train: the folder's train.jsonl; a file is the evaluated split, so never its shots
+    shots_from = data_path(args.data, "train") if args.data and os.path.isdir(args.data) else None
+    if args.shots and args.data and shots_from is None:
+        print(f"note: --data {args.data} is a file, the {args.split} split: --shots come from the cached train split")
+    shots = [(p["question"], p["answer"]) for p in load_task(task, "train", shots_from)[:args.shots]] if args.shots else []
 
     model = load_model(args.model, device=args.device)
     tokenizer = load_tokenizer(args.model)

@@ -25,7 +25,7 @@ import json
 import math
 import os
 
-from model import Qwen2Config
+from model import Qwen2Config, UserError, exit_on_user_error
 
 
 def parse_args(argv=None):
@@ -83,7 +83,7 @@ def get_config(name_or_path):
     key = name_or_path.split("/")[-1].lower().removesuffix("-instruct").removeprefix("meta-")
     shapes = {k.lower(): v for k, v in SHAPES.items()}
     if key not in shapes:
-        raise ValueError(f"unknown model {name_or_path!r}: not a local folder/config.json, nor one of {list(SHAPES)}")
+        raise UserError(f"unknown model {name_or_path!r}: not a local folder/config.json, nor one of {list(SHAPES)}")
     return Qwen2Config(**shapes[key])
 
 
@@ -255,6 +255,7 @@ def print_split(title, rows):
 
 if __name__ == "__main__":
     args = parse_args()
+    exit_on_user_error()
     cfg = get_config(args.model)
     name = os.path.basename(args.model.rstrip("/")) if os.path.exists(args.model) else args.model.split("/")[-1]
     B = args.batch or args.prompts * args.samples

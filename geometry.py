@@ -23,7 +23,6 @@ import argparse
 import json
 import math
 import os
-import re
 import time
 from collections.abc import Mapping
 from itertools import combinations
@@ -34,15 +33,15 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from safetensors import safe_open
 from tqdm import tqdm
 
 import eval_gsm8k
 import lora
 import model as qwen
+import runs as run_folders  # "runs" below is the list of run names
 
 # -----------------------------------------------------------------------------
-# Reading run folders
+# Reading adapters lazily (finding the runs and their checkpoints is runs.py's)
 
 
 class Adapter(Mapping):
@@ -51,12 +50,17 @@ class Adapter(Mapping):
     then holds one matrix's factors at a time, not every checkpoint (rank-16 3B adapters are 120 MB)."""
 
     def __init__(self, folder):
-        with open(os.path.join(folder, "adapter_config.json")) as f:
-            self.config = c = json.load(f)
+        path = os.path.join(folder, "adapter_config.json")
+        c = qwen.read_json(path)
+        c = c if isinstance(c, dict) else {}
         bad = {k: c[k] for k in ("rank_pattern", "alpha_pattern", "use_dora", "fan_in_fan_out") if c.get(k)}
-        assert c.get("peft_type") == "LORA" and not bad, f"{folder}: not a plain LoRA adapter ({c.get('peft_type')}, {bad})"
+        if c.get("peft_type") != "LORA" or bad or not {"r", "lora_alpha"} <= c.keys():
+            raise qwen.UserError(f"{path}: not a plain LoRA adapter config (peft_type {c.get('peft_type')!r}, "
+                                 f"r {c.get('r')!r}, lora_alpha {c.get('lora_alpha')!r}, {bad or 'no unsupported options'})")
+        self.config = c
         self.scale = c["lora_alpha"] / (math.sqrt(c["r"]) if c.get("use_rslora") else c["r"])  # α/r or α/√r
-        self.file = safe_open(os.path.join(folder, "adapter_model.safetensors"), framework="pt")
+        # the header is checked against the file's size now: a truncated file fails here, by name
+        self.file = qwen.open_safetensors(os.path.join(folder, "adapter_model.safetensors"))
         n, suffix = len(lora.PEFT_PREFIX), ".lora_A.weight"
         self.names = {k[n:-len(suffix)]: None for k in self.file.keys() if k.endswith(suffix)}
 
@@ -74,23 +78,6 @@ class Adapter(Mapping):
 
     def __len__(self):
         return len(self.names)
-
-
-def find_runs(runs_dir):
-    """{run: [(step, folder), ...]} of every LoRA run under runs_dir, and notes on what was skipped."""
-    runs, notes = {}, []
-    for d in sorted(p for p in Path(runs_dir).iterdir() if p.is_dir()):
-        steps = sorted((int(m[1]), p) for p in d.iterdir() if p.is_dir() and (m := re.fullmatch(r"step_(\d+)", p.name)))
-        lora_steps = [(s, p) for s, p in steps if (p / "adapter_model.safetensors").exists()]
-        if not steps:
-            notes.append(f"{d.name}: no step_* checkpoints, not a run")
-        elif not lora_steps:
-            notes.append(f"{d.name}: full fine-tuning (no adapter), skipped: its update is dense")
-        else:
-            runs[d.name] = lora_steps
-            if len(lora_steps) < len(steps):
-                notes.append(f"{d.name}: {len(steps) - len(lora_steps)} step folders without an adapter ignored")
-    return runs, notes
 
 
 # -----------------------------------------------------------------------------
@@ -158,13 +145,13 @@ def base_sq_norms(base, names):
     file(s): no model is built and at most one matrix is in memory."""
     path = qwen.resolve_path(base)
     index = os.path.join(path, "model.safetensors.index.json")
-    where = json.load(open(index))["weight_map"] if os.path.exists(index) else {}
+    where = qwen.read_json(index)["weight_map"] if os.path.exists(index) else {}
     by_file = {}
     for n in names:
         by_file.setdefault(where.get(f"{n}.weight", "model.safetensors"), []).append(n)
     out = {}
     for file, ns in by_file.items():
-        f = safe_open(os.path.join(path, file), framework="pt")
+        f = qwen.open_safetensors(os.path.join(path, file))
         for n in ns:
             out[n] = f.get_tensor(f"{n}.weight").double().pow(2).sum().item()
     return out
@@ -301,13 +288,14 @@ if __name__ == "__main__":
     parser.add_argument("--truncate", type=int, default=0, help="evaluate best rank-K versions of the final checkpoints "
                         "(and of the best plane point with --plane); 0 = no truncation")
     parser.add_argument("--eval-limit", type=int, default=50, help="test problems per evaluation (toy or gsm8k, per the runs' args.json)")
-    parser.add_argument("--data", default=None, help="folder with GSM8K's test.jsonl; default the runs' args.json --data, else the cached download")
+    parser.add_argument("--data", default=None, help="GSM8K test data: a folder holding test.jsonl, or a JSONL file; default the runs' args.json --data, else the cached download")
     parser.add_argument("--max-new-tokens", type=int, default=0, help="completion budget; 0 = the runs' args.json, else 64 (toy) / 512")
     parser.add_argument("--batch-size", type=int, default=64, help="prompts per generate() call")
     parser.add_argument("--device", default=None, help="cuda, mps or cpu; none = the best available")
     parser.add_argument("--bench-scale", type=int, default=0, help="benchmark only: Gram of N synthetic rank-1 "
                         "Qwen2.5-3B adapters (time, peak memory); 0 = off")
     args = parser.parse_args()
+    qwen.exit_on_user_error()
     # float64 Gram on a CUDA GPU when there is one (MPS has no float64), else the CPU
     gram_device = torch.device("cuda") if qwen.pick_device(args.device).type == "cuda" else torch.device("cpu")
     if args.bench_scale:
@@ -316,14 +304,14 @@ if __name__ == "__main__":
     args.runs_dir = args.runs_dir or "runs"
     if not os.path.isdir(args.runs_dir):
         parser.print_help()
-        raise SystemExit(f"\nno folder {args.runs_dir}/: train some runs first (`python grpo.py --toy --rank 1`), or try --bench-scale 100")
+        raise qwen.user_exit(f"no folder {args.runs_dir}/: train some runs first (`python grpo.py --toy --rank 1`), or try --bench-scale 100")
     out = Path(args.out or Path(args.runs_dir) / "geometry")
 
     # --- every checkpoint of every run, read lazily; the origin first where step 0 was not saved
-    runs_steps, notes = find_runs(args.runs_dir)
+    runs_steps, notes = run_folders.find_runs(args.runs_dir, adapters_only=True)
     print("".join(f"note: {n}\n" for n in notes), end="")
     if not runs_steps:
-        raise SystemExit(f"no LoRA runs under {args.runs_dir}/ (a run is a folder with step_*/adapter_model.safetensors)")
+        raise qwen.user_exit(f"no LoRA runs under {args.runs_dir}/ (a run is a folder with step_*/adapter_model.safetensors)")
     runs = sorted(runs_steps)
     ckpts, updates, origins = [], [], []  # (run, step), and {} for an origin or an Adapter
     for run in runs:
@@ -368,7 +356,7 @@ if __name__ == "__main__":
             w2 = sum(base_sq_norms(bases[run], list(updates[last[run]])).values())
             update_to_weight[run] = math.sqrt(K[last[run], last[run]] / w2)
             print(f"{run}: ||ΔW||/||W|| = {update_to_weight[run]:.3e} at step {ckpts[last[run]][1]} (base {bases[run]})")
-        except (OSError, RuntimeError, KeyError, TypeError, ValueError) as e:
+        except (OSError, RuntimeError, KeyError, TypeError, ValueError) as e:  # UserError is a ValueError
             notes.append(f"{run}: no ||ΔW||/||W|| (base model {bases[run]!r} unreadable: {type(e).__name__}: {e})")
             print(f"note: {notes[-1]}")
 
@@ -392,13 +380,16 @@ if __name__ == "__main__":
 
     # --- plane exploration and truncation: the base model plus factored adapters, evaluated
     if args.plane or args.truncate:
-        assert len(set(bases.values())) == 1, f"runs on different base models: {bases}"
-        run_a = [json.loads(p.read_text()) if (p := Path(args.runs_dir) / run / "args.json").exists() else {} for run in runs]
+        if len(set(bases.values())) != 1:
+            raise qwen.user_exit(f"--plane/--truncate need runs of one base model, got {bases} (pass --model or fewer runs)")
+        run_a = [run_folders.read_args(d) if os.path.exists(os.path.join(d := os.path.join(args.runs_dir, run), "args.json"))
+                 else {} for run in runs]
         tasks = {a.get("task") or ("toy" if a.get("toy") else "gsm8k") for a in run_a}
-        assert len(tasks) == 1, f"runs trained on different tasks: {tasks}"
+        if len(tasks) != 1:
+            raise qwen.user_exit(f"--plane/--truncate need runs of one task, got {sorted(tasks)}")
         task = tasks.pop()
-        data = args.data or run_a[0].get("data")  # grpo.py's convention: a folder with {split}.jsonl
-        problems = eval_gsm8k.load_task(task, "test", os.path.join(data, "test.jsonl") if data and task == "gsm8k" else None)
+        data = args.data or run_a[0].get("data")  # what every script's --data means: a folder or a file
+        problems = eval_gsm8k.load_task(task, "test", eval_gsm8k.data_path(data, "test") if task == "gsm8k" else None)
         problems = problems[:args.eval_limit]
         max_new = args.max_new_tokens or run_a[0].get("max_new_tokens") or (64 if task == "toy" else 512)
         net, tok = qwen.load_model(bases[runs[0]], device=args.device), qwen.load_tokenizer(bases[runs[0]])

@@ -15,7 +15,6 @@ gradient clipping at 1.0. Simplified on purpose: one process alternates sampling
 the same weights (no inference server, so the sampler is never stale), no format or length reward.
 """
 import argparse
-import json
 import math
 import os
 import random
@@ -25,10 +24,11 @@ import time
 
 import torch
 
-from model import generate, load_model, load_tokenizer, pick_device, token_logprobs
-from lora import (adapters_disabled, append_jsonl, apply_lora, checkpoints, load_adapter, load_trainer_state,
-                  save_checkpoint, trim_metrics)
-from eval_gsm8k import eval_metrics, extract_answer, format_prompt, load_task, reward, stop_ids, truncate
+from model import exit_on_user_error, generate, load_model, load_tokenizer, pick_device, token_logprobs, user_exit
+from lora import adapters_disabled, apply_lora, load_adapter
+from runs import (append_metrics, check_resume_args, load_trainer_state, newest_checkpoint, read_metrics,
+                  save_checkpoint, trim_metrics, write_args)
+from eval_gsm8k import data_path, eval_metrics, extract_answer, format_prompt, load_task, reward, stop_ids, truncate
 
 # -----------------------------------------------------------------------------
 # The math
@@ -127,7 +127,7 @@ if __name__ == "__main__":
     parser.add_argument("--device", default=None, help="cuda / mps / cpu; default the best available")
     # data and sampling
     parser.add_argument("--task", default=None, help="gsm8k or toy; default gsm8k, toy with --toy")
-    parser.add_argument("--data", default=None, help="folder with GSM8K train.jsonl and test.jsonl; default ~/.cache/rank1/gsm8k (downloaded once)")
+    parser.add_argument("--data", default=None, help="GSM8K data: a folder holding train.jsonl and test.jsonl, or one JSONL file (training and evaluation then both read it); default ~/.cache/rank1/gsm8k (downloaded once)")
     parser.add_argument("--batch", type=int, default=None, help="prompts per step; default 32")
     parser.add_argument("--group", type=int, default=None, help="samples per prompt G; default 8")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="completion budget (sampling and evaluation); default 512, 48 with --toy")
@@ -152,6 +152,7 @@ if __name__ == "__main__":
     parser.add_argument("--out", default=None, help="run folder; default runs/grpo[_toy]_r<rank> (runs/grpo[_toy]_full for --rank 0)")
     parser.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --out (a fresh start if there is none)")
     args = parser.parse_args()
+    exit_on_user_error()
 
     # --- resolve the presets: toy world or the real run (DESIGN.md's defaults)
     preset = dict(model="runs/toy_base", task="toy", batch=32, group=8, max_new_tokens=48, steps=60, lr=2e-3,
@@ -165,11 +166,14 @@ if __name__ == "__main__":
             setattr(args, key, value)
     if args.out is None:
         args.out = f"runs/grpo{'_toy' if args.toy else ''}_{f'r{args.rank}' if args.rank else 'full'}"
-    assert args.rank >= 0 and args.temperature > 0 and args.epochs >= 1, \
-        f"need rank >= 0 ({args.rank}), temperature > 0 ({args.temperature}), epochs >= 1 ({args.epochs})"
+    if not (args.rank >= 0 and args.temperature > 0 and args.epochs >= 1 and args.group >= 2 and args.batch >= 1
+            and args.save_every >= 1):
+        raise user_exit(f"need --rank >= 0 ({args.rank}), --temperature > 0 ({args.temperature}), --epochs >= 1 "
+                        f"({args.epochs}), --group >= 2 ({args.group}: a group is its own baseline), --batch >= 1 "
+                        f"({args.batch}), --save-every >= 1 ({args.save_every})")
     if args.kl and args.rank == 0:  # the reference would be a second full copy of the weights
-        raise SystemExit("--kl needs LoRA (the reference is the model with adapters off); with --rank 0 "
-                         "it would need a frozen copy of every weight, which grpo.py does not keep")
+        raise user_exit("--kl needs LoRA (the reference is the model with adapters off); with --rank 0 "
+                        "it would need a frozen copy of every weight, which grpo.py does not keep")
     device = pick_device(args.device)
     full = args.rank == 0
     if full and args.dtype is None and device.type != "cpu":
@@ -183,22 +187,16 @@ if __name__ == "__main__":
         subprocess.run([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "sft.py"), "--toy"], check=True)
 
     # --- run folder: args.json first; --resume picks the newest complete checkpoint
-    ckpt = checkpoints(args.out)[-1] if checkpoints(args.out) else None
+    ckpt = newest_checkpoint(args.out)
     metrics_path = os.path.join(args.out, "metrics.jsonl")
     if ckpt and not args.resume:
-        raise SystemExit(f"{args.out} already holds checkpoints ({os.path.basename(ckpt)}); pass --resume to continue it, or another --out")
+        raise user_exit(f"{args.out} already holds checkpoints ({os.path.basename(ckpt)}); pass --resume to continue it, or another --out")
     if args.resume and ckpt is None:
         print(f"--resume: no complete checkpoint in {args.out}, starting from step 0")
     if ckpt:  # the run must continue with what changes training; steps, device and eval may change
-        with open(os.path.join(args.out, "args.json")) as f:
-            saved = json.load(f)
-        free = {"resume", "out", "steps", "device", "eval_every", "eval_limit", "eval_batch_size", "save_every",
-                "grad_checkpoint"}
-        changed = {k: (saved.get(k), v) for k, v in vars(args).items() if k not in free and saved.get(k) != v}
-        assert not changed, f"--resume with different arguments (saved, now): {changed}"
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "args.json"), "w") as f:
-        json.dump(vars(args), f, indent=2)
+        check_resume_args(args.out, args, free={"resume", "out", "steps", "device", "eval_every", "eval_limit",
+                                                "eval_batch_size", "save_every", "grad_checkpoint"})
+    write_args(args.out, args)
 
     # --- model, adapter, optimizer
     torch.manual_seed(args.seed)
@@ -221,13 +219,16 @@ if __name__ == "__main__":
         torch.set_rng_state(tensors["rng.torch_cpu"])
         generator.set_state(tensors["rng.sampler"])
         start = state["step"]
-        trim_metrics(metrics_path, start)
+        trim_metrics(args.out, start)
         print(f"resumed from {ckpt} at step {start}")
     elif os.path.exists(metrics_path):
         os.remove(metrics_path)
 
     # --- data
-    paths = {split: args.data and os.path.join(args.data, f"{split}.jsonl") for split in ("train", "test")}
+    paths = {split: data_path(args.data, split) for split in ("train", "test")}
+    if args.data and paths["train"] == paths["test"]:
+        print(f"note: --data {args.data} is one file: training and evaluation both read it (a folder with "
+              f"train.jsonl and test.jsonl holds the evaluation problems out)")
     train_set = load_task(args.task, "train", paths["train"])
     eval_set = load_task(args.task, "test", paths["test"])[:args.eval_limit or None]
     stop = stop_ids(tokenizer)
@@ -242,7 +243,7 @@ if __name__ == "__main__":
     if start == 0:
         row = dict(step=0, **eval_metrics(model, tokenizer, eval_set, stop, args.max_new_tokens, args.eval_batch_size))
         t_eval_total += row["eval_seconds"]
-        append_jsonl(metrics_path, row)
+        append_metrics(args.out, row)
         print(f"step {0:5d}/{args.steps} | eval accuracy {row['eval_accuracy']:.3f} | flexible "
               f"{row['eval_flexible_accuracy']:.3f} | format {row['eval_format_rate']:.3f}")
 
@@ -290,9 +291,8 @@ if __name__ == "__main__":
                 kl_sampler += kl_k3(old[mask], logp.detach()[mask]).sum().item() / n_tokens
             grad_norm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip or float("inf")).item()
             if not (math.isfinite(loss_sum) and math.isfinite(grad_norm)):
-                last = checkpoints(args.out)
                 raise SystemExit(f"step {step}: loss {loss_sum} / grad norm {grad_norm} is not finite; stopping "
-                                 f"without an update. Last good checkpoint: {last[-1] if last else 'none'}")
+                                 f"without an update. Last good checkpoint: {newest_checkpoint(args.out) or 'none'}")
             optimizer.step()
             if epoch == 0:  # on-policy health: the sampler's and the trainer's log-probs should agree
                 gap0, kl0 = gap, kl_sampler
@@ -305,14 +305,14 @@ if __name__ == "__main__":
                    length=n_tokens / (B * G), format_rate=fmt, logp_gap=gap0, kl_sampler=kl0, loss=loss_sum,
                    grad_norm=grad_norm, lr=args.lr, t_sample=round(t_sample, 3), t_train=round(t_train, 3),
                    tokens_per_s=n_tokens / t_sample, **({"kl_ref": kl_ref} if args.kl else {}))
-        append_jsonl(metrics_path, row)
+        append_metrics(args.out, row)
         print(f"step {step:5d}/{args.steps} | reward {row['reward']:.3f} ± {row['reward_std']:.2f} | zero-var "
               f"{zero_var:.2f} | len {row['length']:5.1f} | fmt {fmt:.2f} | gap {gap0:.1e} | gnorm {grad_norm:.3f} | "
               f"lr {args.lr:.1e} | sample {t_sample:5.1f} s, train {t_train:5.1f} s | {row['tokens_per_s']:6.0f} tok/s")
         if step == args.steps or (args.eval_every and step % args.eval_every == 0):
             row = dict(step=step, **eval_metrics(model, tokenizer, eval_set, stop, args.max_new_tokens, args.eval_batch_size))
             t_eval_total += row["eval_seconds"]
-            append_jsonl(metrics_path, row)
+            append_metrics(args.out, row)
             print(f"step {step:5d}/{args.steps} | eval accuracy {row['eval_accuracy']:.3f} | flexible "
                   f"{row['eval_flexible_accuracy']:.3f} | format {row['eval_format_rate']:.3f}")
         if step == args.steps or step % args.save_every == 0:
@@ -323,8 +323,7 @@ if __name__ == "__main__":
                             full=full, tokenizer=tokenizer, base_name=args.model, extra=rng)
 
     # --- summary
-    with open(metrics_path) as f:
-        evals = [r for r in map(json.loads, f) if "eval_accuracy" in r]
+    evals = [r for r in read_metrics(args.out) if "eval_accuracy" in r]
     if len(evals) >= 2:
         print(f"eval accuracy {evals[0]['eval_accuracy']:.3f} (step {evals[0]['step']}) -> "
               f"{evals[-1]['eval_accuracy']:.3f} (step {evals[-1]['step']})")

@@ -18,16 +18,15 @@ import argparse
 import json
 import math
 import os
-import re
-import shutil
 import tempfile
 from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from model import Qwen2Config, TOY_CONFIG, load_model, make_toy_checkpoint, save_model
+from model import (Qwen2Config, TOY_CONFIG, UserError, exit_on_user_error, load_model, load_safetensors,
+                   make_toy_checkpoint, read_json)
 
 ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
@@ -44,7 +43,7 @@ class LoRALinear(nn.Module):
     def __init__(self, base: nn.Linear, rank: int, alpha: float, rslora: bool = False):
         super().__init__()
         if int(rank) != rank or rank < 1:
-            raise ValueError(f"LoRA rank must be an integer >= 1, got {rank!r}")
+            raise UserError(f"LoRA rank must be an integer >= 1, got {rank!r}")
         self.base = base.requires_grad_(False)
         self.rank, self.alpha, self.rslora = int(rank), alpha, rslora
         # α/r: Adam moves each of the r rank-1 terms of B·A by a step of fixed size, so the part of
@@ -118,10 +117,10 @@ def parse_targets(targets) -> list:
     for t in (t.strip() for t in items):
         expanded = {"all": ALL_LINEAR, "attn": ATTN, "mlp": MLP}.get(t, (t,))
         if not set(expanded) <= set(ALL_LINEAR):
-            raise ValueError(f"unknown LoRA target {t!r}; use all, attn, mlp or some of {ALL_LINEAR}")
+            raise UserError(f"unknown LoRA target {t!r}; use all, attn, mlp or some of {ALL_LINEAR}")
         chosen.update(expanded)
     if not chosen:
-        raise ValueError(f"no LoRA targets in {targets!r}")
+        raise UserError(f"no LoRA targets in {targets!r}")
     return [t for t in ALL_LINEAR if t in chosen]
 
 
@@ -138,12 +137,12 @@ def parse_layers(layers, n_layers) -> list:
         item = item.strip() if isinstance(item, str) else item
         if item in thirds:
             if not thirds[item]:
-                raise ValueError(f"{n_layers} layers have no {item} third")
+                raise UserError(f"{n_layers} layers have no {item} third")
             chosen.update(thirds[item])
         elif str(item).isdigit() and int(item) < n_layers:
             chosen.add(int(item))
         else:
-            raise ValueError(f"bad layer {item!r}: use first, middle, last or an index in [0, {n_layers})")
+            raise UserError(f"bad layer {item!r}: use first, middle, last or an index in [0, {n_layers})")
     return sorted(chosen)
 
 
@@ -240,28 +239,31 @@ def save_adapter(model, out_dir, base_model_name_or_path=None):
 
 
 def read_adapter(in_dir):
-    """(config, targets, layers or None, scale, tensors) of a PEFT LoRA folder; refuses what rank1 can't run."""
+    """(config, targets, layers or None, scale, tensors) of a PEFT LoRA folder; refuses what rank1 can't
+    run. A missing, truncated or corrupt file is a UserError that names it."""
     paths = [os.path.join(in_dir, f) for f in ("adapter_config.json", "adapter_model.safetensors")]
     for p in paths:
         if not os.path.isfile(p):
-            raise FileNotFoundError(f"no {p} (a PEFT adapter folder holds adapter_config.json + adapter_model.safetensors)")
-    with open(paths[0]) as f:
-        cfg = json.load(f)
-    if cfg.get("peft_type") != "LORA":
-        raise ValueError(f"{paths[0]}: peft_type {cfg.get('peft_type')!r}, only LORA is supported")
+            raise UserError(f"no {p} (a PEFT adapter folder holds adapter_config.json + adapter_model.safetensors)")
+    cfg = read_json(paths[0])
+    if not isinstance(cfg, dict) or cfg.get("peft_type") != "LORA":
+        raise UserError(f"{paths[0]}: peft_type {cfg.get('peft_type') if isinstance(cfg, dict) else cfg!r}, only LORA is supported")
     unsupported = {k: cfg[k] for k in ("use_dora", "fan_in_fan_out", "rank_pattern", "alpha_pattern",
                                        "modules_to_save", "lora_bias") if cfg.get(k)}
     if cfg.get("bias", "none") != "none":
         unsupported["bias"] = cfg["bias"]
     if unsupported:
-        raise ValueError(f"{paths[0]}: unsupported PEFT options {unsupported}")
+        raise UserError(f"{paths[0]}: unsupported PEFT options {unsupported}")
+    missing = [k for k in ("r", "lora_alpha", "target_modules") if k not in cfg]
+    if missing:
+        raise UserError(f"{paths[0]}: no {', '.join(missing)}")
     tm = cfg["target_modules"]
     targets = list(ALL_LINEAR) if tm == "all-linear" else parse_targets([tm] if isinstance(tm, str) else tm)
     layers = cfg.get("layers_to_transform")
     layers = [layers] if isinstance(layers, int) else (layers or None)  # PEFT: [] or null = all layers
     r, alpha = cfg["r"], cfg["lora_alpha"]
     scale = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
-    return cfg, targets, layers, scale, load_file(paths[1])
+    return cfg, targets, layers, scale, load_safetensors(paths[1])
 
 
 def load_adapter(model, in_dir, verbose=True):
@@ -275,80 +277,20 @@ def load_adapter(model, in_dir, verbose=True):
     want = {module_name(i, t) for i in layers for t in targets}
     have = {(m.rank, m.alpha, m.rslora) for m in mods.values()}
     if set(mods) != want or have != {(r, alpha, rslora)}:
-        raise ValueError(f"{in_dir} holds rank {r}, alpha {alpha} on {targets} x layers {layers}; "
+        raise UserError(f"{in_dir} holds rank {r}, alpha {alpha} on {targets} x layers {layers}; "
                          f"the model's adapters differ ({len(mods)} modules, (rank, alpha, rslora) {have})")
     params = {f"{PEFT_PREFIX}{name}.{part}.weight": getattr(m, part)
               for name, m in mods.items() for part in ("lora_A", "lora_B")}
     missing, unexpected = sorted(params.keys() - tensors.keys()), sorted(tensors.keys() - params.keys())
     if missing or unexpected:
-        raise ValueError(f"{in_dir}: missing tensors {missing[:3]} ({len(missing)}), unexpected {unexpected[:3]} ({len(unexpected)})")
+        raise UserError(f"{in_dir}: missing tensors {missing[:3]} ({len(missing)}), unexpected {unexpected[:3]} ({len(unexpected)})")
     for key, p in params.items():  # check every shape before changing anything
         if tensors[key].shape != p.shape:
-            raise ValueError(f"{key}: shape {tuple(tensors[key].shape)} in {in_dir} does not fit the model's {tuple(p.shape)}")
+            raise UserError(f"{key}: shape {tuple(tensors[key].shape)} in {in_dir} does not fit the model's {tuple(p.shape)}")
     with torch.no_grad():
         for key, p in params.items():
             p.copy_(tensors[key])
     return model
-
-# -----------------------------------------------------------------------------
-# Run folders (DESIGN.md, "Files on disk"), shared by sft.py and grpo.py: step_NNNNNN/ holds the
-# adapter (or full weights) + trainer_state.{safetensors,json}; metrics.jsonl one row per line
-
-
-def checkpoints(out):
-    """Complete step_NNNNNN/ folders of a run, oldest first (an interrupted save leaves .tmp)."""
-    found = [d for d in os.listdir(out) if re.fullmatch(r"step_\d{6}", d)] if os.path.isdir(out) else []
-    return sorted(os.path.join(out, d) for d in found if os.path.isfile(os.path.join(out, d, "trainer_state.json")))
-
-
-def save_checkpoint(path, model, optimizer, named, state, full=False, tokenizer=None, base_name=None, extra=None):
-    """Weights (full: config + safetensors + tokenizer.json; else the PEFT adapter), Adam's moments by
-    parameter name and `extra` tensors (RNG states) as safetensors, `state` as JSON; no pickle.
-    Written into path.tmp, then one rename: a crash never leaves half a checkpoint under the real name."""
-    tmp = path + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    if full:
-        save_model(model, tmp)
-        if tokenizer is not None:
-            tokenizer.tok.save(os.path.join(tmp, "tokenizer.json"))
-    else:
-        save_adapter(model, tmp, base_model_name_or_path=base_name)
-    tensors = dict(extra or {})
-    for name, p in named:
-        for key, value in optimizer.state.get(p, {}).items():           # step, exp_avg, exp_avg_sq
-            tensors[f"adam.{name}.{key}"] = value.detach().cpu().contiguous()
-    save_file(tensors, os.path.join(tmp, "trainer_state.safetensors"))
-    with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
-        json.dump(state, f, indent=2)
-    os.rename(tmp, path)
-
-
-def load_trainer_state(path, optimizer, named):
-    """Restore Adam's moments; return (trainer_state.json, every saved tensor, e.g. the RNG states)."""
-    tensors = load_file(os.path.join(path, "trainer_state.safetensors"))
-    for name, p in named:
-        keys = [f"adam.{name}.{k}" for k in ("step", "exp_avg", "exp_avg_sq")]
-        missing = [k for k in keys if k not in tensors]
-        assert not missing, f"{path}: trainer state lacks {missing} (saved with other --rank/--targets/--layers?)"
-        # Adam keeps `step` on the CPU (non-capturable path) and the moments beside the parameter
-        optimizer.state[p] = {"step": tensors[keys[0]], "exp_avg": tensors[keys[1]].to(p.device),
-                              "exp_avg_sq": tensors[keys[2]].to(p.device)}
-    with open(os.path.join(path, "trainer_state.json")) as f:
-        return json.load(f), tensors
-
-
-def append_jsonl(path, row):
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
-
-
-def trim_metrics(path, step):
-    """Drop the metrics rows an interrupted run wrote after its last checkpoint."""
-    if os.path.exists(path):
-        with open(path) as f:
-            rows = [line for line in f if json.loads(line)["step"] <= step]
-        with open(path, "w") as f:
-            f.writelines(rows)
 
 # -----------------------------------------------------------------------------
 # The effective update in factored form: {name: (scale, B, A)}, ΔW = scale·B·A
@@ -407,7 +349,7 @@ def truncate(factors, k) -> dict:
     """Best rank-k approximation (Eckart-Young) of every matrix, as rank-k factors with scale 1;
     √S goes to both sides. A matrix of rank < k is padded with zero rows/columns."""
     if int(k) != k or k < 1:
-        raise ValueError(f"truncation rank must be an integer >= 1, got {k!r}")
+        raise UserError(f"truncation rank must be an integer >= 1, got {k!r}")
     out = {}
     for name, (s, B, A) in factors.items():
         U, S, Vh = factored_svd(s, B, A)
@@ -450,6 +392,7 @@ if __name__ == "__main__":
     parser.add_argument("--alpha", type=float, default=32.0, help="LoRA alpha of the toy check (scale alpha/r)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the toy model and adapters")
     args = parser.parse_args()
+    exit_on_user_error()
     torch.manual_seed(args.seed)
 
     # --- parameter counts, from shapes alone

@@ -8,12 +8,79 @@ Parameter names equal Hugging Face's (model.layers.0.self_attn.q_proj.weight, ..
 checkpoint loads with a strict load_state_dict. Reference: transformers' modeling_qwen2.py.
 """
 import json
+import os
+import sys
 from dataclasses import dataclass, asdict, fields
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+
+
+# -----------------------------------------------------------------------------
+# User errors and checked reads: every file rank1 reads fails with its path and what is wrong
+
+
+class UserError(ValueError):
+    """A problem the user can fix, not a bug in rank1: a missing or corrupt file (the message names
+    it and says what is wrong), a bad flag. Library callers (tests, study.py) catch it like any
+    ValueError; a script that called exit_on_user_error() prints it as one line and exits 2."""
+
+
+def user_exit(message):
+    """A script's own refusal (a bad flag, a run folder in the way): `error: message` on stderr, and
+    the SystemExit to raise, status 2; str() of it is still the message."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    stop = SystemExit(str(message))
+    stop.code = 2  # the interpreter exits with .code and prints nothing more (it is printed already)
+    return stop
+
+
+def exit_on_user_error():
+    """Called at the top of every script's __main__: an uncaught UserError ends the program as
+    user_exit does, one line and status 2; any other exception (a bug) keeps its traceback."""
+    default = sys.excepthook
+
+    def hook(kind, value, tb):
+        if issubclass(kind, UserError):
+            raise user_exit(value)  # SystemExit raised in the hook: the interpreter exits with it
+        default(kind, value, tb)
+    if not getattr(sys.excepthook, "rank1", False):
+        hook.rank1 = True
+        sys.excepthook = hook
+
+
+def read_json(path):
+    """A JSON file, or a UserError that names it and says what is wrong."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read it ({e})") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); "
+                        f"truncated or corrupt?") from None
+
+
+def open_safetensors(path):
+    """safe_open(path) for tensors read one at a time, or a UserError that names the file. The
+    header is checked against the file's size here, so a truncated file fails now, not later."""
+    from safetensors import SafetensorError, safe_open
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: no such file")
+    try:
+        return safe_open(path, framework="pt")
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"{path}: not a readable safetensors file ({e}); truncated or corrupt?") from None
+
+
+def load_safetensors(path):
+    """Every tensor of a safetensors file as {name: tensor}, or a UserError that names the file."""
+    f = open_safetensors(path)
+    return {k: f.get_tensor(k) for k in f.keys()}
 
 
 # -----------------------------------------------------------------------------
@@ -54,12 +121,13 @@ class Qwen2Config:
 
     @classmethod
     def from_json(cls, path):
+        d = read_json(path)
+        if not isinstance(d, dict):
+            raise UserError(f"{path}: a config.json holds one JSON object, got {type(d).__name__}")
         try:
-            with open(path) as f:
-                d = json.load(f)
-        except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"cannot read config {path}: {e}") from e
-        return cls.from_dict(d)
+            return cls.from_dict(d)
+        except (TypeError, ValueError, AssertionError) as e:
+            raise UserError(f"{path}: not a Qwen2 config ({e})") from None
 
     def to_hf_dict(self):
         """config.json in the form transformers writes (4.x keys, which 5.x also reads)."""
@@ -322,41 +390,39 @@ def pick_dtype(dtype, device):
 
 def resolve_path(name_or_path, patterns=("*.json", "*.safetensors")):
     """A local folder as is; otherwise a hub id such as Qwen/Qwen2.5-3B, downloaded once."""
-    import os
     if os.path.isdir(name_or_path):
         return name_or_path
     if os.path.exists(name_or_path) or name_or_path.count("/") != 1 or name_or_path.startswith((".", "/")):
-        raise FileNotFoundError(f"no model folder at {name_or_path!r} (expected a folder with "
+        raise UserError(f"no model folder at {name_or_path!r} (expected a folder with "
                                 f"config.json and model.safetensors, or a hub id like Qwen/Qwen2.5-3B)")
     from huggingface_hub import snapshot_download
     try:
         return snapshot_download(name_or_path, allow_patterns=list(patterns))
     except Exception as e:
-        raise RuntimeError(f"could not download {name_or_path!r} from the Hugging Face hub ({type(e).__name__}: "
+        raise UserError(f"could not download {name_or_path!r} from the Hugging Face hub ({type(e).__name__}: "
                            f"{e}). Offline? Point --model at a local folder with config.json, "
                            f"model.safetensors (or shards + index) and tokenizer.json.") from e
 
 
 def read_safetensors(path):
     """All tensors of a folder: model.safetensors, or the shards its index names."""
-    import os
-    from safetensors.torch import load_file
     index = os.path.join(path, "model.safetensors.index.json")
     if os.path.exists(index):
-        with open(index) as f:
-            files = sorted(set(json.load(f)["weight_map"].values()))
+        weight_map = read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise UserError(f"{index}: no \"weight_map\" object naming the shards")
+        files = sorted(set(weight_map.values()))
     elif os.path.exists(os.path.join(path, "model.safetensors")):
         files = ["model.safetensors"]
     else:
-        raise FileNotFoundError(f"no model.safetensors or model.safetensors.index.json in {path}")
+        raise UserError(f"no model.safetensors or model.safetensors.index.json in {path}")
     state = {}
     for name in files:
-        state.update(load_file(os.path.join(path, name)))
+        state.update(load_safetensors(os.path.join(path, name)))
     return state
 
 
 def load_model(name_or_path, device=None, dtype=None, verbose=True):
-    import os
     path = resolve_path(name_or_path)
     config = Qwen2Config.from_json(os.path.join(path, "config.json"))
     device = pick_device(device)
@@ -370,10 +436,10 @@ def load_model(name_or_path, device=None, dtype=None, verbose=True):
     missing = [k for k in expected if state.get(k) is None]
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
-        raise KeyError(f"{path}: missing tensors {missing[:5]}, unexpected tensors {unexpected[:5]}")
+        raise UserError(f"{path}: missing tensors {missing[:5]}, unexpected tensors {unexpected[:5]}")
     for k, v in expected.items():
         if state[k].shape != v.shape:
-            raise ValueError(f"{path}: tensor {k} has shape {tuple(state[k].shape)}, "
+            raise UserError(f"{path}: tensor {k} has shape {tuple(state[k].shape)}, "
                              f"config.json implies {tuple(v.shape)}")
     model.load_state_dict({k: t.to(device=device, dtype=dtype) for k, t in state.items()}, strict=True, assign=True)
     model.tie_weights()  # assign=True replaced the shared Parameter with two
@@ -386,7 +452,6 @@ def load_model(name_or_path, device=None, dtype=None, verbose=True):
 
 def save_model(model, path):
     """config.json + model.safetensors, the layout load_model (and transformers) read."""
-    import os
     from safetensors.torch import save_file
     os.makedirs(path, exist_ok=True)
     cfg = model.config.to_hf_dict()
@@ -420,13 +485,15 @@ class Tokenizer:
 
 
 def load_tokenizer(name_or_path):
-    import os
     from tokenizers import Tokenizer as HFTokenizer
     path = name_or_path if name_or_path.endswith(".json") else os.path.join(
         resolve_path(name_or_path, patterns=("tokenizer.json",)), "tokenizer.json")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"no tokenizer at {path}")
-    return Tokenizer(HFTokenizer.from_file(path))
+        raise UserError(f"no tokenizer at {path}")
+    try:
+        return Tokenizer(HFTokenizer.from_file(path))
+    except Exception as e:  # the tokenizers library raises a bare Exception on a bad file
+        raise UserError(f"{path}: not a readable tokenizer.json ({e})") from None
 
 
 # -----------------------------------------------------------------------------
@@ -579,7 +646,8 @@ def make_toy_checkpoint(path, config=TOY_CONFIG, seed=0):
 # Self-check: python model.py --toy
 
 if __name__ == "__main__":
-    import argparse, os, tempfile, time
+    import argparse, tempfile, time
+    exit_on_user_error()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--toy", action="store_true", help="use the toy base (runs/toy_base), or a random toy model if it is not built yet")
     parser.add_argument("--model", default=None, help="local folder or hub id, e.g. Qwen/Qwen2.5-3B")

@@ -23,7 +23,6 @@ world's runs use the base shipped in toy_base/, made by this command.
 Simplified on purpose: no sequence packing, constant LR after a linear warmup.
 """
 import argparse
-import json
 import math
 import os
 import random
@@ -34,11 +33,12 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
-from model import (TOY_CONFIG, Qwen2, Qwen2Config, load_model, load_tokenizer, pick_device, resolve_path,
-                   save_model, toy_tokenizer)
-from lora import (append_jsonl, apply_lora, checkpoints, load_adapter, load_trainer_state, save_adapter,
-                  save_checkpoint, trim_metrics)
-from eval_gsm8k import eval_metrics, format_prompt, format_solution, load_task, stop_ids
+from model import (TOY_CONFIG, Qwen2, Qwen2Config, exit_on_user_error, load_model, load_tokenizer,
+                   pick_device, resolve_path, save_model, toy_tokenizer, user_exit)
+from lora import apply_lora, load_adapter, save_adapter
+from runs import (append_metrics, check_resume_args, load_trainer_state, newest_checkpoint, read_metrics,
+                  save_checkpoint, trim_metrics, write_args)
+from eval_gsm8k import data_path, eval_metrics, format_prompt, format_solution, load_task, stop_ids
 
 # -----------------------------------------------------------------------------
 # Data: tokenized examples, length-bucketed batches, the loss mask
@@ -109,7 +109,7 @@ def default_lr(config, lora):
         f"5e-5 x {10 if lora else 1} x (2000/{config.hidden_size})^{p} (DESIGN.md, fitted for {'Qwen' if p < 0.5 else 'Llama'})"
 
 # -----------------------------------------------------------------------------
-# The kept model (checkpoints, metrics rows and evaluation are lora.py's and eval_gsm8k.py's)
+# The kept model (checkpoints and metrics rows are runs.py's, evaluation is eval_gsm8k.py's)
 
 
 def save_weights(path, model, tokenizer, full, base_name):
@@ -135,7 +135,7 @@ if __name__ == "__main__":
     parser.add_argument("--device", default=None, help="cuda / mps / cpu; default the best available")
     # data
     parser.add_argument("--task", default=None, help="gsm8k or toy; default gsm8k, toy with --toy")
-    parser.add_argument("--data", default=None, help="folder with GSM8K train.jsonl and test.jsonl; default ~/.cache/rank1/gsm8k (downloaded once)")
+    parser.add_argument("--data", default=None, help="GSM8K data: a folder holding train.jsonl and test.jsonl, or one JSONL file (training and evaluation then both read it); default ~/.cache/rank1/gsm8k (downloaded once)")
     parser.add_argument("--bucket", type=int, default=None, help="batches per length-sorted window (less padding, less mixing); 1 = plain shuffled batches; default 16, toy 1")
     parser.add_argument("--max-len", type=int, default=1024, help="drop training examples longer than this many tokens")
     # optimization
@@ -158,6 +158,7 @@ if __name__ == "__main__":
     parser.add_argument("--out", default=None, help="run folder; default runs/sft[_toy]_r<rank> (_full for --rank 0), runs/toy_base from scratch")
     parser.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --out (a fresh start if none)")
     args = parser.parse_args()
+    exit_on_user_error()
 
     # --- resolve the presets: the toy base from scratch, toy fine-tuning, or the real run
     scratch = args.toy and args.model is None
@@ -177,9 +178,10 @@ if __name__ == "__main__":
         if getattr(args, key) is None:
             setattr(args, key, value)
     full = args.rank == 0
-    assert args.rank >= 0 and args.steps > 0 and args.batch_size > 0, \
-        f"need rank >= 0 ({args.rank}), steps > 0 ({args.steps}), batch size > 0 ({args.batch_size})"
-    assert full or not scratch, f"a model trained from scratch has no base to adapt: --rank {args.rank} needs --model"
+    if not (args.rank >= 0 and args.steps > 0 and args.batch_size > 0):
+        raise user_exit(f"need --rank >= 0 ({args.rank}), --steps > 0 ({args.steps}), --batch-size > 0 ({args.batch_size})")
+    if scratch and not full:
+        raise user_exit(f"a model trained from scratch has no base to adapt: --rank {args.rank} needs --model")
     if args.out is None:
         args.out = "runs/toy_base" if scratch else f"runs/sft{'_toy' if args.toy else ''}_{'full' if full else f'r{args.rank}'}"
     config = TOY_CONFIG if scratch else Qwen2Config.from_json(os.path.join(resolve_path(args.model), "config.json"))
@@ -191,19 +193,14 @@ if __name__ == "__main__":
         print("full fine-tuning: float32 weights (bf16 would drop Adam's small updates)")
 
     # --- run folder: args.json first; --resume picks the newest complete checkpoint
-    ckpt = checkpoints(args.out)[-1] if checkpoints(args.out) else None
+    ckpt = newest_checkpoint(args.out)
     metrics_path = os.path.join(args.out, "metrics.jsonl")
     if ckpt and not args.resume:
-        raise SystemExit(f"{args.out} already holds checkpoints ({os.path.basename(ckpt)}); pass --resume to continue it, or another --out")
+        raise user_exit(f"{args.out} already holds checkpoints ({os.path.basename(ckpt)}); pass --resume to continue it, or another --out")
     if ckpt:  # what changes training must stay; the step budget, device and evaluation may change
-        with open(os.path.join(args.out, "args.json")) as f:
-            saved = json.load(f)
-        free = {"resume", "out", "steps", "device", "eval_every", "eval_limit", "eval_batch_size", "log_every", "save_every"}
-        changed = {k: (saved.get(k), v) for k, v in vars(args).items() if k not in free and saved.get(k) != v}
-        assert not changed, f"--resume with different arguments (saved, now): {changed}"
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "args.json"), "w") as f:
-        json.dump(vars(args), f, indent=2)
+        check_resume_args(args.out, args, free={"resume", "out", "steps", "device", "eval_every", "eval_limit",
+                                                "eval_batch_size", "log_every", "save_every"})
+    write_args(args.out, args)
 
     # --- model, tokenizer, optimizer
     torch.manual_seed(args.seed)
@@ -228,13 +225,16 @@ if __name__ == "__main__":
     if ckpt:
         state, _ = load_trainer_state(ckpt, optimizer, named)
         start, kept = state["step"], state["kept_accuracy"]
-        trim_metrics(metrics_path, start)
+        trim_metrics(args.out, start)
         print(f"resumed from {ckpt} at step {start}")
     elif os.path.exists(metrics_path):
         os.remove(metrics_path)
 
     # --- data
-    paths = {split: args.data and os.path.join(args.data, f"{split}.jsonl") for split in ("train", "test")}
+    paths = {split: data_path(args.data, split) for split in ("train", "test")}
+    if args.data and paths["train"] == paths["test"]:
+        print(f"note: --data {args.data} is one file: training and evaluation both read it (a folder with "
+              f"train.jsonl and test.jsonl holds the evaluation problems out)")
     train = encode(tokenizer, load_task(args.task, "train", paths["train"]))
     n_all = len(train)
     train = [ex for ex in train if len(ex[0]) + len(ex[1]) <= args.max_len]
@@ -242,7 +242,8 @@ if __name__ == "__main__":
     lengths = [len(p) + len(s) for p, s in train]
     stop = stop_ids(tokenizer)
     n_batches = len(train) // args.batch_size
-    assert n_batches > 0, f"{len(train)} training examples are fewer than one batch of {args.batch_size}"
+    if n_batches == 0:
+        raise user_exit(f"{len(train)} training examples are fewer than one batch of {args.batch_size} (--batch-size)")
     print(f"{args.task}: {len(train)} train examples ({n_all - len(train)} longer than {args.max_len} dropped), "
           f"{len(eval_set)} held out | batch {args.batch_size}, {args.steps} steps = {args.steps / n_batches:.2f} epochs | "
           f"{'full fine-tuning' if full else f'LoRA rank {args.rank}'}, {sum(p.numel() for p in params):,} "
@@ -250,7 +251,7 @@ if __name__ == "__main__":
 
     if start == 0:
         row = dict(step=0, **eval_metrics(model, tokenizer, eval_set, stop, args.max_new_tokens, args.eval_batch_size))
-        append_jsonl(metrics_path, row)
+        append_metrics(args.out, row)
         print(f"step {0:5d}/{args.steps} | eval accuracy {row['eval_accuracy']:.3f} | flexible "
               f"{row['eval_flexible_accuracy']:.3f} | format {row['eval_format_rate']:.3f}")
 
@@ -287,7 +288,7 @@ if __name__ == "__main__":
         tokens_seen += n_tokens
         row = dict(step=step, loss=loss, grad_norm=grad_norm, lr=lr, tokens=n_tokens, seconds=round(dt, 3),
                    padding=round(1 - sum(len(p) + len(s) - 1 for p, s in examples) / padded, 4))
-        append_jsonl(metrics_path, row)
+        append_metrics(args.out, row)
         if step % args.log_every == 0 or step == args.steps:
             bar.write(f"step {step:5d}/{args.steps} | loss {row['loss']:.4f} | gnorm {grad_norm:7.3f} | lr {lr:.1e} | "
                       f"{padded / dt:7.0f} tok/s | {dt:5.2f} s | {time.time() - t_start:6.1f} s total")
@@ -296,7 +297,7 @@ if __name__ == "__main__":
         done = False
         if step == args.steps or (args.eval_every and step % args.eval_every == 0):
             row = dict(step=step, **eval_metrics(model, tokenizer, eval_set, stop, args.max_new_tokens, args.eval_batch_size))
-            append_jsonl(metrics_path, row)
+            append_metrics(args.out, row)
             acc = row["eval_accuracy"]
             bar.write(f"step {step:5d}/{args.steps} | eval accuracy {acc:.3f} | flexible "
                       f"{row['eval_flexible_accuracy']:.3f} | format {row['eval_format_rate']:.3f} | {row['eval_seconds']:.1f} s")
@@ -308,7 +309,7 @@ if __name__ == "__main__":
                 for name in os.listdir(args.out + ".best.tmp"):
                     os.replace(os.path.join(args.out + ".best.tmp", name), os.path.join(args.out, name))
                 os.rmdir(args.out + ".best.tmp")
-                append_jsonl(metrics_path, dict(step=step, kept_accuracy=acc))
+                append_metrics(args.out, dict(step=step, kept_accuracy=acc))
             done = bool(args.target_acc) and acc >= args.target_acc
             if done:
                 bar.write(f"step {step:5d}/{args.steps} | eval accuracy {acc:.3f} >= --target-acc {args.target_acc}: stopping")
@@ -321,8 +322,7 @@ if __name__ == "__main__":
     bar.close()
 
     # --- summary
-    with open(metrics_path) as f:
-        evals = [r for r in map(json.loads, f) if "eval_accuracy" in r]
+    evals = [r for r in read_metrics(args.out) if "eval_accuracy" in r]
     print(f"eval accuracy {evals[0]['eval_accuracy']:.3f} (step {evals[0]['step']}) -> "
           f"{evals[-1]['eval_accuracy']:.3f} (step {evals[-1]['step']}) | {tokens_seen:,} solution tokens, "
           f"{time.time() - t_start:.1f} s this session")

@@ -14,7 +14,7 @@ import torch
 
 import eval_gsm8k as E
 import lora
-from model import generate, load_model, load_tokenizer, make_toy_checkpoint, toy_tokenizer
+from model import UserError, generate, load_model, load_tokenizer, make_toy_checkpoint, toy_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -100,7 +100,7 @@ def test_cache_and_checksum(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"test\.jsonl has sha256 .* expected 3730d312"):
         E.load_gsm8k("test", cache_dir=tmp_path)
     # missing and offline: the error says where to put the file and mentions --data
-    with pytest.raises(FileNotFoundError) as e:
+    with pytest.raises(UserError) as e:  # a ValueError: one line and exit 2 in a script
         E.load_gsm8k("train", cache_dir=tmp_path)
     assert str(tmp_path / "train.jsonl") in str(e.value) and "--data" in str(e.value)
 

@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 
 import geometry
 import lora
+import runs
 from model import TOY_CONFIG
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,13 +70,13 @@ def runs_dir(tmp_path_factory, toy_dir):
 
 
 def load_all(runs_dir):
-    runs, notes = geometry.find_runs(runs_dir)
+    found, notes = runs.find_runs(runs_dir, adapters_only=True)
     ckpts, updates = [], []
-    for run in sorted(runs):
-        if runs[run][0][0] != 0:
+    for run in sorted(found):
+        if found[run][0][0] != 0:
             ckpts.append((run, 0))
             updates.append({})
-        for step, folder in runs[run]:
+        for step, folder in found[run]:
             ckpts.append((run, step))
             updates.append(geometry.Adapter(folder))
     return ckpts, updates, notes
@@ -91,8 +92,8 @@ def dense_pca(U):
 
 
 def test_find_runs_skips_non_runs(runs_dir):
-    runs, notes = geometry.find_runs(runs_dir)
-    assert sorted(runs) == ["r1", "r2attn", "r4"]
+    found, notes = runs.find_runs(runs_dir, adapters_only=True)
+    assert sorted(found) == ["r1", "r2attn", "r4"]
     assert any("toy_base" in n and "not a run" in n for n in notes), notes
     assert any("full" in n and "full fine-tuning" in n for n in notes), notes
 

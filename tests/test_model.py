@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import model
-from model import Qwen2Config, generate, load_model, load_tokenizer, token_logprobs
+from model import Qwen2Config, UserError, generate, load_model, load_tokenizer, token_logprobs
 
 TINY = dict(vocab_size=300, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
@@ -194,7 +194,7 @@ def test_real_qwen_tokenizer_round_trips_gsm8k(shared_data):
 
 def test_bad_input_names_the_problem(tmp_path):
     from safetensors.torch import load_file, save_file
-    with pytest.raises(FileNotFoundError, match="nowhere"):
+    with pytest.raises(UserError, match="nowhere"):
         load_model(str(tmp_path / "nowhere"))
     save_tiny(tmp_path / "ok")
     sd = load_file(tmp_path / "ok" / "model.safetensors")
@@ -207,7 +207,7 @@ def test_bad_input_names_the_problem(tmp_path):
         return str(d)
 
     missing = {k: v for k, v in sd.items() if k != "model.layers.1.mlp.up_proj.weight"}
-    with pytest.raises(KeyError, match="model.layers.1.mlp.up_proj.weight"):
+    with pytest.raises(UserError, match="model.layers.1.mlp.up_proj.weight"):
         load_model(variant("missing", missing))
     wrong = dict(sd, **{"model.layers.0.self_attn.k_proj.weight": torch.zeros(5, 64)})
     with pytest.raises(ValueError, match="model.layers.0.self_attn.k_proj.weight"):

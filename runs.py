@@ -1,0 +1,278 @@
+"""
+The run folder, read and written in one place: args.json, metrics.jsonl, atomic checkpoints, resume,
+and finding the runs under a folder. sft.py and grpo.py write run folders, geometry.py and study.py
+read them; all of them go through here (DESIGN.md, "Files on disk").
+
+    python runs.py runs/             # every run under runs/: checkpoints, metrics rows, last evaluation
+    python runs.py --check           # self-check on a temporary run: torn line, interrupted save, resume
+
+    runs/<name>/args.json            the resolved arguments, written first
+    runs/<name>/metrics.jsonl        one JSON object per line: {"step": 12, "reward": 0.41, ...}
+    runs/<name>/step_000010/         adapter_config.json + adapter_model.safetensors (LoRA), or config.json +
+                                     model.safetensors + tokenizer.json (full), and trainer_state.{safetensors,json}
+
+What a crash leaves behind, and what reading does with it:
+- A checkpoint is written into step_N.tmp/ and renamed in one step, so a kill or a full disk during the
+  write leaves only step_N.tmp/, which nothing reads: the previous checkpoint stays the newest.
+- A metrics row is one write of one line, so a kill in the middle leaves a last line without its newline.
+  Reading drops that line with a note and --resume rewrites the file without it; any other bad line is
+  damage a crash of ours cannot cause, and stops with file:line.
+Every read names its file when it fails (model.UserError): with 150 checkpoints, the bad one.
+"""
+import argparse
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+
+from safetensors.torch import save_file
+
+from model import UserError, exit_on_user_error, load_safetensors, read_json, save_model
+from lora import save_adapter
+
+STEP = re.compile(r"step_(\d+)")  # step_000010; written as step_{step:06d}
+
+# -----------------------------------------------------------------------------
+# args.json
+
+
+def write_args(out, args):
+    """args.json (vars(args)), the first file of a run; replaces the old one on --resume."""
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, "args.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(vars(args) if isinstance(args, argparse.Namespace) else args, f, indent=2)
+    os.replace(path + ".tmp", path)
+
+
+def read_args(run) -> dict:
+    """The arguments a run was started with, {"rank": 1, "lr": 5e-05, ...}."""
+    path = os.path.join(run, "args.json")
+    args = read_json(path)
+    if not isinstance(args, dict):
+        raise UserError(f"{path}: args.json holds one JSON object, got {type(args).__name__}")
+    return args
+
+
+def check_resume_args(run, args, free):
+    """--resume must continue the run it resumes: every argument outside `free` (the step budget,
+    device, evaluation, logging) equals the saved one, or the resumed run is some other run."""
+    saved = read_args(run)
+    changed = {k: (saved.get(k), v) for k, v in vars(args).items() if k not in free and saved.get(k) != v}
+    if changed:
+        raise UserError(f"--resume of {run} with arguments that change training (saved, now): {changed}")
+
+# -----------------------------------------------------------------------------
+# metrics.jsonl
+
+
+def append_metrics(run, row):
+    """One row, one line, one write: a kill can tear only the last line (read_metrics drops it)."""
+    with open(os.path.join(run, "metrics.jsonl"), "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def jsonl_rows(path):
+    """[(line number, row)] of a JSONL file of objects, blank lines skipped. A last line without its
+    newline that does not parse is a write cut short: dropped, with a note on stderr. Any other line
+    that is not a JSON object is a UserError naming file:line."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:  # a torn line may end mid-character
+            lines = f.read().split("\n")                          # "" last when the file ends in "\n"
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read it ({e})") from None
+    rows = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            if n == len(lines):  # the last line, and no newline after it
+                print(f"note: {path}:{n}: dropped a torn last line {line[:40]!r} (a write cut short, "
+                      f"e.g. by a kill)", file=sys.stderr)
+                break
+            raise UserError(f"{path}:{n}: not valid JSON ({e.msg}, column {e.colno}); the file is "
+                            f"damaged: fix or delete that line") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{path}:{n}: a {type(row).__name__}, not a JSON object")
+        rows.append((n, row))
+    return rows
+
+
+def read_metrics(run) -> list:
+    """The rows of run/metrics.jsonl in order, [{"step": 0, "eval_accuracy": 0.4, ...}, {"step": 1, ...}];
+    every good row, a torn last line dropped (jsonl_rows). A missing file is a UserError."""
+    path = os.path.join(run, "metrics.jsonl")
+    rows = jsonl_rows(path)
+    for n, row in rows:
+        if not isinstance(row.get("step"), int):
+            raise UserError(f"{path}:{n}: a metrics row needs an integer \"step\", got {row.get('step')!r}")
+    return [row for _, row in rows]
+
+
+def trim_metrics(run, step):
+    """--resume from `step`: keep the rows up to it, drop what the interrupted run wrote after its
+    last checkpoint (those steps run again) and a torn last line; rewritten under a temporary name."""
+    path = os.path.join(run, "metrics.jsonl")
+    if not os.path.exists(path):
+        return
+    rows = [row for row in read_metrics(run) if row["step"] <= step]
+    with open(path + ".tmp", "w") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
+    os.replace(path + ".tmp", path)
+
+# -----------------------------------------------------------------------------
+# Checkpoints: step_NNNNNN/ = the weights (adapter or full) + trainer_state.{safetensors,json}
+
+
+def checkpoints(run) -> list:
+    """The checkpoints --resume can continue from, oldest first: step_NNNNNN/ folders (a save cut
+    short is still step_NNNNNN.tmp/) that hold trainer_state.json."""
+    found = [d for d in os.listdir(run) if STEP.fullmatch(d)] if os.path.isdir(run) else []
+    found = [os.path.join(run, d) for d in sorted(found, key=lambda d: int(STEP.fullmatch(d)[1]))]
+    return [d for d in found if os.path.isfile(os.path.join(d, "trainer_state.json"))]
+
+
+def newest_checkpoint(run):
+    """The newest complete checkpoint of a run, or None."""
+    found = checkpoints(run)
+    return found[-1] if found else None
+
+
+def save_checkpoint(path, model, optimizer, named, state, full=False, tokenizer=None, base_name=None, extra=None):
+    """Weights (full: config + safetensors + tokenizer.json; else the PEFT adapter), Adam's moments by
+    parameter name and `extra` tensors (RNG states) as safetensors, `state` as JSON; no pickle.
+    Written into path.tmp, then one rename: a crash never leaves half a checkpoint under the real name."""
+    tmp = path + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)  # what an earlier save cut short left
+    if full:
+        save_model(model, tmp)
+        if tokenizer is not None:
+            tokenizer.tok.save(os.path.join(tmp, "tokenizer.json"))
+    else:
+        save_adapter(model, tmp, base_model_name_or_path=base_name)
+    tensors = dict(extra or {})
+    for name, p in named:
+        for key, value in optimizer.state.get(p, {}).items():           # step, exp_avg, exp_avg_sq
+            tensors[f"adam.{name}.{key}"] = value.detach().cpu().contiguous()
+    save_file(tensors, os.path.join(tmp, "trainer_state.safetensors"))
+    with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
+        json.dump(state, f, indent=2)
+    if os.path.exists(path):  # the same step saved again: swap, never a moment with neither on disk
+        os.rename(path, path + ".old")
+        os.rename(tmp, path)
+        shutil.rmtree(path + ".old")
+    else:
+        os.rename(tmp, path)
+
+
+def load_trainer_state(path, optimizer, named):
+    """Restore Adam's moments; return (trainer_state.json, every saved tensor, e.g. the RNG states)."""
+    file = os.path.join(path, "trainer_state.safetensors")
+    tensors = load_safetensors(file)
+    for name, p in named:
+        keys = [f"adam.{name}.{k}" for k in ("step", "exp_avg", "exp_avg_sq")]
+        missing = [k for k in keys if k not in tensors]
+        if missing:
+            raise UserError(f"{file}: no {missing[0]} ({len(missing)} missing; saved with other "
+                            f"--rank/--targets/--layers?)")
+        if tensors[keys[1]].shape != p.shape:
+            raise UserError(f"{file}: {keys[1]} has shape {tuple(tensors[keys[1]].shape)}, the parameter {tuple(p.shape)}")
+        # Adam keeps `step` on the CPU (non-capturable path) and the moments beside the parameter
+        optimizer.state[p] = {"step": tensors[keys[0]], "exp_avg": tensors[keys[1]].to(p.device),
+                              "exp_avg_sq": tensors[keys[2]].to(p.device)}
+    state = read_json(os.path.join(path, "trainer_state.json"))
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise UserError(f"{os.path.join(path, 'trainer_state.json')}: no integer \"step\"")
+    return state, tensors
+
+# -----------------------------------------------------------------------------
+# Finding runs
+
+
+def find_runs(root, adapters_only=False):
+    """({run name: [(step, checkpoint folder), ...]}, notes) for the run folders directly under root,
+    names sorted, steps ascending. A run is a folder with args.json or step_*/ checkpoints; a checkpoint
+    is a step_N/ folder holding weights (a save cut short is still step_N.tmp/, never listed).
+    adapters_only (geometry.py): LoRA checkpoints only; full fine-tuning runs are skipped with a note."""
+    if not os.path.isdir(root):
+        raise UserError(f"{root}: no such folder")
+    runs, notes = {}, []
+    for name in sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))):
+        run = os.path.join(root, name)
+        steps = sorted((int(m[1]), os.path.join(run, d)) for d in os.listdir(run)
+                       if (m := STEP.fullmatch(d)) and os.path.isdir(os.path.join(run, d)))
+        adapters = [(s, d) for s, d in steps if os.path.exists(os.path.join(d, "adapter_model.safetensors"))]
+        if not steps and not os.path.exists(os.path.join(run, "args.json")):
+            notes.append(f"{name}: no args.json nor step_* checkpoints, not a run")
+        elif not adapters_only:
+            runs[name] = [(s, d) for s, d in steps if (s, d) in adapters
+                          or os.path.exists(os.path.join(d, "model.safetensors"))]
+        elif not steps:
+            notes.append(f"{name}: no step_* checkpoints yet, skipped")
+        elif not adapters:
+            notes.append(f"{name}: full fine-tuning (no adapter), skipped: its update is dense")
+        else:
+            runs[name] = adapters
+            if len(adapters) < len(steps):
+                notes.append(f"{name}: {len(steps) - len(adapters)} step folders without an adapter ignored")
+    return runs, notes
+
+# -----------------------------------------------------------------------------
+# python runs.py RUNS_DIR: what is there. --check: the crash cases on a temporary run
+
+
+def self_check():
+    import torch
+    from model import TOY_CONFIG, Qwen2
+    from lora import apply_lora
+    with tempfile.TemporaryDirectory() as run:
+        torch.manual_seed(0)
+        model = apply_lora(Qwen2(TOY_CONFIG), 1, 32, verbose=False)
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        opt = torch.optim.Adam([p for _, p in named])
+        write_args(run, {"rank": 1})
+        for step in (1, 2):
+            model(torch.zeros(1, 4, dtype=torch.long)).sum().backward()
+            opt.step()
+            append_metrics(run, {"step": step, "loss": 1.0 / step})
+            save_checkpoint(os.path.join(run, f"step_{step:06d}"), model, opt, named, {"step": step})
+        with open(os.path.join(run, "metrics.jsonl"), "a") as f:
+            f.write('{"step": 3, "los')                                    # killed mid-write
+        os.makedirs(os.path.join(run, "step_000003.tmp"))                  # killed mid-save
+        assert [r["step"] for r in read_metrics(run)] == [1, 2]
+        assert newest_checkpoint(run) == os.path.join(run, "step_000002")
+        state, _ = load_trainer_state(newest_checkpoint(run), opt, named)
+        trim_metrics(run, state["step"])
+        append_metrics(run, {"step": 3, "loss": 0.3})
+        assert [r["step"] for r in read_metrics(run)] == [1, 2, 3]
+        print("torn last line dropped with a note, step_000003.tmp ignored, resumed at step 2: rows 1, 2, 3")
+    print("runs.py: all checks passed")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs_dir", nargs="?", default="runs", help="folder of run folders; default runs/")
+    parser.add_argument("--check", action="store_true", help="self-check the crash cases on a temporary run instead")
+    args = parser.parse_args()
+    exit_on_user_error()
+    if args.check or not os.path.isdir(args.runs_dir):
+        if not args.check:
+            print(f"no folder {args.runs_dir}/ (train a run first: python grpo.py --toy --rank 1); self-check instead")
+        self_check()
+        raise SystemExit
+    found, notes = find_runs(args.runs_dir)
+    print("".join(f"note: {n}\n" for n in notes), end="")
+    print(f"{'run':24} | {'checkpoints':>11} | {'newest':>11} | {'rows':>5} | last evaluation")
+    for name, steps in found.items():
+        run = os.path.join(args.runs_dir, name)
+        rows = read_metrics(run) if os.path.exists(os.path.join(run, "metrics.jsonl")) else []
+        evals = [r for r in rows if "eval_accuracy" in r]
+        newest = newest_checkpoint(run)
+        last = f"{evals[-1]['eval_accuracy']:.3f} at step {evals[-1]['step']}" if evals else "-"
+        print(f"{name:24} | {len(steps):>11} | {os.path.basename(newest) if newest else '-':>11} | {len(rows):>5} | {last}")
