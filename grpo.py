@@ -2,7 +2,7 @@
 GRPO: sample G answers to each question, reward the right ones, push up the answers that beat
 their group. LoRA of any rank, or full fine-tuning; checkpoints that resume exactly.
 
-    python grpo.py --toy --rank 1                  # toy world, 2-core CPU, minutes (builds runs/toy_base first)
+    python grpo.py --toy --rank 1                  # toy world from the shipped toy_base/, 2-core CPU, minutes
     python grpo.py --toy --rank 0                  # the same with full fine-tuning (LR a tenth of LoRA's)
     python grpo.py --toy --rank 4 --seed 1 --out runs/grpo_toy_r4_s1
     python grpo.py --rank 1 --compile              # Qwen2.5-3B on GSM8K train, one GPU (compiled sampler)
@@ -18,14 +18,12 @@ import argparse
 import math
 import os
 import random
-import subprocess
-import sys
 import time
 
 import torch
 
-from model import exit_on_user_error, generate, load_model, load_tokenizer, pick_device, token_logprobs, user_exit
-from lora import adapters_disabled, apply_lora, load_adapter
+from model import TOY_BASE, exit_on_user_error, generate, load_model, load_tokenizer, pick_device, token_logprobs, user_exit
+from lora import adapters_disabled, apply_lora, load_adapter, lora_modules
 from runs import (append_metrics, check_resume_args, load_trainer_state, newest_checkpoint, read_metrics,
                   save_checkpoint, trim_metrics, write_args)
 from eval_gsm8k import data_path, eval_metrics, extract_answer, format_prompt, load_task, reward, stop_ids, truncate
@@ -117,8 +115,8 @@ def pack(prompts, completions, sampler_logps, device):
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # model and adapter
-    parser.add_argument("--toy", action="store_true", help="toy world: runs/toy_base (built with `python sft.py --toy` if missing), the toy task, the toy preset of batch/group/steps/LR")
-    parser.add_argument("--model", default=None, help="hub id or local folder; default Qwen/Qwen2.5-3B, or runs/toy_base with --toy")
+    parser.add_argument("--toy", action="store_true", help="toy world: the shipped base toy_base/, the toy task, the toy preset of batch/group/steps/LR")
+    parser.add_argument("--model", default=None, help="hub id or local folder; default Qwen/Qwen2.5-3B, or toy_base/ with --toy")
     parser.add_argument("--rank", type=int, default=1, help="LoRA rank; 0 = full fine-tuning (every weight, embeddings included)")
     parser.add_argument("--alpha", type=float, default=32.0, help="LoRA alpha; the update is scaled by alpha/rank")
     parser.add_argument("--targets", default="all", help="LoRA targets: all, attn, mlp, or projections like q_proj,v_proj")
@@ -140,6 +138,9 @@ if __name__ == "__main__":
     parser.add_argument("--kl", type=float, default=0.0, help="weight of the k3 KL to the adapter-off base model; 0 = none (LoRA only)")
     parser.add_argument("--std-norm", action="store_true", help="divide advantages by the group std (GRPO as in DeepSeekMath); default off (Dr. GRPO)")
     parser.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient's global norm to this; 0 = off")
+    parser.add_argument("--adam-eps", type=float, default=1e-8, help="Adam's epsilon; ~0 (1e-30) makes Adam blind to each tensor's gradient scale (DESIGN.md, Adam's two degrees of freedom)")
+    parser.add_argument("--lr-ratio", type=float, default=1.0, help="LoRA only: LR of B over LR of A (eta_B / eta_A); --lr is A's")
+    parser.add_argument("--init-scale", type=float, default=1.0, help="LoRA only: multiply A's initialization (PEFT's Kaiming-uniform) by this, sigma_A")
     parser.add_argument("--micro-batch", type=int, default=None, help="sequences per forward/backward (gradients accumulate); default 8, 0 = all (with --toy)")
     parser.add_argument("--grad-checkpoint", action="store_true", help="activation checkpointing: recompute each block in backward (less memory, ~1/2 more LoRA FLOPs)")
     parser.add_argument("--compile", action="store_true", help="rollouts with generate(compile=True): compiled decode step, CUDA graphs on a GPU (the first steps compile)")
@@ -155,7 +156,7 @@ if __name__ == "__main__":
     exit_on_user_error()
 
     # --- resolve the presets: toy world or the real run (DESIGN.md's defaults)
-    preset = dict(model="runs/toy_base", task="toy", batch=32, group=8, max_new_tokens=48, steps=60, lr=2e-3,
+    preset = dict(model=TOY_BASE, task="toy", batch=32, group=8, max_new_tokens=48, steps=60, lr=2e-3,
                   micro_batch=0, eval_every=10, eval_limit=256, eval_batch_size=256) if args.toy else \
         dict(model="Qwen/Qwen2.5-3B", task="gsm8k", batch=32, group=8, max_new_tokens=512, steps=200, lr=5e-5,
              micro_batch=8, eval_every=20, eval_limit=200, eval_batch_size=64)
@@ -171,6 +172,8 @@ if __name__ == "__main__":
         raise user_exit(f"need --rank >= 0 ({args.rank}), --temperature > 0 ({args.temperature}), --epochs >= 1 "
                         f"({args.epochs}), --group >= 2 ({args.group}: a group is its own baseline), --batch >= 1 "
                         f"({args.batch}), --save-every >= 1 ({args.save_every})")
+    if args.rank == 0 and (args.lr_ratio != 1 or args.init_scale != 1):
+        raise user_exit(f"--lr-ratio ({args.lr_ratio}) and --init-scale ({args.init_scale}) are LoRA's knobs: they need --rank >= 1")
     if args.kl and args.rank == 0:  # the reference would be a second full copy of the weights
         raise user_exit("--kl needs LoRA (the reference is the model with adapters off); with --rank 0 "
                         "it would need a frozen copy of every weight, which grpo.py does not keep")
@@ -182,9 +185,6 @@ if __name__ == "__main__":
         args.dtype = "float32"
         torch.backends.cuda.matmul.allow_tf32 = True
         print("full fine-tuning: float32 weights (bf16 would drop Adam's small updates), TF32 matmuls")
-    if args.toy and args.model == "runs/toy_base" and not os.path.exists("runs/toy_base/model.safetensors"):
-        print("runs/toy_base is missing: building it with `python sft.py --toy` first (a few minutes)")
-        subprocess.run([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "sft.py"), "--toy"], check=True)
 
     # --- run folder: args.json first; --resume picks the newest complete checkpoint
     ckpt = newest_checkpoint(args.out)
@@ -206,12 +206,19 @@ if __name__ == "__main__":
         model.requires_grad_(True)
     else:
         apply_lora(model, args.rank, args.alpha, args.targets, args.layers)
+        with torch.no_grad():  # sigma_A -> init_scale * sigma_A (a resumed adapter is loaded over it)
+            for m in lora_modules(model).values():
+                m.lora_A.mul_(args.init_scale)
         if ckpt:
             load_adapter(model, ckpt)
     model.grad_checkpointing = args.grad_checkpoint
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     params = [p for _, p in named]
-    optimizer = torch.optim.Adam(params, lr=args.lr, betas=(0.9, 0.95))
+    # Adam(0.9, 0.95); B's LR is --lr-ratio times A's (one group each; full fine-tuning has one)
+    is_b = lambda n: n.endswith("lora_B")
+    groups = [dict(params=[p for n, p in named if not is_b(n)], lr=args.lr),
+              dict(params=[p for n, p in named if is_b(n)], lr=args.lr * args.lr_ratio)]
+    optimizer = torch.optim.Adam([g for g in groups if g["params"]], betas=(0.9, 0.95), eps=args.adam_eps)
     generator = torch.Generator(device).manual_seed(args.seed)          # the sampler's own stream
     start = 0
     if ckpt:

@@ -196,3 +196,30 @@ def test_nonfinite_loss_stops_and_keeps_last_checkpoint(toy_dir, tmp_path, monke
         runpy.run_path(os.path.join(ROOT, "grpo.py"), run_name="__main__")
     assert sorted(d for d in os.listdir(out) if d.startswith("step_")) == ["step_000001"]
     assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == [0, 1]
+
+
+def test_adam_two_degrees_of_freedom_in_grpo(toy_dir, tmp_path, monkeypatch):
+    """--alpha, --init-scale, --lr and --lr-ratio in a real GRPO loop: with Adam's ε ≈ 0 and no clipping,
+    (α, σ_A, η_A, η_B) and (α/(pq), p·σ_A, p·η_A, q·η_B) give the same effective update (α/r)·B·A and
+    the same rewards; changing α alone does not (DESIGN.md, "The science the code must be able to show")."""
+    p, q, lr, alpha = 3.0, 0.1, 1e-2, 32.0
+    base = [*TINY_RUN, "--model", toy_dir, "--rank", "2", "--steps", "3", "--save-every", "3", "--eval-every", "0",
+            "--adam-eps", "1e-30", "--grad-clip", "0"]
+    runs = {"base": ["--lr", f"{lr}"],
+            "pq": ["--lr", f"{p * lr}", "--lr-ratio", f"{q / p}", "--init-scale", f"{p}", "--alpha", f"{alpha / (p * q)}"],
+            "alpha": ["--lr", f"{lr}", "--alpha", f"{alpha / (p * q)}"]}
+    delta, rewards = {}, {}
+    for name, extra in runs.items():
+        run_inprocess(monkeypatch, [*base, *extra, "--out", str(tmp_path / name)])
+        t = load_file(tmp_path / name / "step_000003" / "adapter_model.safetensors")
+        a = float(extra[extra.index("--alpha") + 1]) if "--alpha" in extra else alpha
+        key = "base_model.model.model.layers.1.mlp.down_proj.lora_{}.weight"
+        delta[name] = a / 2 * t[key.format("B")].double() @ t[key.format("A")].double()
+        rewards[name] = [r.get("reward") for r in read_jsonl(tmp_path / name / "metrics.jsonl")]
+    assert delta["base"].abs().max() > 0, "nothing trained"
+    rel = lambda x, y: ((x - y).norm() / y.norm()).item()
+    assert rel(delta["pq"], delta["base"]) < 1e-4, "the reparametrized run should train the same update"
+    assert rewards["pq"] == rewards["base"]
+    assert rel(delta["alpha"], delta["base"]) > 1e-2, "alpha alone must change training"
+    with pytest.raises(SystemExit, match="LoRA's knobs"):
+        run_inprocess(monkeypatch, [*base, "--rank", "0", "--init-scale", "2", "--out", str(tmp_path / "bad")])
