@@ -2,7 +2,7 @@ r"""
 GSM8K: the data, the prompt, answer extraction and reward, batched evaluation, and the toy task.
 
     python eval_gsm8k.py                                          # show the prompt, the rule, the toy task
-    python eval_gsm8k.py --toy                                    # evaluate the toy base (runs/toy_base)
+    python eval_gsm8k.py --toy                                    # evaluate the shipped toy base (toy_base/)
     python eval_gsm8k.py --model Qwen/Qwen2.5-3B --limit 200      # zero-shot, greedy
     python eval_gsm8k.py --model Qwen/Qwen2.5-3B --shots 4 --out runs/eval.jsonl
     python eval_gsm8k.py --model Qwen/Qwen2.5-3B --adapter runs/r1/step_000100
@@ -41,7 +41,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from model import UserError, exit_on_user_error, generate, load_model, load_tokenizer, user_exit
+from model import TOY_BASE, UserError, exit_on_user_error, generate, load_model, load_tokenizer, user_exit
 
 GSM8K_URL = "https://raw.githubusercontent.com/openai/grade-school-math/master/grade_school_math/data/{split}.jsonl"
 GSM8K_SHA256 = {  # the upstream files, byte for byte (MIT License, Copyright (c) 2021 OpenAI)
@@ -334,7 +334,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     # what to evaluate
-    parser.add_argument("--model", default=None, help="hub id or local folder (default with --toy: runs/toy_base)")
+    parser.add_argument("--model", default=None, help="hub id or local folder (default with --toy: the shipped toy_base/)")
     parser.add_argument("--adapter", default=None, help="LoRA adapter folder (PEFT format) to apply; none = the base model")
     parser.add_argument("--toy", action="store_true", help="the toy task (and the toy base model unless --model)")
     # on which problems
@@ -365,9 +365,9 @@ if __name__ == "__main__":
         raise SystemExit
 
     task = "toy" if args.toy else "gsm8k"
-    args.model = args.model or "runs/toy_base"
+    args.model = args.model or TOY_BASE
     if args.toy and not Path(args.model).exists():
-        raise user_exit(f"{args.model} not found: build the toy base first with `python sft.py --toy`")
+        raise user_exit(f"{args.model} not found: the toy base ships in toy_base/; rebuild one with `python sft.py --toy`")
     max_new_tokens = args.max_new_tokens or (64 if args.toy else 512)
     problems = load_task(task, args.split, data_path(args.data, args.split))
     problems = problems[:args.limit] if args.limit else problems

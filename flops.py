@@ -5,7 +5,7 @@ bits-versus-capacity calculator: how much an RL or SFT run can teach versus what
     python flops.py                                  # Qwen2.5-3B, rank 1, the default GRPO step
     python flops.py --model Qwen/Qwen2.5-3B --rank 64
     python flops.py --model Llama-3.1-8B --rank 1 --targets mlp --json
-    python flops.py --model runs/toy_base            # any folder with a config.json
+    python flops.py --model toy_base                 # any folder with a config.json
 
 Everything is arithmetic on the config: the built-in shapes need no download. Conventions:
 - A FLOP is a multiply or an add, so a matmul (m×k)@(k×n) costs 2·m·k·n. Only matmuls are

@@ -615,6 +615,9 @@ def token_logprobs(model, input_ids, pad_mask=None, temperature=1.0, chunk_size=
 # -----------------------------------------------------------------------------
 # The toy world: a tiny Qwen2 and a byte-level tokenizer, saved like a real checkpoint
 
+# The toy base the toy world's runs start from, shipped with the code (made by `python sft.py --toy`):
+# the SFT curve jumps between evaluations, so a base rebuilt on another CPU lands elsewhere.
+TOY_BASE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "toy_base")
 TOY_CONFIG = Qwen2Config(vocab_size=257, hidden_size=128, intermediate_size=384, num_hidden_layers=3,
                          num_attention_heads=4, num_key_value_heads=2, rope_theta=1e4,
                          max_position_embeddings=512, bos_token_id=256, eos_token_id=256)
@@ -646,10 +649,10 @@ def make_toy_checkpoint(path, config=TOY_CONFIG, seed=0):
 # Self-check: python model.py --toy
 
 if __name__ == "__main__":
-    import argparse, tempfile, time
+    import argparse, time
     exit_on_user_error()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--toy", action="store_true", help="use the toy base (runs/toy_base), or a random toy model if it is not built yet")
+    parser.add_argument("--toy", action="store_true", help="use the shipped toy base (toy_base/)")
     parser.add_argument("--model", default=None, help="local folder or hub id, e.g. Qwen/Qwen2.5-3B")
     parser.add_argument("--prompt", default="Question: Ann has 23 eggs and buys 5 boxes of 4. How many eggs?\nAnswer:", help="text to complete")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate")
@@ -660,9 +663,7 @@ if __name__ == "__main__":
     if args.model is None and not args.toy:
         parser.print_help()
         print("\n(no --model given: running on the toy model)\n")
-    path = args.model
-    if path is None:
-        path = "runs/toy_base" if os.path.isdir("runs/toy_base") else make_toy_checkpoint(tempfile.mkdtemp())
+    path = args.model or TOY_BASE
     model, tok = load_model(path, device=args.device, dtype=args.dtype), load_tokenizer(path)
     ids = tok.encode(args.prompt)
     dev = model.lm_head.weight.device

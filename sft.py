@@ -2,7 +2,7 @@
 Supervised fine-tuning on prompt/solution pairs, LoRA or full, and the toy world's base model.
 
     python sft.py --toy                                       # train the toy base from scratch -> runs/toy_base
-    python sft.py --toy --model runs/toy_base --rank 1        # LoRA SFT of the toy base on the toy task
+    python sft.py --toy --model toy_base --rank 1             # LoRA SFT of the shipped toy base on the toy task
     python sft.py --rank 1                                    # rank-1 LoRA, Qwen2.5-3B on GSM8K train
     python sft.py --rank 0 --model Qwen/Qwen2.5-0.5B          # full fine-tuning
     python sft.py --rank 1 --data ../shared/data/gsm8k --resume
