@@ -319,7 +319,8 @@ def evaluate_lm_eval(model, tokenizer, problems, train, shots=LM_EVAL_SHOTS, bat
     """lm-evaluation-harness's gsm8k task on `problems` (the test split, in its order), shots drawn
     from `train` as the harness draws them -> (summary, rows)."""
     draws = lm_eval_shots(train, len(problems), shots) if shots else [[]] * len(problems)
-    prompts = [tokenizer.encode(lm_eval_prompt(p["question"], d)) for p, d in zip(problems, draws)]
+    texts = [lm_eval_prompt(p["question"], d) for p, d in zip(problems, draws)]
+    prompts = [tokenizer.encode(t) for t in texts]
     # the until strings are text; one that is a single special token (Qwen's <|im_end|>) would be
     # dropped from the decoded text, so it stops as a token id too
     stop = sorted({tokenizer.eos_id} | {i for i in map(tokenizer.token_to_id, LM_EVAL_UNTIL) if i is not None})
@@ -329,7 +330,7 @@ def evaluate_lm_eval(model, tokenizer, problems, train, shots=LM_EVAL_SHOTS, bat
     for i, (p, ids) in enumerate(zip(problems, completions)):
         text = tokenizer.decode(ids)
         strict, flexible = lm_eval_score(text, p["answer"])
-        rows.append(dict(i=i, question=p["question"], answer=p["answer"], completion=text,
+        rows.append(dict(i=i, prompt=texts[i], answer=p["answer"], completion=text,
                          strict_match=strict, flexible_extract=flexible, tokens=len(ids)))
     n = len(rows)
     k, k_flex = sum(r["strict_match"] for r in rows), sum(r["flexible_extract"] for r in rows)
