@@ -533,8 +533,8 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_p=1.0, stop_id
     Randomness (DESIGN.md, "Sampling randomness"): sample j of prompt i draws its t-th token with
     noise hashed from (keys[i], j, t) alone, so it comes out the same alone or in any batch, in any
     order, eager or compiled (up to float rounding of the logits, which can flip a near-tie).
-    keys: one integer per prompt (grpo.py: seed, step and the prompt's dataset index); None =
-    consecutive keys from one draw of `generator` (torch's global generator if None).
+    keys: one integer per prompt (grpo.py: sample_key(seed, step, the prompt's place in the step));
+    None = consecutive keys from one draw of `generator` (torch's global generator if None).
 
     stop_strings (e.g. "Question:", several tokens long) are looked for in the text, decoded with
     `tokenizer`, every `check_every` tokens: the only host syncs of the loop (also where finished
