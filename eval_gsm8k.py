@@ -6,26 +6,28 @@ GSM8K: the data, the prompt, answer extraction and reward, batched evaluation, a
     python eval_gsm8k.py --model Qwen/Qwen2.5-3B --limit 200      # zero-shot, greedy
     python eval_gsm8k.py --model Qwen/Qwen2.5-3B --shots 4 --out runs/eval.jsonl
     python eval_gsm8k.py --model Qwen/Qwen2.5-3B --adapter runs/r1/step_000100
+    python eval_gsm8k.py --model Qwen/Qwen2.5-3B --harness lm-eval  # scored as lm-evaluation-harness does
 
 The prompt, one for SFT, GRPO and evaluation, written for a base model (no chat template):
 
     Question: <question>
     Answer: <solution ending in "#### N">
 
-k-shot prompts put k worked train examples first, each followed by a blank line. Generation
-stops at the first blank line ("\n\n"): after a blank line a base model starts the next
-"Question:", and format_solution() guarantees that no target ever contains one. Because
-generate() only stops on token ids, stop_ids() collects eos plus every vocabulary token whose
-text contains "\n\n"; a blank line built from two "\n" tokens is still caught afterwards, since
-completion text is always cut at the first "\n\n" (truncate()) before the answer is extracted.
+k-shot prompts put k worked train examples first, each followed by a blank line. A completion
+ends at eos or where the model starts a new "Question:" (STOP_STRINGS, checked by generate() on
+the decoded text, since "Question:" is several tokens); blank lines inside a reasoning stay, so
+an answer written in paragraphs is read whole. truncate() cuts the text at the stop string before
+the answer is extracted. (rank1 used to stop at the first blank line, as lm-evaluation-harness's
+gsm8k task did up to its v1.0; a base model that reasons in paragraphs then scored 0.)
 
 SFT trains on format_prompt(q) + format_solution(a) + eos. The prompt ends in ":" and the target
 starts with " ", a pre-tokenizer boundary, so encoding the two apart and concatenating the ids
 equals encoding the whole text (checked on all 8,792 GSM8K problems with Qwen2.5's tokenizer).
 
 Evaluation is greedy; strict accuracy reads the number after "####", else the last \boxed{}
-(DESIGN.md). Simplification: one fixed prompt format, so compare scores only between runs of
-this evaluator, not with published numbers from other harnesses.
+(DESIGN.md). To compare with published numbers, --harness lm-eval evaluates exactly as
+lm-evaluation-harness's gsm8k task (v3.0, lm_eval 0.4.13): its prompt, its 5 shots, its stops
+and its two scores (lm_eval_score()), quirks included.
 """
 import argparse
 import hashlib
@@ -49,7 +51,8 @@ GSM8K_SHA256 = {  # the upstream files, byte for byte (MIT License, Copyright (c
     "test": "3730d312f6e3440559ace48831e51066acaca737f6eabec99bccb9e4b3c39d14",   # 1,319 problems
 }
 GSM8K_CACHE = Path("~/.cache/rank1/gsm8k")
-STOP = "\n\n"  # the blank line that ends an answer (see the docstring)
+STOP_STRINGS = ("Question:",)  # where a completion ends, besides eos: the model's next made-up question
+SHOT_SEP = "\n\n"  # after each worked example of a k-shot prompt
 
 # -----------------------------------------------------------------------------
 # Data
@@ -135,29 +138,29 @@ def load_task(task, split, path=None):
 # The prompt
 
 def format_solution(answer):
-    """A gold solution as the completion target: calculator annotations <<48/2=24>> removed, blank
-    lines collapsed (6 of 8,792 GSM8K solutions contain one, and a blank line means "stop"), and a
-    leading space, since the prompt ends in "Answer:"."""
-    text = re.sub(r"<<.*?>>", "", answer)
-    return " " + re.sub(r"\n\s*\n", "\n", text).strip()
+    """A gold solution as the completion target: calculator annotations <<48/2=24>> removed and a
+    leading space, since the prompt ends in "Answer:". Blank lines stay (6 of 8,792 GSM8K solutions
+    have one): they end nothing; no solution contains the stop string "Question:"."""
+    return " " + re.sub(r"<<.*?>>", "", answer).strip()
 
 
 def format_prompt(question, shots=()):
     """The prompt for `question`; `shots` are (question, answer) worked examples, e.g. from train."""
-    parts = [f"Question: {q.strip()}\nAnswer:{format_solution(a)}{STOP}" for q, a in shots]
+    parts = [f"Question: {q.strip()}\nAnswer:{format_solution(a)}{SHOT_SEP}" for q, a in shots]
     return "".join(parts) + f"Question: {question.strip()}\nAnswer:"
 
 
-def truncate(text):
-    """A completion cut at the first blank line: what follows is the model's next made-up question."""
-    return text.split(STOP, 1)[0]
+def truncate(text, stop_strings=STOP_STRINGS):
+    """A completion cut where its first stop string starts: what follows is the model's next made-up
+    question (generate() stops after the token that completes the string, which may hold more)."""
+    for s in stop_strings:
+        text = text.split(s, 1)[0]
+    return text
 
 
 def stop_ids(tokenizer):
-    """eos plus every token whose text contains "\\n\\n" (565 of Qwen2.5's, e.g. ".\\n\\n" and "\\n\\n");
-    decoding the vocabulary one token at a time takes ~0.2 s, so compute this once per tokenizer."""
-    ids = {i for i in range(tokenizer.vocab_size) if STOP in tokenizer.decode([i])}
-    return sorted(ids | {tokenizer.eos_id})
+    """The token ids that end a completion: eos. (The stop strings are text, see STOP_STRINGS.)"""
+    return [tokenizer.eos_id]
 
 # -----------------------------------------------------------------------------
 # Answer extraction and reward (DESIGN.md, "GSM8K")
@@ -207,8 +210,65 @@ def gold_answer(answer):
 
 def reward(completion, answer):
     """1.0 if the completion's strict answer equals the gold one, else 0.0. The completion is cut
-    at its first blank line, as in evaluation; `answer` as gold_answer() takes it."""
+    at its first stop string, as in evaluation; `answer` as gold_answer() takes it."""
     return float(extract_answer(truncate(completion)) == gold_answer(answer))
+
+# -----------------------------------------------------------------------------
+# lm-evaluation-harness's gsm8k task, v3.0 (lm_eval 0.4.13: tasks/gsm8k/gsm8k.yaml, the regex filter,
+# exact_match, HFLM's generate_until), re-implemented so that scores compare with published ones
+
+LM_EVAL_UNTIL = ("Question:", "</s>", "<|im_end|>")    # generation_kwargs.until
+LM_EVAL_STRICT = r"#### (\-?[0-9\.\,]+)"              # strict-match: the first match
+LM_EVAL_FLEXIBLE = r"(-?[$0-9.,]{2,})|(-?[0-9]+)"      # flexible-extract: the last match
+LM_EVAL_IGNORE = (",", r"\$", r"(?s).*#### ", r"\.$")  # exact_match's regexes_to_ignore, in this order
+LM_EVAL_SEED = 1234                                    # the harness's fewshot_random_seed
+LM_EVAL_SHOTS = 5                                      # num_fewshot
+LM_EVAL_MAX_NEW_TOKENS = 256                           # HFLM's max_gen_toks (the yaml sets none)
+
+
+def lm_eval_shots(train, n_docs, k=LM_EVAL_SHOTS, seed=LM_EVAL_SEED):
+    """The harness's few-shot draw: one random.Random(seed) for the task, and for each evaluated
+    document in order k train problems from rnd.sample(train, k) (its ContextSampler; the few-shot
+    split is train, so no draw ever has to skip the document itself)."""
+    rnd = random.Random(seed)
+    return [rnd.sample(train, k) for _ in range(n_docs)]
+
+
+def lm_eval_prompt(question, shots):
+    """doc_to_text "Question: {{question}}\nAnswer:", each shot followed by " " + its raw answer
+    (calculator annotations and all) and "\n\n"; nothing is stripped."""
+    return "".join(f"Question: {s['question']}\nAnswer: {s['answer']}\n\n" for s in shots) + \
+        f"Question: {question}\nAnswer:"
+
+
+def _lm_eval_filter(pattern, text, select):
+    """RegexFilter: re.findall, the match `select`, its first nonempty group, stripped; "[invalid]"."""
+    found = re.findall(pattern, text)
+    if not found:
+        return "[invalid]"
+    m = found[select]
+    if isinstance(m, tuple):
+        m = next((g for g in m if g), "[invalid]")
+    return m.strip()
+
+
+def _lm_eval_clean(text):
+    for pattern in LM_EVAL_IGNORE:
+        text = re.sub(pattern, "", text)
+    return text.lower()  # ignore_case; ignore_punctuation is false
+
+
+def lm_eval_score(completion, answer):
+    """(strict-match, flexible-extract) for one completion, each 1.0 or 0.0, as the harness scores
+    it: the text cut at the first of each `until` string, a regex filter, then exact match against
+    the gold solution `answer` after removing ",", "$", everything up to the last "#### " and a final
+    ".". Its quirks too: "18.00" does not match 18, "#### 18 dollars" strict-matches."""
+    for stop in LM_EVAL_UNTIL:
+        completion = completion.split(stop)[0]
+    gold = _lm_eval_clean(answer)
+    strict = _lm_eval_clean(_lm_eval_filter(LM_EVAL_STRICT, completion, 0))
+    flexible = _lm_eval_clean(_lm_eval_filter(LM_EVAL_FLEXIBLE, completion, -1))
+    return float(strict == gold), float(flexible == gold)
 
 # -----------------------------------------------------------------------------
 # Evaluation
@@ -223,27 +283,32 @@ def wilson(k, n, z=1.96):
     return (max(0.0, center - half), min(1.0, center + half))
 
 
-def evaluate(model, tokenizer, problems, shots=(), batch_size=64, max_new_tokens=512,
-             stop=None, progress=True):
-    """Greedy answers to `problems` -> (summary, rows). `stop`: precomputed stop_ids(tokenizer), to
-    save 0.2 s per call when evaluating many adapters (geometry.py)."""
-    stop = set(stop_ids(tokenizer) if stop is None else stop)
-    prompts = [tokenizer.encode(format_prompt(p["question"], shots)) for p in problems]
+def complete(model, tokenizer, prompts, max_new_tokens, batch_size, stop_ids, stop_strings, progress=True):
+    """Greedy completions (token ids) of the encoded prompts, in their order, and the seconds taken."""
     # longest first: similar lengths share a batch (less padding), and an out-of-memory comes
     # at once. Safe because greedy output never depends on the rest of the batch (DESIGN.md).
-    order = sorted(range(len(problems)), key=lambda i: -len(prompts[i]))
-    completions = [None] * len(problems)
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    completions = [None] * len(prompts)
     model.eval()
     t0 = time.time()
-    with tqdm(total=len(problems), desc="eval", disable=not progress) as bar:
+    with tqdm(total=len(prompts), desc="eval", disable=not progress) as bar:
         for s in range(0, len(order), batch_size):
             idx = order[s:s + batch_size]
-            outs = generate(model, [prompts[i] for i in idx], max_new_tokens,
-                            temperature=0.0, stop_ids=sorted(stop))
+            outs = generate(model, [prompts[i] for i in idx], max_new_tokens, temperature=0.0,
+                            stop_ids=stop_ids, stop_strings=stop_strings, tokenizer=tokenizer)
             for i, ids in zip(idx, outs):
                 completions[i] = ids
             bar.update(len(idx))
-    seconds = time.time() - t0
+    return completions, time.time() - t0
+
+
+def evaluate(model, tokenizer, problems, shots=(), batch_size=64, max_new_tokens=512,
+             stop=None, progress=True):
+    """Greedy answers to `problems` -> (summary, rows). `stop`: the stop token ids (stop_ids())."""
+    stop = sorted(stop_ids(tokenizer) if stop is None else stop)
+    prompts = [tokenizer.encode(format_prompt(p["question"], shots)) for p in problems]
+    completions, seconds = complete(model, tokenizer, prompts, max_new_tokens, batch_size, stop,
+                                    STOP_STRINGS, progress)
     rows = []
     for i, (p, ids) in enumerate(zip(problems, completions)):
         text = tokenizer.decode(ids)
@@ -267,6 +332,32 @@ def evaluate(model, tokenizer, problems, shots=(), batch_size=64, max_new_tokens
     return summary, rows
 
 
+def evaluate_lm_eval(model, tokenizer, problems, train, shots=LM_EVAL_SHOTS, batch_size=64,
+                     max_new_tokens=LM_EVAL_MAX_NEW_TOKENS, progress=True):
+    """lm-evaluation-harness's gsm8k task on `problems` (the test split, in its order), shots drawn
+    from `train` as the harness draws them -> (summary, rows)."""
+    draws = lm_eval_shots(train, len(problems), shots) if shots else [[]] * len(problems)
+    texts = [lm_eval_prompt(p["question"], d) for p, d in zip(problems, draws)]
+    prompts = [tokenizer.encode(t) for t in texts]
+    # the until strings are text; one that is a single special token (Qwen's <|im_end|>) would be
+    # dropped from the decoded text, so it stops as a token id too
+    stop = sorted({tokenizer.eos_id} | {i for i in map(tokenizer.token_to_id, LM_EVAL_UNTIL) if i is not None})
+    completions, seconds = complete(model, tokenizer, prompts, max_new_tokens, batch_size, stop,
+                                    LM_EVAL_UNTIL, progress)
+    rows = []
+    for i, (p, ids) in enumerate(zip(problems, completions)):
+        text = tokenizer.decode(ids)
+        strict, flexible = lm_eval_score(text, p["answer"])
+        rows.append(dict(i=i, prompt=texts[i], answer=p["answer"], completion=text,
+                         strict_match=strict, flexible_extract=flexible, tokens=len(ids)))
+    n = len(rows)
+    k, k_flex = sum(r["strict_match"] for r in rows), sum(r["flexible_extract"] for r in rows)
+    summary = dict(n=n, strict_match=k / max(n, 1), strict_ci=wilson(k, n),
+                   flexible_extract=k_flex / max(n, 1), flexible_ci=wilson(k_flex, n),
+                   mean_tokens=sum(r["tokens"] for r in rows) / max(n, 1), shots=shots, seconds=seconds)
+    return summary, rows
+
+
 def eval_metrics(model, tokenizer, problems, stop, max_new_tokens, batch_size):
     """evaluate() as the metrics row fields the training scripts log; the model's train/eval mode is
     left as it was."""
@@ -285,6 +376,14 @@ def print_summary(summary, title):
     print(f"  {'flexible accuracy':<18} {s['flexible_accuracy']:.3f}  95% CI [{s['flexible_ci'][0]:.3f}, {s['flexible_ci'][1]:.3f}]")
     print(f"  {'format rate':<18} {s['format_rate']:.3f}  (strict extraction found a number)")
     print(f"  {'mean length':<18} {s['mean_tokens']:.1f} tokens, {s['truncated_rate']:.3f} hit max_new_tokens")
+
+
+def print_lm_eval_summary(summary, title):
+    s = summary
+    print(f"{title}  ({s['n']} problems, lm-evaluation-harness gsm8k v3.0, {s['shots']}-shot, greedy, {s['seconds']:.1f} s)")
+    print(f"  {'strict-match':<18} {s['strict_match']:.3f}  95% CI [{s['strict_ci'][0]:.3f}, {s['strict_ci'][1]:.3f}]")
+    print(f"  {'flexible-extract':<18} {s['flexible_extract']:.3f}  95% CI [{s['flexible_ci'][0]:.3f}, {s['flexible_ci'][1]:.3f}]")
+    print(f"  {'mean length':<18} {s['mean_tokens']:.1f} tokens")
 
 # -----------------------------------------------------------------------------
 # The toy task: two-step word problems in GSM8K's format, short enough for a char-level model.
@@ -338,13 +437,15 @@ if __name__ == "__main__":
     parser.add_argument("--adapter", default=None, help="LoRA adapter folder (PEFT format) to apply; none = the base model")
     parser.add_argument("--toy", action="store_true", help="the toy task (and the toy base model unless --model)")
     # on which problems
-    parser.add_argument("--data", default=None, help="GSM8K data: a folder holding {split}.jsonl (and train.jsonl for --shots), or the JSONL file of --split; none = ~/.cache/rank1/gsm8k, downloaded once")
+    parser.add_argument("--data", default=None, help="GSM8K data: a folder holding {split}.jsonl (and train.jsonl for the shots), or the JSONL file of --split; none = ~/.cache/rank1/gsm8k, downloaded once")
+    parser.add_argument("--train-data", default=None, help="JSONL file of train, where the shots come from; none = --data's train.jsonl when --data is a folder, else the cache")
     parser.add_argument("--split", default="test", choices=["train", "test"], help="which split to evaluate")
     parser.add_argument("--limit", type=int, default=0, help="first N problems only; 0 = all")
-    parser.add_argument("--shots", type=int, default=0, help="worked examples from train before each question; 0 = zero-shot")
+    parser.add_argument("--shots", type=int, default=None, help="worked examples from train before each question; default 0 (zero-shot), 5 with --harness lm-eval")
     # how
+    parser.add_argument("--harness", default="rank1", choices=["rank1", "lm-eval"], help="rank1: this file's prompt and scoring; lm-eval: lm-evaluation-harness's gsm8k task exactly (its prompt, shots, stops and scores)")
     parser.add_argument("--batch-size", type=int, default=64, help="prompts per generate() call")
-    parser.add_argument("--max-new-tokens", type=int, default=0, help="completion budget; 0 = 512 (GSM8K) or 64 (--toy)")
+    parser.add_argument("--max-new-tokens", type=int, default=0, help="completion budget; 0 = 512 (GSM8K), 64 (--toy), 256 (--harness lm-eval, the harness's)")
     parser.add_argument("--out", default=None, help="write one JSON line per problem here; none = no file")
     parser.add_argument("--device", default=None, help="cuda, mps or cpu; none = the best available")
     args = parser.parse_args()
@@ -360,6 +461,8 @@ if __name__ == "__main__":
                      "The answer is \\boxed{42}.", "it is 12 or 13", "no answer"]:
             print(f"  extract {text!r:36} strict {extract_answer(text)!s:5} "
                   f"flexible {extract_answer(text, flexible=True)}")
+        text = " She has 7 eggs.\n\nSo she sells 7 * 2 = 14 dollars.\n#### 14\n\nQuestion: Tom has 3 pens.\n#### 3"
+        print(f"  reward of {text!r} against 14: {reward(text, '14')} (cut at 'Question:'; blank lines stay)")
         assert all(reward(p["answer"], p["answer"]) == 1.0 for p in toy_problems("test"))
         print("every toy test gold answer earns reward 1 against itself. Evaluate with --toy or --model.")
         raise SystemExit
@@ -368,23 +471,30 @@ if __name__ == "__main__":
     args.model = args.model or TOY_BASE
     if args.toy and not Path(args.model).exists():
         raise user_exit(f"{args.model} not found: the toy base ships in toy_base/; rebuild one with `python sft.py --toy`")
-    max_new_tokens = args.max_new_tokens or (64 if args.toy else 512)
+    lm_eval = args.harness == "lm-eval"
+    max_new_tokens = args.max_new_tokens or (64 if args.toy else LM_EVAL_MAX_NEW_TOKENS if lm_eval else 512)
+    n_shots = (LM_EVAL_SHOTS if lm_eval else 0) if args.shots is None else args.shots
     problems = load_task(task, args.split, data_path(args.data, args.split))
     problems = problems[:args.limit] if args.limit else problems
-    # shots come from train: the folder's train.jsonl; a file is the evaluated split, so never its shots
-    shots_from = data_path(args.data, "train") if args.data and os.path.isdir(args.data) else None
-    if args.shots and args.data and shots_from is None:
-        print(f"note: --data {args.data} is a file, the {args.split} split: --shots come from the cached train split")
-    shots = [(p["question"], p["answer"]) for p in load_task(task, "train", shots_from)[:args.shots]] if args.shots else []
+    # shots come from train: --train-data, else a --data folder's train.jsonl; a --data file is the evaluated split, never its shots
+    shots_from = args.train_data or (data_path(args.data, "train") if args.data and os.path.isdir(args.data) else None)
+    if n_shots and args.data and shots_from is None:
+        print(f"note: --data {args.data} is a file, the {args.split} split: the shots come from the cached train split")
+    train = load_task(task, "train", shots_from) if n_shots else []
+    shots = [(p["question"], p["answer"]) for p in train[:n_shots]]
 
     model = load_model(args.model, device=args.device)
     tokenizer = load_tokenizer(args.model)
     if args.adapter:
         import lora  # only needed here
         lora.load_adapter(model, args.adapter)
-    summary, rows = evaluate(model, tokenizer, problems, shots, args.batch_size, max_new_tokens)
     title = f"{args.model}" + (f" + {args.adapter}" if args.adapter else "") + f" on {task} {args.split}"
-    print_summary(summary, title)
+    if lm_eval:
+        summary, rows = evaluate_lm_eval(model, tokenizer, problems, train, n_shots, args.batch_size, max_new_tokens)
+        print_lm_eval_summary(summary, title)
+    else:
+        summary, rows = evaluate(model, tokenizer, problems, shots, args.batch_size, max_new_tokens)
+        print_summary(summary, title)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         with open(args.out, "w") as f:

@@ -22,11 +22,11 @@ import time
 
 import torch
 
-from model import TOY_BASE, exit_on_user_error, generate, load_model, load_tokenizer, pick_device, token_logprobs, user_exit
+from model import TOY_BASE, exit_on_user_error, generate, load_model, load_tokenizer, pick_device, sample_key, token_logprobs, user_exit
 from lora import adapters_disabled, apply_lora, load_adapter, lora_modules
 from runs import (append_metrics, check_resume_args, load_trainer_state, newest_checkpoint, read_metrics,
                   save_checkpoint, trim_metrics, write_args)
-from eval_gsm8k import data_path, eval_metrics, extract_answer, format_prompt, load_task, reward, stop_ids, truncate
+from eval_gsm8k import STOP_STRINGS, data_path, eval_metrics, extract_answer, format_prompt, load_task, reward, stop_ids, truncate
 
 # -----------------------------------------------------------------------------
 # The math
@@ -219,12 +219,10 @@ if __name__ == "__main__":
     groups = [dict(params=[p for n, p in named if not is_b(n)], lr=args.lr),
               dict(params=[p for n, p in named if is_b(n)], lr=args.lr * args.lr_ratio)]
     optimizer = torch.optim.Adam([g for g in groups if g["params"]], betas=(0.9, 0.95), eps=args.adam_eps)
-    generator = torch.Generator(device).manual_seed(args.seed)          # the sampler's own stream
     start = 0
     if ckpt:
         state, tensors = load_trainer_state(ckpt, optimizer, named)
-        torch.set_rng_state(tensors["rng.torch_cpu"])
-        generator.set_state(tensors["rng.sampler"])
+        torch.set_rng_state(tensors["rng.torch_cpu"])  # (the sampler has no state: see keys below)
         start = state["step"]
         trim_metrics(args.out, start)
         print(f"resumed from {ckpt} at step {start}")
@@ -261,10 +259,14 @@ if __name__ == "__main__":
         t0 = time.time()
         problems = [train_set[i] for i in batch_indices(len(train_set), B, step, args.seed)]
         prompts = [tokenizer.encode(format_prompt(p["question"])) for p in problems]
+        # the samples of the step's j-th prompt are a function of (seed, step, j) alone (DESIGN.md,
+        # "Sampling randomness"): the same in any batch, eager or compiled, resumed or not. j rather
+        # than the dataset index: a step that spans two epochs may hold a problem twice.
+        keys = [sample_key(args.seed, step, j) for j in range(B)]
         model.eval()
         completions, sampler_logps = generate(model, prompts, args.max_new_tokens, temperature=args.temperature,
-                                              stop_ids=stop, generator=generator, n=G, return_logprobs=True,
-                                              compile=args.compile)
+                                              stop_ids=stop, stop_strings=STOP_STRINGS, tokenizer=tokenizer,
+                                              keys=keys, n=G, return_logprobs=True, compile=args.compile)
         texts = [tokenizer.decode(c) for c in completions]                 # sample i*G + j: prompt i
         rewards = torch.tensor([reward(t, p["answer"]) for t, p in zip(texts, (p for p in problems for _ in range(G)))])
         rewards = rewards.view(B, G)
@@ -325,7 +327,7 @@ if __name__ == "__main__":
         if step == args.steps or step % args.save_every == 0:
             state = dict(step=step, data_seed=args.seed, epoch=step * B // len(train_set),
                          position=step * B % len(train_set), samples=step * B * G)
-            rng = {"rng.torch_cpu": torch.get_rng_state(), "rng.sampler": generator.get_state()}  # uint8 tensors
+            rng = {"rng.torch_cpu": torch.get_rng_state()}  # a uint8 tensor
             save_checkpoint(os.path.join(args.out, f"step_{step:06d}"), model, optimizer, named, state,
                             full=full, tokenizer=tokenizer, base_name=args.model, extra=rng)
 

@@ -497,22 +497,91 @@ def load_tokenizer(name_or_path):
 
 
 # -----------------------------------------------------------------------------
-# Sampling
+# Sampling: Gumbel-max with counter-based noise, so that a sample is a function of its indices
 
-def sample_token(logits, temperature, top_p, generator):
-    """logits (B, V) -> token ids (B,) and their log-probs under softmax(logits / temperature)."""
+MASK32 = 0xFFFFFFFF
+
+
+def hash32(x):
+    """A 32-bit integer hash, elementwise on an int64 tensor (or an int; only the low 32 bits are
+    read): xorshift-multiply rounds as Wellons' lowbias32, a bijection of [0, 2^32), with multipliers
+    below 2^31, so that no int64 product overflows. Plain integer ops, so it runs vectorized on any
+    device and gives the same bits everywhere."""
+    x = x & MASK32
+    x = ((x ^ (x >> 16)) * 0x7FEB352D) & MASK32
+    x = ((x ^ (x >> 15)) * 0x1B873593) & MASK32
+    return x ^ (x >> 16)
+
+
+def combine(h, x):
+    """The hash h with the counter x folded in (int64 tensors or ints): a new 32-bit hash."""
+    return hash32(h ^ hash32(x))
+
+
+def sample_key(*counters):
+    """Integers (seed, step, prompt index, ...) -> one 32-bit key, e.g. for generate(keys=...)."""
+    h = 0
+    for x in counters:  # both halves of a 64-bit integer
+        h = combine(combine(h, x & MASK32), (x >> 32) & MASK32)
+    return h
+
+
+def row_keys(keys, n, device):
+    """One integer key per prompt (B,) -> a 32-bit key per output row (B*n,): row i*n + j, sample j
+    of prompt i, is keyed by (keys[i], j) and nothing else."""
+    k = torch.as_tensor(keys, dtype=torch.long, device=device)                 # (B,)
+    h = combine(hash32(k), k >> 32)                                            # both halves of a 64-bit key
+    return combine(h[:, None], torch.arange(n, device=device)[None, :]).flatten()  # (B*n,)
+
+
+def gumbel_noise(keys, position, vocab_size):
+    """Gumbel(0, 1) noise (N, V) hashed from (row key, position, token id): no generator state, so
+    a row's noise never depends on which rows share its batch, in which order, or on compile.
+
+    u = 1 - w is uniform and g = -log(-log u) = -log(-log1p(-w)): w = (32 random bits + 0.5) / 2^32
+    in float32 is exact near 0, where g's upper tail lives (w = 1 after rounding gives g = -inf, a
+    token that loses: harmless). g then lies in [-2.8, 22.9], so a token more than ~26 nats below the
+    best is never drawn (probability < 7e-12 each)."""
+    h = combine(keys, position)[:, None]                                       # (N, 1)
+    v = hash32(torch.arange(vocab_size, device=keys.device))[None, :]          # (1, V)
+    w = (hash32(h ^ v).float() + 0.5) * 2.0 ** -32                             # (N, V) in (0, 1]
+    return -torch.log(-torch.log1p(-w))
+
+
+def sample_token(logits, temperature, top_p, keys, position):
+    """logits (B, V) -> token ids (B,) and their log-probs under softmax(logits / temperature).
+
+    Gumbel-max: argmax(logits / T + g), g i.i.d. Gumbel(0, 1), is an exact draw from
+    softmax(logits / T); with the tokens outside the nucleus set to -inf first, an exact draw from
+    the renormalized nucleus. g = gumbel_noise(keys, position): keys (B,) the rows' 32-bit keys,
+    position the index of the token in its completion."""
     logits = logits.float()
     if temperature == 0:
         tok = logits.argmax(-1)
         return tok, torch.zeros_like(tok, dtype=torch.float)
-    logp = (logits / temperature).log_softmax(-1)
-    probs = logp.exp()
+    logits = logits / temperature
+    logp = logits.log_softmax(-1)
     if top_p < 1.0:  # nucleus: keep the smallest set of tokens whose mass reaches top_p
-        sorted_p, idx = probs.sort(-1, descending=True)
+        sorted_p, idx = logp.exp().sort(-1, descending=True)
         drop = sorted_p.cumsum(-1) - sorted_p > top_p
-        probs = probs.scatter(-1, idx, sorted_p.masked_fill(drop, 0.0))
-    tok = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        logits = logits.masked_fill(torch.zeros_like(drop).scatter(-1, idx, drop), float("-inf"))
+    tok = (logits + gumbel_noise(keys, position, logits.shape[-1])).argmax(-1)
     return tok, logp.gather(-1, tok[:, None]).squeeze(-1)
+
+
+def find_stop(tokenizer, ids, stop_strings, start, window):
+    """The first index L >= start such that the text of ids[:L + 1] contains a stop string, else
+    None; ids[:start] are known to contain none. Decodes tails only: with a byte-level tokenizer
+    (Qwen's, the toy's) every token is at least one byte, so a string of at most `window` bytes that
+    ends in token L lies within ids[L - window + 1 : L + 1]."""
+    text = tokenizer.decode(ids[max(0, start - window + 1):])  # all of the new tokens at once: a miss is the common case
+    if not any(s in text for s in stop_strings):
+        return None
+    for L in range(start, len(ids)):
+        text = tokenizer.decode(ids[max(0, L - window + 1):L + 1])
+        if any(s in text for s in stop_strings):
+            return L
+    raise AssertionError(f"a stop string in the text of {ids[start - window + 1:]} but in no tail of it")
 
 
 def decode_step(model, tok, cache):
@@ -521,19 +590,37 @@ def decode_step(model, tok, cache):
 
 
 @torch.inference_mode()
-def generate(model, prompts, max_new_tokens, temperature=1.0, top_p=1.0, stop_ids=(),
-             generator=None, n=1, return_logprobs=False, compile=False):
-    """Complete each prompt (a list of token ids); returns completions without the prompt,
-    each cut after its first stop token. n samples per prompt share one prefill; output i*n + j
-    is prompt i's sample j. temperature=0 is greedy.
+def generate(model, prompts, max_new_tokens, temperature=1.0, top_p=1.0, stop_ids=(), stop_strings=(),
+             tokenizer=None, generator=None, keys=None, n=1, return_logprobs=False, compile=False,
+             check_every=8):
+    """Complete each prompt (a list of token ids); returns completions without the prompt, each cut
+    after its first stop token or after the token that completes its first stop string. n samples
+    per prompt share one prefill; output i*n + j is prompt i's sample j. temperature=0 is greedy.
+
+    Randomness (DESIGN.md, "Sampling randomness"): sample j of prompt i draws its t-th token with
+    noise hashed from (keys[i], j, t) alone, so it comes out the same alone or in any batch, in any
+    order, eager or compiled (up to float rounding of the logits, which can flip a near-tie).
+    keys: one integer per prompt (grpo.py: sample_key(seed, step, the prompt's place in the step));
+    None = consecutive keys from one draw of `generator` (torch's global generator if None).
+
+    stop_strings (e.g. "Question:", several tokens long) are looked for in the text, decoded with
+    `tokenizer`, every `check_every` tokens: the only host syncs of the loop (also where finished
+    rows leave the batch). A row is cut at the token that completes the string, whatever check_every
+    is: the rows run on for a few tokens, which are then dropped (see find_stop).
 
     compile=True runs the decode step with static shapes (KVCache.make_static) under torch.compile,
     with CUDA graphs on a GPU ("reduce-overhead"): the first call of a shape compiles (slow), later
-    calls replay. Greedy output is the same as compile=False; sampled output differs (finished rows
-    leave the batch at other steps, so the random draws fall differently)."""
+    calls replay."""
     assert prompts and all(len(p) > 0 for p in prompts), "every prompt needs at least one token"
+    assert tokenizer is not None or not stop_strings, "stop_strings need a tokenizer to decode with"
     device = model.lm_head.weight.device
     B, P, N = len(prompts), max(len(p) for p in prompts), len(prompts) * n
+    if keys is None:  # one draw, then consecutive keys: seeded, but tied to the prompts' order
+        base = torch.randint(2 ** 62, (1,), generator=generator,
+                             device=generator.device if generator is not None else "cpu").item() if temperature else 0
+        keys = [base + i for i in range(B)]
+    assert len(keys) == B, f"{len(keys)} keys for {B} prompts"
+    keys = row_keys(keys, n, device)                                        # (N,)
     ids = torch.zeros(B, P, dtype=torch.long)
     pad_mask = torch.zeros(B, P, dtype=torch.bool)
     for i, p in enumerate(prompts):  # left-pad so every row's next token goes into the same slot
@@ -550,30 +637,45 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_p=1.0, stop_id
         cache.select(fan)
         logits = logits[fan]
     stop = torch.tensor(list(stop_ids), dtype=torch.long, device=device)
+    window = max((len(s.encode()) for s in stop_strings), default=0)       # in tokens: each is >= 1 byte
     tokens = torch.full((N, max_new_tokens), -1, dtype=torch.long, device=device)
     logps = torch.zeros(N, max_new_tokens, device=device)
     rows = torch.arange(N, device=device)       # which output each batch row writes to
     alive = torch.ones(N, dtype=torch.bool, device=device)
+    unchecked = list(range(N))                  # rows alive at the last check: their new tokens need one
+    checked = 0                                 # tokens before this index hold no stop string
     step = decode_step
     if compile:
         cache.make_static(cache.pos)
         step = torch.compile(decode_step, mode="reduce-overhead" if device.type == "cuda" else None)
     for t in range(max_new_tokens):
-        tok, lp = sample_token(logits, temperature, top_p, generator)
-        live = alive[rows]
-        tokens[rows[live], t], logps[rows[live], t] = tok[live], lp[live]
-        alive[rows[live & torch.isin(tok, stop)]] = False
-        if t == max_new_tokens - 1 or not alive.any():
-            break
-        done = ~alive[rows]
-        keep = None
-        if not compile and done.sum() * 4 >= len(rows):  # drop finished rows once they are a quarter
-            keep = ~done
-        elif compile and done.sum() * 2 >= len(rows):  # halve the batch, live rows first: few shapes
-            keep = done.int().argsort(stable=True)[:len(rows) // 2]
-        if keep is not None:
-            cache.select(keep)
-            rows, tok = rows[keep], tok[keep]
+        tok, lp = sample_token(logits, temperature, top_p, keys[rows], t)
+        live = alive[rows]                      # rows that finished since the last check write nothing
+        tokens[rows, t] = torch.where(live, tok, -1)
+        logps[rows, t] = torch.where(live, lp, 0.0)
+        alive[rows] = live & ~torch.isin(tok, stop)
+        last = t == max_new_tokens - 1
+        if last or (t + 1) % check_every == 0:  # host-side bookkeeping, every few tokens
+            if stop_strings:
+                start = max(0, checked - window + 1)
+                for r, row in zip(unchecked, tokens[unchecked, start:t + 1].tolist()):
+                    row = row[:row.index(-1)] if -1 in row else row
+                    L = find_stop(tokenizer, row, stop_strings, checked - start, window)
+                    if L is not None:           # cut after the token that completes the string
+                        tokens[r, start + L + 1:], logps[r, start + L + 1:], alive[r] = -1, 0.0, False
+                checked = t + 1
+            unchecked = alive.nonzero().flatten().tolist()
+            if last or not unchecked:
+                break
+            done = ~alive[rows]
+            keep = None
+            if not compile and done.sum() * 4 >= len(rows):  # drop finished rows once they are a quarter
+                keep = ~done
+            elif compile and done.sum() * 2 >= len(rows):  # halve the batch, live rows first: few shapes
+                keep = done.int().argsort(stable=True)[:len(rows) // 2]
+            if keep is not None:
+                cache.select(keep)
+                rows, tok = rows[keep], tok[keep]
         if compile:
             torch.compiler.cudagraph_mark_step_begin()  # a new step: the graph may reuse its outputs' memory
         logits = step(model, tok[:, None], cache)

@@ -57,7 +57,8 @@ def test_static_decode_step_equals_eager(toy_dir):
 def test_static_generate_equals_eager(toy_dir, monkeypatch):
     """generate(compile=True) with torch.compile replaced by the identity: the static-shape code
     itself, run eagerly. Greedy output equals compile=False, also when stop tokens make rows finish
-    (the static path halves the batch, the eager one drops finished rows)."""
+    (the static path halves the batch, the eager one drops finished rows); so do samples and stop
+    strings."""
     m = lively_toy(toy_dir)
     compiled = []
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: compiled.append(fn) or fn)
@@ -70,6 +71,23 @@ def test_static_generate_equals_eager(toy_dir, monkeypatch):
     ref_stop = generate(m, PROMPTS, 20, temperature=0, n=2, stop_ids=stop)
     assert sum(len(c) < 20 for c in ref_stop) >= 4                     # enough finish early to shrink the batch
     assert generate(m, PROMPTS, 20, temperature=0, n=2, stop_ids=stop, compile=True) == ref_stop
+    same_as_eager_sampled_and_with_stop_strings(m)
+
+
+def same_as_eager_sampled_and_with_stop_strings(m):
+    """Sampled output (counter-based noise: no draw depends on the batch) and stop strings (rows cut
+    at the token that completes one) are the same compiled and eager."""
+    from test_model import pick_stops, stop_cut
+    tok = model.toy_tokenizer()
+    kw = dict(temperature=1.0, n=2, keys=[7, 8, 9, 10])
+    ref = generate(m, PROMPTS, 20, **kw)
+    assert generate(m, PROMPTS, 20, compile=True, **kw) == ref
+    stops = pick_stops(tok, ref)
+    cut = [stop_cut(tok, c, stops) for c in ref]
+    assert sum(len(c) < 20 for c in cut) >= 3
+    for check_every in (1, 8):
+        assert generate(m, PROMPTS, 20, stop_strings=stops, tokenizer=tok, check_every=check_every,
+                        compile=True, **kw) == cut
 
 
 @pytest.mark.skipif(os.environ.get("RANK1_COMPILE_TESTS") != "1",
@@ -81,6 +99,7 @@ def test_compiled_generate_equals_eager(toy_dir):
     stop = [ref[2][3], ref[6][2], ref[0][5]]
     assert generate(m, PROMPTS, 20, temperature=0, n=2, stop_ids=stop, compile=True) == \
         generate(m, PROMPTS, 20, temperature=0, n=2, stop_ids=stop)
+    same_as_eager_sampled_and_with_stop_strings(m)
 
 
 def test_grad_checkpointing_recomputes_and_keeps_gradients(toy_dir, monkeypatch):

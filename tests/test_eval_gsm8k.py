@@ -62,10 +62,83 @@ def test_reward():
     assert E.reward("#### 1,080", "1080") == 1.0                   # a bare number as the gold answer
     assert E.reward("#### 1080", 1080) == 1.0
     assert E.reward("#### 7", "-7") == 0.0
-    # what follows the first blank line is the model's next made-up question: ignored
+    # blank lines stay: an answer written in paragraphs is read whole
+    assert E.reward(" She has 7 eggs.\n\nSo she sells 7 * 2 = 14 dollars.\n#### 14", "14") == 1.0
+    # what follows "Question:" is the model's next made-up question: cut, scored on the first answer
     assert E.reward("it is 24\n\nQuestion: ...\n#### 24", gold) == 0.0
+    assert E.reward(" 24\n#### 24\n\nQuestion: Tom has 5 pens.\nAnswer: #### 5", gold) == 1.0
+    assert E.reward(" 24\n\nQuestion: Tom has 24 pens.\nAnswer: 24\n#### 24", gold) == 0.0
     with pytest.raises(AssertionError, match="not a number"):
         E.reward("#### 3", "three")
+
+# completions as a base model writes them, to score as lm-evaluation-harness does
+LM_EVAL_CASES = [
+    (" 3 + 4 = 7\n#### 7", "#### 7"),
+    (" so 1,080 in all.\n#### 1,080", "...\n#### 1080"),                  # commas
+    (" it costs $18.\n#### $18", "#### 18"),                              # $
+    (" #### 18.00", "#### 18"),                                           # decimals: no match there
+    (" #### 18.", "#### 18"),                                             # a final "." goes
+    (" #### 0.5", "#### 0.5"),
+    (" He lost 3.\n#### -3", "#### -3"),                                  # negatives
+    (" #### - 3", "#### -3"),
+    (" #### 42 apples, and then 7 more", "#### 42"),                      # text after the answer
+    (" The answer is 42.", "#### 42"),                                    # no "####": flexible only
+    (" I do not know.", "#### 42"),                                       # missing answer
+    ("", "#### 42"),
+    (" 5 + 5 = 10\n#### 10\n\nQuestion: Tom has 3 pens.\nAnswer: #### 3", "#### 10"),  # cut at "Question:"
+    (" #### 10</s>#### 11", "#### 11"),
+    (" #### 7<|im_end|>", "#### 7"),
+    (" So she sells 7 * 2 = 14 dollars.\n\nThe answer is $14.00", "#### 14"),
+    (" #### 12,5 or 3,000.\n", "#### 3000"),
+    (" #### 5\n#### 6", "...#### 2 ...\n#### 6"),                         # the last "#### " of the gold
+    (" #### ABC 5", "#### 5"),
+]
+
+
+def test_lm_eval_score_equals_the_harness():
+    """lm_eval_score against lm_eval 0.4.13 itself: its stop handling, RegexFilter (+ take_first)
+    for both filters of the gsm8k yaml, and exact_match_hf_evaluate with the yaml's arguments."""
+    pytest.importorskip("lm_eval")
+    import yaml
+    from lm_eval.api.metrics import exact_match_hf_evaluate
+    from lm_eval.filters.extraction import RegexFilter
+    from lm_eval.models.utils import postprocess_generated_text
+    import lm_eval
+    cfg = yaml.safe_load((Path(lm_eval.__file__).parent / "tasks" / "gsm8k" / "gsm8k.yaml").read_text())
+    until = cfg["generation_kwargs"]["until"]
+    metric = {k: v for k, v in cfg["metric_list"][0].items() if k not in ("metric", "aggregation", "higher_is_better")}
+    filters = {f["name"]: f["filter"][0] for f in cfg["filter_list"]}
+    assert tuple(until) == E.LM_EVAL_UNTIL and tuple(metric["regexes_to_ignore"]) == E.LM_EVAL_IGNORE
+    assert filters["strict-match"]["regex_pattern"] == E.LM_EVAL_STRICT and cfg["num_fewshot"] == E.LM_EVAL_SHOTS
+    assert filters["flexible-extract"]["regex_pattern"] == E.LM_EVAL_FLEXIBLE
+    assert cfg["doc_to_text"] == "Question: {{question}}\nAnswer:" and cfg["metadata"]["version"] == 3.0
+    theirs = []
+    for completion, gold in LM_EVAL_CASES:
+        text = postprocess_generated_text(completion, until, None)
+        scores = []
+        for name in ("strict-match", "flexible-extract"):
+            f = filters[name]
+            pred = list(RegexFilter(f["regex_pattern"], f.get("group_select", 0)).apply([[text]], None))[0][0]
+            scores.append(float(exact_match_hf_evaluate([pred], [gold], **metric)["exact_match"]))
+        theirs.append(tuple(scores))
+    ours = [E.lm_eval_score(c, g) for c, g in LM_EVAL_CASES]
+    assert ours == theirs
+    assert {s for s, _ in ours} == {0.0, 1.0} and {f for _, f in ours} == {0.0, 1.0}  # both outcomes occur
+    assert E.lm_eval_score(" #### 18.00", "#### 18") == (0.0, 0.0)      # the harness's quirk, kept
+
+
+def test_lm_eval_shots_are_the_harness_draw():
+    """The few-shot draw of the harness's ContextSampler (seed 1234, one generator for the task, one
+    rnd.sample per evaluated document in order) and its prompt layout."""
+    pytest.importorskip("lm_eval")
+    from lm_eval.api.samplers import ContextSampler
+    train = [{"question": f"q{i}", "answer": f"a{i}\n#### {i}"} for i in range(200)]
+    sampler = ContextSampler(train, rnd=1234)
+    theirs = [sampler.sample(5) for _ in range(4)]
+    assert E.lm_eval_shots(train, 4) == theirs and theirs[0] != theirs[1]
+    p = E.lm_eval_prompt(" Q? ", theirs[0][:2])
+    assert p == "".join(f"Question: {s['question']}\nAnswer: {s['answer']}\n\n" for s in theirs[0][:2]) + \
+        "Question:  Q? \nAnswer:"
 
 # -----------------------------------------------------------------------------
 # data: the real files, the cache, the checksum, bad input
@@ -76,14 +149,16 @@ def test_real_gsm8k():
     train = E.load_gsm8k("train", GSM8K / "train.jsonl")
     assert len(test) == 1319 and len(train) == 7473
     blank = [p for p in test + train if "\n\n" in p["answer"]]
-    assert len(blank) == 6  # 2 test + 4 train solutions have a blank line, i.e. "stop" mid-answer
+    assert len(blank) == 6  # 2 test + 4 train solutions have a blank line: it ends nothing now
     for p in test + train:
         gold = E.extract_answer(p["answer"])
         assert gold is not None and re.fullmatch(r"-?\d+", gold), p["answer"]
-        assert E.reward(p["answer"], p["answer"]) == (0.0 if p in blank else 1.0)
+        assert E.reward(p["answer"], p["answer"]) == 1.0                  # those six too
+        assert E.lm_eval_score(p["answer"], p["answer"]) == (1.0, 1.0)
         target = E.format_solution(p["answer"])   # the SFT target also earns the reward...
         assert E.reward(target, p["answer"]) == 1.0, target
-        assert "\n\n" not in target and "<<" not in target  # ...and never contains the stop string
+        assert "Question:" not in target and "<<" not in target  # ...and never contains the stop string
+    assert sum("\n\n" in E.format_solution(p["answer"]) for p in blank) == 6
 
 
 @needs_gsm8k
@@ -141,23 +216,15 @@ def test_bad_jsonl(tmp_path):
 def test_prompt():
     assert E.format_prompt("What is 2+2?") == "Question: What is 2+2?\nAnswer:"
     shot = ("Ann has 3 pens.", "She buys 2: 3+2=<<3+2=5>>5 pens.\n\n#### 5")
-    assert E.format_solution(shot[1]) == " She buys 2: 3+2=5 pens.\n#### 5"
+    assert E.format_solution(shot[1]) == " She buys 2: 3+2=5 pens.\n\n#### 5"  # a blank line stays
+    assert E.reward(E.format_solution(shot[1]), shot[1]) == E.reward(shot[1], shot[1]) == 1.0
     p = E.format_prompt("Q2?", [shot, shot])
-    assert p == ("Question: Ann has 3 pens.\nAnswer: She buys 2: 3+2=5 pens.\n#### 5\n\n") * 2 + "Question: Q2?\nAnswer:"
-    assert E.truncate(" 3+2=5\n#### 5\n\nQuestion: more") == " 3+2=5\n#### 5"
+    assert p == ("Question: Ann has 3 pens.\nAnswer: She buys 2: 3+2=5 pens.\n\n#### 5\n\n") * 2 + "Question: Q2?\nAnswer:"
+    assert E.truncate(" 3+2=5\n\n#### 5\n\nQuestion: more") == " 3+2=5\n\n#### 5\n\n"
 
 
 def test_stop_ids():
-    assert E.stop_ids(toy_tokenizer()) == [256]  # bytes only: a blank line is two tokens, cut in text
-    path = SHARED / "qwen2.5-tokenizer" / "tokenizer.json"
-    if not path.exists():
-        pytest.skip("../shared/data/qwen2.5-tokenizer absent")
-    tok = load_tokenizer(str(path))
-    ids = E.stop_ids(tok)
-    assert tok.encode("\n\n") == [271] and 271 in ids and 151643 in ids
-    assert tok.encode(".\n\n")[0] in ids
-    assert all("\n\n" in tok.decode([i]) for i in ids if i != 151643)
-    assert tok.encode("\n") [0] not in ids and len(ids) == 566
+    assert E.stop_ids(toy_tokenizer()) == [256]  # eos; "Question:" is text, found by generate()
 
 # -----------------------------------------------------------------------------
 # the toy task
@@ -193,10 +260,10 @@ def test_evaluate_counts(monkeypatch):
               2: " #### 3",                 # strict wrong, formatted
               3: " it is 3",                # flexible right only, no format
               4: " no idea",                # nothing
-              5: " #### 9\n\n#### 5"}       # wrong: the answer after the blank line is ignored
+              5: " #### 9\n\nQuestion: 5?\n#### 5"}  # wrong: the answer after "Question:" is ignored
 
-    def fake_generate(model, prompts, max_new_tokens, temperature, stop_ids):
-        assert temperature == 0.0 and stop_ids == [256] and len(prompts) <= 4
+    def fake_generate(model, prompts, max_new_tokens, temperature, stop_ids, stop_strings, tokenizer):
+        assert temperature == 0.0 and stop_ids == [256] and stop_strings == ("Question:",) and len(prompts) <= 4
         ids = [int(re.search(r"problem (\d+)\nAnswer:$", tok.decode(p)).group(1)) for p in prompts]
         return [tok.encode(canned[i]) for i in ids]
     monkeypatch.setattr(E, "generate", fake_generate)

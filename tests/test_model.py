@@ -153,10 +153,114 @@ def test_sampling_is_seeded_and_logprobs_match_trainer(toy_dir):
         assert torch.allclose(re, torch.tensor(lp[i]), atol=1e-5)
 
 
+def lively(toy_dir):
+    """The random toy with its projections ×5: varied text instead of one repeated token."""
+    m = load_model(toy_dir, device="cpu", dtype=torch.float32)
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if name.endswith("proj.weight"):
+                p.mul_(5.0)
+    return m
+
+
+def test_samples_are_a_function_of_prompt_key_and_index(toy_dir):
+    """Counter-based sampling: a prompt's samples are the same alone, in a batch, in any order, and
+    when other rows finish early and leave the batch; another key gives other samples."""
+    m = lively(toy_dir)
+    prompts = [[5, 6, 7], [40, 41, 42, 43, 44, 45, 46, 47, 48], [100], [9, 9, 9, 9]]
+    keys = [3, 1 << 40, -7, 12345]                      # any integers, 64-bit and negative too
+    run = lambda ps, ks, **kw: generate(m, ps, 24, temperature=1.0, n=3, keys=ks, **kw)
+    alone = [run([p], [k]) for p, k in zip(prompts, keys)]
+    assert run(prompts, keys) == sum(alone, [])
+    order = [2, 0, 3, 1]
+    assert run([prompts[i] for i in order], [keys[i] for i in order]) == sum((alone[i] for i in order), [])
+    assert len({tuple(c) for c in alone[1]}) == 3        # the n samples of a prompt differ
+    assert run([prompts[1]], [keys[1] + 1]) != alone[1]
+    # rows that stop early leave the batch (at different checks): the others do not notice
+    stop = [alone[0][0][3], alone[2][1][2]]
+    for check_every in (1, 4):
+        cut = run(prompts, keys, stop_ids=stop, check_every=check_every)
+        for full, c in zip(sum(alone, []), cut):
+            first = next((i for i, t in enumerate(full) if t in stop), None)
+            assert c == (full if first is None else full[:first + 1])
+    assert sum(len(c) < 24 for c in cut) >= 3
+
+
+def test_gumbel_sampler_matches_softmax():
+    """Frequencies of 40,000 draws (over keys; 1,000 over positions of one key) against
+    softmax(logits / T), and against the renormalized nucleus with top-p: chi-square, 5 degrees of
+    freedom, bound 40 (a correct sampler exceeds it with probability ~1e-7)."""
+    logits = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0, -3.0]])
+    N, V = 40000, logits.shape[1]
+
+    def chi2(toks, p):
+        counts = torch.bincount(toks, minlength=V).double()
+        keep = p > 0
+        assert counts[~keep].sum() == 0
+        return ((counts[keep] - N * p[keep]) ** 2 / (N * p[keep])).sum().item()
+
+    for T in (1.0, 0.7):
+        p = (logits[0].double() / T).softmax(-1)
+        by_key = model.sample_token(logits.expand(N, V), T, 1.0, model.row_keys(range(N), 1, "cpu"), 0)[0]
+        key = model.row_keys([0], 1, "cpu")
+        by_pos = torch.cat([model.sample_token(logits, T, 1.0, key, t)[0] for t in range(N // 40)])
+        assert chi2(by_key, p) < 40 and chi2(torch.cat([by_pos] * 40), p) < 40 * 40
+    nucleus = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 0.0]).double()
+    p = logits[0].double().softmax(-1)
+    nucleus[:3] = p[:3] / p[:3].sum()                    # .51 + .19 < 0.8 <= .51 + .19 + .11
+    toks = model.sample_token(logits.expand(N, V), 1.0, 0.8, model.row_keys(range(N), 1, "cpu"), 0)[0]
+    assert chi2(toks, nucleus) < 40
+    # the noise: uniform bits, no exact 0 or 1 reaching the Gumbel
+    g = model.gumbel_noise(model.row_keys(range(8), 1, "cpu"), 5, 151936)
+    assert torch.isfinite(g).float().mean() > 0.9999 and not torch.isposinf(g).any()
+    assert abs(g.mean().item() - 0.5772) < 0.01                  # the Euler-Mascheroni constant
+
+
+def stop_cut(tokenizer, ids, stop_strings):
+    """The reference: ids up to the first token whose prefix text contains a stop string."""
+    for L in range(len(ids)):
+        if any(s in tokenizer.decode(ids[:L + 1]) for s in stop_strings):
+            return ids[:L + 1]
+    return ids
+
+
+def pick_stops(tokenizer, completions, k=3, length=2):
+    """Stop strings that occur in these completions: a few `length`-character pieces of their text
+    (no replacement characters), taken from their middles."""
+    stops = []
+    for c in completions:
+        text = tokenizer.decode(c)
+        for a in range(len(text) // 2, len(text) - length):
+            s = text[a:a + length]
+            if "\ufffd" not in s and s.isprintable() and s not in stops:
+                stops.append(s)
+                break
+        if len(stops) == k:
+            break
+    return stops
+
+
+def test_stop_strings_cut_where_the_text_check_does(toy_dir):
+    """Batched, ragged, n > 1, greedy and sampled, any check period: each row ends at the token
+    whose text completes a stop string (the byte tokenizer: strings of several tokens)."""
+    m, tok = lively(toy_dir), model.toy_tokenizer()
+    prompts = [[5, 6, 7], [40, 41, 42, 43, 44, 45, 46, 47, 48], [100], [9, 9, 9, 9]]
+    for temperature in (0.0, 1.0):
+        full = generate(m, prompts, 30, temperature=temperature, n=2, keys=[1, 2, 3, 4])
+        stops = pick_stops(tok, full)
+        ref = [stop_cut(tok, c, stops) for c in full]
+        assert len(stops) == 3 and sum(len(r) < 30 for r in ref) >= 3
+        for check_every in (1, 3, 8, 64):
+            out, lps = generate(m, prompts, 30, temperature=temperature, n=2, keys=[1, 2, 3, 4],
+                                stop_strings=stops, tokenizer=tok, check_every=check_every,
+                                return_logprobs=True)
+            assert out == ref, (check_every, temperature)
+            assert [len(lp) for lp in lps] == [len(r) for r in ref]
+
+
 def test_top_p_keeps_the_nucleus(toy_dir):
     logits = torch.tensor([[3.0, 2.0, 1.0, -5.0]])
-    g = torch.Generator().manual_seed(0)
-    toks = {model.sample_token(logits, 1.0, 0.7, g)[0].item() for _ in range(200)}
+    toks = set(model.sample_token(logits.expand(200, 4), 1.0, 0.7, model.row_keys(range(200), 1, "cpu"), 0)[0].tolist())
     assert toks == {0, 1}                              # p = .66, .24, .09: 0 alone is < 0.7
 
 
