@@ -275,7 +275,7 @@ def bits_table(cfg, name, rank, targets, args):
             for e, b, p in rows]
 
 
-SMALL_ADAPTERS = [("tinylora", 2, 1, 1.0), ("tinylora", 2, 13, 1.0), ("tinylora", 2, 13, 0.5), ("tinylora", 2, 13, 0.0),
+SMALL_ADAPTERS = [("tinylora", 2, 1, 1.0), ("tinylora", 2, 1, 0.0), ("tinylora", 2, 13, 1.0), ("tinylora", 2, 13, 0.5), ("tinylora", 2, 13, 0.0),
                   ("loraxs", 1, 0, 0.0), ("loraxs", 2, 0, 0.0), ("loraxs", 16, 0, 0.0), ("lora", 1, 0, 0.0)]
 
 

@@ -1,7 +1,7 @@
 """
 LoRA by hand: a frozen nn.Linear plus a trainable low-rank update, saved in PEFT's file format.
 
-    python lora.py                           # toy self-check + LoRA parameter counts for Qwen2.5-3B
+    python lora.py                           # toy self-check (LoRA, LoRA-XS, TinyLoRA) + LoRA parameter counts for Qwen2.5-3B
     python lora.py --config path/to/config.json --ranks 1,8,64   # counts for another model
 
 y = W x + b + (α/r)·B(A x): W and b frozen, A (r, in) Kaiming-uniform, B (out, r) zero, so a fresh
@@ -836,4 +836,25 @@ if __name__ == "__main__":
         best_err = sum((torch.linalg.svdvals(W)[k:] ** 2).sum().item() for W in dense_W)  # Eckart-Young
         print(f"rank-{k} truncation error {trunc_err:.6e} vs dense SVD optimum {best_err:.6e}")
         assert abs(trunc_err - best_err) <= 1e-9 * best_err, (trunc_err, best_err)
+        # --- below rank 1: TinyLoRA (u = 13, fully tied: 13 parameters) and LoRA-XS (rank 2)
+        for kind, apply in (("tinylora", lambda m: apply_tinylora(m, 13, 2, tie=1.0, verbose=False)),
+                            ("loraxs", lambda m: apply_loraxs(m, 2, verbose=False))):
+            model = apply(load_model(os.path.join(tmp, "base"), device="cpu", dtype=torch.float32, verbose=False))
+            n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            with torch.no_grad():
+                assert torch.equal(model(ids), base_logits), f"fresh {kind} is not the identity"
+                for p in model.parameters():
+                    if p.requires_grad:
+                        p.normal_(0, 0.3)
+                logits = model(ids)
+                save_adapter(model, os.path.join(tmp, kind))
+                other = load_adapter(load_model(os.path.join(tmp, "base"), device="cpu", dtype=torch.float32,
+                                                verbose=False), os.path.join(tmp, kind), verbose=False)
+                assert torch.equal(other(ids), logits), f"{kind} save/load round trip changed the logits"
+                f = load_factors(os.path.join(tmp, kind))
+                err = max(((f[n][0] * f[n][1] @ f[n][2]) - m.delta_weight()).abs().max().item()
+                          for n, m in adapter_modules(model).items())
+            print(f"{kind}: {n_train} trainable parameters, fresh = identity, round trip exact, "
+                  f"factored (B, R·A) vs dense ΔW max error {err:.1e}")
+            assert err < 1e-6, err
     print("lora.py: all checks passed")

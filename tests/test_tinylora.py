@@ -325,3 +325,48 @@ def test_grpo_kill_and_resume_is_exact(toy_dir, tmp_path, monkeypatch, adapter):
     assert any(B.abs().max() * A.abs().max() > 0 and (B @ A).abs().max() > 0 for _, B, A in trained.values()), "nothing trained"
     cfg = json.loads((a / "step_000004" / "adapter_config.json").read_text())
     assert cfg["peft_type"] == ("TINYLORA" if adapter == "tinylora" else "LORA")
+
+
+@pytest.mark.parametrize("adapter,rank,targets", [("tinylora", 2, "all"), ("loraxs", 3, "mlp")])
+def test_step_flops_match_counter(adapter, rank, targets):
+    """flops.step_flops for the frozen-A/B branch (dR only, no dA/dB) against torch's FLOP counter."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+    from model import Qwen2, Qwen2Config
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=96, hidden_size=64, intermediate_size=112, num_hidden_layers=3,
+                      num_attention_heads=4, num_key_value_heads=2)
+    m, (B, T) = Qwen2(cfg), (2, 24)
+    lora.apply_adapter(m, adapter, rank, u=3, targets=flops.TARGETS[targets], verbose=False)
+    ids = torch.randint(0, cfg.vocab_size, (B, T))
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        m(ids).square().mean().backward()
+    rows = flops.step_flops(cfg, B, T, rank, targets, adapter)
+    assert abs(counter.get_total_flops() - flops.total(rows)) <= 1e-9 * flops.total(rows), \
+        (counter.get_total_flops(), flops.total(rows))
+    lora_rows = flops.step_flops(cfg, B, T, rank, targets)  # LoRA of the same rank also pays dA and dB
+    assert flops.total(lora_rows) > flops.total(rows)
+
+
+def test_bf16_base_keeps_float32_factors(toy_dir):
+    m = load_model(toy_dir, device="cpu", dtype=torch.bfloat16, verbose=False)
+    apply_tinylora(m, 13, tie=1.0, targets="mlp", verbose=False)
+    mod = next(iter(adapter_modules(m).values()))
+    assert {t.dtype for t in (mod.tinylora_A, mod.tinylora_B, mod.tinylora_P, mod.tinylora_v)} == {torch.float32}
+    logits = m(ids_for(TOY_CONFIG.vocab_size))
+    assert logits.dtype == torch.bfloat16
+    logits.float().logsumexp(-1).mean().backward()
+    assert mod.tinylora_v.grad.dtype == torch.float32 and mod.tinylora_v.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("kind", ["loraxs", "tinylora"])
+def test_merged_equals_unmerged(toy_dir, kind):
+    m, ids = toy(toy_dir), ids_for(TOY_CONFIG.vocab_size)
+    hf_names = set(toy(toy_dir).state_dict())
+    apply(kind, m)
+    randomize(m, STD[kind])
+    with torch.no_grad():
+        unmerged = m(ids)
+        merged = merge_lora(m)(ids)
+    assert not adapter_modules(m) and set(m.state_dict()) == hf_names
+    assert rel_err(merged, unmerged) < 1e-5
