@@ -496,7 +496,10 @@ def save_adapter(model, out_dir, base_model_name_or_path=None):
     elif os.path.exists(sidecar):  # a stale one would make this folder read as LoRA-XS
         os.remove(sidecar)
     _write(os.path.join(out_dir, "adapter_model.safetensors"), lambda p: save_file(tensors, p, metadata={"format": "pt"}))
-    _write(os.path.join(out_dir, "adapter_config.json"), lambda p: json.dump(config, open(p, "w"), indent=2))
+    def write_json(p):
+        with open(p, "w") as f:
+            json.dump(config, f, indent=2)
+    _write(os.path.join(out_dir, "adapter_config.json"), write_json)
 
 
 def read_adapter(in_dir):
