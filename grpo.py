@@ -164,6 +164,8 @@ if __name__ == "__main__":
         args.rank = 2 if args.adapter == "tinylora" else 1
     if args.adapter != "lora" and args.rank == 0:
         parser.error(f"--adapter {args.adapter} needs --rank >= 1 (--rank 0 is full fine-tuning, --adapter lora)")
+    if args.u < 1 or not 0.0 <= args.tie <= 1.0:
+        parser.error(f"TinyLoRA needs --u >= 1 and --tie in [0, 1], got --u {args.u}, --tie {args.tie}")
     preset = dict(model="runs/toy_base", task="toy", batch=32, group=8, max_new_tokens=48, steps=60, lr=2e-3,
                   micro_batch=0, eval_every=10, eval_limit=256, eval_batch_size=256) if args.toy else \
         dict(model="Qwen/Qwen2.5-3B", task="gsm8k", batch=32, group=8, max_new_tokens=512, steps=200, lr=5e-5,

@@ -168,6 +168,8 @@ if __name__ == "__main__":
         args.rank = 2  # the paper's SVD rank, PEFT's default
     if args.adapter != "lora" and (scratch or args.rank == 0):
         parser.error(f"--adapter {args.adapter} adapts a base model: it needs --model and --rank >= 1")
+    if args.u < 1 or not 0.0 <= args.tie <= 1.0:
+        parser.error(f"TinyLoRA needs --u >= 1 and --tie in [0, 1], got --u {args.u}, --tie {args.tie}")
     if scratch:
         preset = dict(task="toy", rank=0, steps=1500, batch_size=64, micro_batch=0, bucket=1, lr=3e-3, warmup=50, eval_every=100,
                       eval_limit=256, eval_batch_size=256, max_new_tokens=48, target_acc=0.4, save_every=0)
