@@ -14,9 +14,10 @@ PCA from the Gram matrix K[i, j] = <u_i, u_j> (kernel PCA: the eigenvectors of t
 are the PC scores up to √λ), and a point of the PC plane is a linear combination of checkpoints,
 so it is itself a factored adapter (stacked factors, lora.combine) evaluated as is, unmerged.
 
-Step 0: B = 0 at init (R = 0 for LoRA-XS, v = 0 for TinyLoRA), so every run starts at the origin ΔW = 0. A run with no step_000000 folder
-gets that origin as its first point, and it joins the PCA like any checkpoint (the trajectories
-all start from the same base model, and the plane then reaches back to it).
+Step 0: B = 0 at init (R = 0 for LoRA-XS, v = 0 for TinyLoRA), so every run starts at the origin
+ΔW = 0. A run with no step_000000 folder gets that origin as its first point, and it joins the PCA
+like any checkpoint (the trajectories all start from the same base model, and the plane then
+reaches back to it).
 Full fine-tuning runs (no adapter) are skipped with a note: their update is dense. LoRA-XS and
 TinyLoRA runs join as rank-r factored updates (lora.py), beside LoRA runs of any rank.
 """
