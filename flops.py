@@ -6,6 +6,11 @@ bits-versus-capacity calculator: how much an RL or SFT run can teach versus what
     python flops.py --model Qwen/Qwen2.5-3B --rank 64
     python flops.py --model Llama-3.1-8B --rank 1 --targets mlp --json
     python flops.py --model toy_base                 # any folder with a config.json
+    python flops.py --adapter tinylora --u 13 --tie 1   # TinyLoRA's 13 parameters (26 bits) at 3B
+
+Below rank 1 (lora.py): LoRA-XS trains r² numbers per matrix, TinyLoRA u per group of tied
+matrices (u × round(n·(1 - tie)) for n adapted matrices, PEFT's grouping); both keep A and B
+frozen, so their backward skips dA and dB and pays only the small dR.
 
 Everything is arithmetic on the config: the built-in shapes need no download. Conventions:
 - A FLOP is a multiply or an add, so a matmul (m×k)@(k×n) costs 2·m·k·n. Only matmuls are
@@ -33,7 +38,12 @@ def parse_args(argv=None):
     # the model and the adapter
     parser.add_argument("--model", default="Qwen2.5-3B", help=f"built-in name ({', '.join(SHAPES)}; 'Qwen/' "
                         "or 'meta-llama/' prefix optional) or a local folder / config.json")
-    parser.add_argument("--rank", type=int, default=1, help="LoRA rank (the full fine-tuning numbers are always shown too)")
+    parser.add_argument("--adapter", default="lora", choices=("lora", "loraxs", "tinylora"), help="lora: B·A; loraxs: R (r x r) "
+                        "inside W's top-r SVD; tinylora: R = Σ v_i P_i, u parameters per group (lora.py)")
+    parser.add_argument("--rank", type=int, default=None, help="LoRA rank (LoRA-XS, TinyLoRA: the SVD rank r); default 1, "
+                        "2 for tinylora (the full fine-tuning numbers are always shown too)")
+    parser.add_argument("--u", type=int, default=13, help="TinyLoRA: trainable parameters per group")
+    parser.add_argument("--tie", type=float, default=0.0, help="TinyLoRA weight tying (PEFT's): 0 = one v per matrix, 1 = one v for all")
     parser.add_argument("--targets", default="all", choices=list(TARGETS), help="adapted projections: all seven, attn (q,k,v,o), mlp (gate,up,down)")
     # one training step
     parser.add_argument("--batch", type=int, default=None, help="sequences per training step (default: prompts × samples = 256)")
@@ -49,6 +59,10 @@ def parse_args(argv=None):
     parser.add_argument("--sft-loss", type=float, default=0.5, help="SFT loss in nats/token (default 0.5 is an assumption: pass sft.py's measured value)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     args = parser.parse_args(argv)
+    if args.rank is None:
+        args.rank = 2 if args.adapter == "tinylora" else 1
+    if not 0.0 <= args.tie <= 1.0 or args.u < 1:
+        parser.error(f"--tie must lie in [0, 1] and --u be >= 1, got --tie {args.tie}, --u {args.u}")
     if args.rank < 1:
         parser.error(f"--rank must be >= 1, got {args.rank} (full fine-tuning is always shown alongside)")
     return args
@@ -112,27 +126,48 @@ def count_lora_params(cfg, rank, targets="all"):
     return cfg.num_hidden_layers * sum(rank * sum(shapes[t]) for t in TARGETS[targets])
 
 
+def count_loraxs_params(cfg, rank, targets="all"):
+    """R (r×r) per adapted matrix, whatever its shape."""
+    return cfg.num_hidden_layers * len(TARGETS[targets]) * rank * rank
+
+
+def count_tinylora_params(cfg, u, tie, targets="all"):
+    """u per group; PEFT's round(n·(1 - tie)) groups of the n adapted matrices (at least one)."""
+    n = cfg.num_hidden_layers * len(TARGETS[targets])
+    return u * max(1, round(n * (1.0 - tie)))
+
+
+def count_adapter_params(cfg, adapter, rank, u=13, tie=0.0, targets="all"):
+    return {"lora": lambda: count_lora_params(cfg, rank, targets), "loraxs": lambda: count_loraxs_params(cfg, rank, targets),
+            "tinylora": lambda: count_tinylora_params(cfg, u, tie, targets)}[adapter]()
+
+
 # -----------------------------------------------------------------------------
 # One training step: forward + backward on B×T tokens
 
 ROWS = (*TARGETS["all"], "attn_scores", "attn_values", "lm_head", "lora")
 
 
-def _linear(rows, name, n, d_in, d_out, grad_in, train_w, rank):
-    """Add y = x·Wᵀ (+ the LoRA branch x·Aᵀ·Bᵀ) on n tokens; return whether y needs a gradient."""
+def _linear(rows, name, n, d_in, d_out, grad_in, train_w, rank, adapter="lora"):
+    """Add y = x·Wᵀ (+ the LoRA branch x·Aᵀ·Bᵀ, or x·Aᵀ·Rᵀ·Bᵀ) on n tokens; return whether y needs a gradient."""
     mm = 2 * n * d_in * d_out
     rows[name][0] += mm
     rows[name][1] += mm if grad_in else 0       # dX = dY·W, only if x needs a gradient
     rows[name][2] += mm if train_w else 0       # dW = dYᵀ·X, only if W trains
-    if rank:
+    if rank and adapter == "lora":
         a, b = 2 * n * d_in * rank, 2 * n * rank * d_out  # x·Aᵀ, then (x·Aᵀ)·Bᵀ
         rows["lora"][0] += a + b
         rows["lora"][1] += b + (a if grad_in else 0)      # d(x·Aᵀ) = dY·B, then dX += d(x·Aᵀ)·A
         rows["lora"][2] += a + b                          # dB = dYᵀ·(x·Aᵀ), dA = d(x·Aᵀ)ᵀ·x
+    elif rank:  # LoRA-XS, TinyLoRA: A and B frozen, only R (r×r) trains
+        a, rr, b = 2 * n * d_in * rank, 2 * n * rank * rank, 2 * n * rank * d_out  # h = x·Aᵀ, g = h·Rᵀ, g·Bᵀ
+        rows["lora"][0] += a + rr + b
+        rows["lora"][1] += b + (rr + a if grad_in else 0)  # dg = dY·B, then dh = dg·R and dX += dh·A
+        rows["lora"][2] += rr                              # dR = dgᵀ·h (R = Σ v_i P_i is no matmul)
     return grad_in or train_w or rank > 0
 
 
-def step_flops(cfg, batch, seq_len, rank=0, targets="all"):
+def step_flops(cfg, batch, seq_len, rank=0, targets="all", adapter="lora"):
     """{row: [forward, input-gradient, weight-gradient]} FLOPs of one step; rank 0 = full fine-tuning.
 
     Autograd computes a gradient only for tensors that need one. In full fine-tuning the
@@ -145,7 +180,7 @@ def step_flops(cfg, batch, seq_len, rank=0, targets="all"):
     rows = {r: [0, 0, 0] for r in ROWS}
 
     def linear(name, grad_in):
-        return _linear(rows, name, n, *shapes[name], grad_in, full, 0 if full or name not in adapted else rank)
+        return _linear(rows, name, n, *shapes[name], grad_in, full, 0 if full or name not in adapted else rank, adapter)
 
     grad = full  # does the residual stream need a gradient?
     att = 2 * B * H * T * T * D  # one (T×D)@(D×T) per head and sequence; K/V heads are shared (GQA), not the work
@@ -189,13 +224,13 @@ def sampling_flops(cfg, prompts, samples, prompt_len, new_tokens):
     return {"prefill": prefill, "decode": decode, "total": prefill + decode}
 
 
-def grpo_step_flops(cfg, prompts, samples, prompt_len, new_tokens, rank, targets):
+def grpo_step_flops(cfg, prompts, samples, prompt_len, new_tokens, rank, targets, adapter="lora"):
     """Sampling + one training step on the B·G prompt+completion sequences (KL off, the default:
     the sampler's log-probs serve as the old policy, so no extra forward). model.token_logprobs
     checkpoints the lm_head chunks, so backward recomputes the head once more: counted here."""
     n_seq, T = prompts * samples, prompt_len + new_tokens
     sample = sampling_flops(cfg, prompts, samples, prompt_len, new_tokens)["total"]
-    train = total(step_flops(cfg, n_seq, T, rank, targets)) + 2 * n_seq * T * cfg.hidden_size * cfg.vocab_size
+    train = total(step_flops(cfg, n_seq, T, rank, targets, adapter)) + 2 * n_seq * T * cfg.hidden_size * cfg.vocab_size
     return {"sampling": sample, "training": train, "total": sample + train}
 
 
@@ -220,19 +255,35 @@ def rl_bits_per_episode(group, reward_values=2):
     return min(math.log2(reward_values), math.log2(distinct_advantages(group)))
 
 
+def adapter_label(adapter, rank, u, tie):
+    return {"lora": f"r={rank}", "loraxs": f"LoRA-XS r={rank}", "tinylora": f"TinyLoRA u={u} tie={tie:g}"}[adapter]
+
+
 def bits_table(cfg, name, rank, targets, args):
-    """Worked examples: (label, bits the data can carry, LoRA parameters, capacity in bits)."""
+    """Worked examples: (label, bits the data can carry, adapter parameters (--adapter), capacity in bits)."""
     llama = get_config("Llama-3.1-8B")
-    lora_llama, lora_here = count_lora_params(llama, 1), count_lora_params(cfg, rank, targets)
+    lora_llama, lora_here = count_lora_params(llama, 1), count_adapter_params(cfg, args.adapter, rank, args.u, args.tie, targets)
+    label = adapter_label(args.adapter, rank, args.u, args.tie)
     episodes = args.steps * args.prompts * args.samples
     sft = args.sft_tokens * args.sft_loss / math.log(2)  # nats -> bits
     rows = [("MATH 10k problems × 32 samples, Llama-3.1-8B r=1", 10_000 * 32 * rl_bits_per_episode(32), lora_llama),
             ("DeepSeek-R1-Zero 5.3M episodes, Llama-3.1-8B r=1", 5.3e6 * 1.0, lora_llama),  # ≤ 1 bit each
-            (f"GRPO {args.steps}×{args.prompts}×{args.samples} episodes, {name} r={rank}",
+            (f"GRPO {args.steps}×{args.prompts}×{args.samples} episodes, {name} {label}",
              episodes * rl_bits_per_episode(args.samples), lora_here),
-            (f"SFT {args.sft_tokens:,} tok × {args.sft_loss} nats, {name} r={rank}", sft, lora_here)]
+            (f"SFT {args.sft_tokens:,} tok × {args.sft_loss} nats, {name} {label}", sft, lora_here)]
     return [dict(example=e, bits=b, lora_params=p, capacity_bits=p * BITS_PER_PARAM, fill=b / (p * BITS_PER_PARAM))
             for e, b, p in rows]
+
+
+SMALL_ADAPTERS = [("tinylora", 2, 1, 1.0), ("tinylora", 2, 1, 0.0), ("tinylora", 2, 13, 1.0), ("tinylora", 2, 13, 0.5), ("tinylora", 2, 13, 0.0),
+                  ("loraxs", 1, 0, 0.0), ("loraxs", 2, 0, 0.0), ("loraxs", 16, 0, 0.0), ("lora", 1, 0, 0.0)]
+
+
+def small_adapters_table(cfg, targets="all"):
+    """Trainable parameters and their capacity (2 bits each) from 1 parameter up to rank-1 LoRA."""
+    return [dict(adapter=a, rank=r, u=u if a == "tinylora" else None, tie=t if a == "tinylora" else None,
+                 label=("LoRA " if a == "lora" else "") + adapter_label(a, r, u, t), params=(p := count_adapter_params(cfg, a, r, u, t, targets)),
+                 capacity_bits=p * BITS_PER_PARAM) for a, r, u, t in SMALL_ADAPTERS]
 
 
 # -----------------------------------------------------------------------------
@@ -260,13 +311,16 @@ if __name__ == "__main__":
     name = os.path.basename(args.model.rstrip("/")) if os.path.exists(args.model) else args.model.split("/")[-1]
     B = args.batch or args.prompts * args.samples
     T = args.seq_len or args.prompt_len + args.new_tokens
-    full, lora = step_flops(cfg, B, T), step_flops(cfg, B, T, args.rank, args.targets)
+    full, lora = step_flops(cfg, B, T), step_flops(cfg, B, T, args.rank, args.targets, args.adapter)
     sample = sampling_flops(cfg, args.prompts, args.samples, args.prompt_len, args.new_tokens)
-    grpo = {k: grpo_step_flops(cfg, args.prompts, args.samples, args.prompt_len, args.new_tokens, r, args.targets)
+    grpo = {k: grpo_step_flops(cfg, args.prompts, args.samples, args.prompt_len, args.new_tokens, r, args.targets, args.adapter)
             for k, r in (("full", 0), ("lora", args.rank))}
+    label = adapter_label(args.adapter, args.rank, args.u, args.tie)
     bits = bits_table(cfg, name, args.rank, args.targets, args)
-    out = dict(model=name, rank=args.rank, targets=args.targets, batch=B, seq_len=T,
-               params=count_params(cfg), lora_params=count_lora_params(cfg, args.rank, args.targets),
+    out = dict(model=name, rank=args.rank, targets=args.targets, batch=B, seq_len=T, adapter=args.adapter,
+               u=args.u, tie=args.tie, params=count_params(cfg), lora_params=count_lora_params(cfg, args.rank, args.targets),
+               adapter_params=count_adapter_params(cfg, args.adapter, args.rank, args.u, args.tie, args.targets),
+               small_adapters=small_adapters_table(cfg, args.targets),
                lora_params_by_targets={t: count_lora_params(cfg, args.rank, t) for t in TARGETS},
                flops_full=total(full), flops_lora=total(lora), ratio=total(lora) / total(full),
                split_full={r: dict(zip(("fwd", "dx", "dw"), v)) for r, v in full.items()},
@@ -284,7 +338,9 @@ if __name__ == "__main__":
           f" ({100 * out['lora_params'] / out['params']:.4f}% with {args.targets})")
     print(f"\none training step on {B} × {T} = {B * T:,} tokens (FLOPs; dX = input gradients, dW = weight gradients)")
     print_split("full fine-tuning", full)
-    print_split(f"LoRA rank {args.rank} ({args.targets})", lora)
+    if args.adapter != "lora":
+        print(f"{label}: {out['adapter_params']:,} trainable parameters with {args.targets}")
+    print_split(f"{'LoRA rank ' + str(args.rank) if args.adapter == 'lora' else label} ({args.targets})", lora)
     matmul = L * sum(i * o for i, o in matrix_shapes(cfg).values()) + cfg.vocab_size * C  # + lm_head; the lookup is no matmul
     print(f"\nLoRA / full = {out['ratio']:.4f}  (2/3 = 0.6667; attention has no weights, so it costs 3× forward in both)")
     print(f"rule of thumb 6·N·tokens = {si(6 * matmul * B * T)} (N = {matmul:,} matmul parameters, attention left out)")
@@ -296,8 +352,11 @@ if __name__ == "__main__":
     G = args.samples
     print(f"\nbits vs capacity: an episode carries ≤ log2(#reward values) = 1 bit for a binary reward "
           f"(its advantage takes ≤ 2G-1 = {distinct_advantages(G)} values, log2 = {math.log2(distinct_advantages(G)):.2f}); "
-          f"capacity = LoRA params × {BITS_PER_PARAM:g} bits")
+          f"capacity = adapter params × {BITS_PER_PARAM:g} bits")
     print("fill = bits / capacity: below 1, the adapter can hold all the run can teach")
-    print(f"{'example':60s} {'bits':>9s} {'LoRA params':>12s} {'capacity':>9s} {'fill':>7s}")
+    print(f"{'example':60s} {'bits':>9s} {'params':>12s} {'capacity':>9s} {'fill':>7s}")
     for b in bits:
         print(f"{b['example']:60s} {si(b['bits'])} {b['lora_params']:12,d} {si(b['capacity_bits'])} {b['fill']:7.3f}")
+    print(f"\nbelow rank 1 ({args.targets}): trainable parameters and their capacity at {BITS_PER_PARAM:g} bits each")
+    for row in out["small_adapters"]:
+        print(f"{row['label']:28s} {row['params']:12,d} parameters {row['capacity_bits']:14,.0f} bits")

@@ -14,10 +14,12 @@ PCA from the Gram matrix K[i, j] = <u_i, u_j> (kernel PCA: the eigenvectors of t
 are the PC scores up to √λ), and a point of the PC plane is a linear combination of checkpoints,
 so it is itself a factored adapter (stacked factors, lora.combine) evaluated as is, unmerged.
 
-Step 0: B = 0 at init, so every run starts at the origin ΔW = 0. A run with no step_000000 folder
-gets that origin as its first point, and it joins the PCA like any checkpoint (the trajectories
-all start from the same base model, and the plane then reaches back to it).
-Full fine-tuning runs (no adapter) are skipped with a note: their update is dense.
+Step 0: B = 0 at init (R = 0 for LoRA-XS, v = 0 for TinyLoRA), so every run starts at the origin
+ΔW = 0. A run with no step_000000 folder gets that origin as its first point, and it joins the PCA
+like any checkpoint (the trajectories all start from the same base model, and the plane then
+reaches back to it).
+Full fine-tuning runs (no adapter) are skipped with a note: their update is dense. LoRA-XS and
+TinyLoRA runs join as rank-r factored updates (lora.py), beside LoRA runs of any rank.
 """
 import argparse
 import json
@@ -45,28 +47,38 @@ import runs as run_folders  # "runs" below is the list of run names
 
 
 class Adapter(Mapping):
-    """A saved PEFT adapter as a read-only {module: (scale, B, A)} mapping (lora_factors' form) that
+    """A saved adapter as a read-only {module: (scale, B, A)} mapping (lora_factors' form) that
     reads a matrix from the safetensors file only when asked: the Gram over hundreds of checkpoints
-    then holds one matrix's factors at a time, not every checkpoint (rank-16 3B adapters are 120 MB)."""
+    then holds one matrix's factors at a time, not every checkpoint (rank-16 3B adapters are 120 MB).
+    PEFT LORA folders (LoRA-XS's included: lora_A = R·A) give (α/r, B, A); TINYLORA folders give
+    (1, B, R·A) with R = Σ v_i P_i of the module's group, so every kind lands in one space."""
 
     def __init__(self, folder):
         path = os.path.join(folder, "adapter_config.json")
         c = qwen.read_json(path)
         c = c if isinstance(c, dict) else {}
         bad = {k: c[k] for k in ("rank_pattern", "alpha_pattern", "use_dora", "fan_in_fan_out") if c.get(k)}
-        if c.get("peft_type") != "LORA" or bad or not {"r", "lora_alpha"} <= c.keys():
-            raise qwen.UserError(f"{path}: not a plain LoRA adapter config (peft_type {c.get('peft_type')!r}, "
-                                 f"r {c.get('r')!r}, lora_alpha {c.get('lora_alpha')!r}, {bad or 'no unsupported options'})")
+        kind = c.get("peft_type")
+        need = {"r", "lora_alpha"} if kind == "LORA" else {"r", "u", "weight_tying", "projection_seed"}
+        if kind not in ("LORA", "TINYLORA") or bad or not need <= c.keys():
+            raise qwen.UserError(f"{path}: not a plain LoRA or TinyLoRA adapter config (peft_type {kind!r}, "
+                                 f"missing {sorted(need - c.keys()) or 'nothing'}, {bad or 'no unsupported options'})")
         self.config = c
-        self.scale = c["lora_alpha"] / (math.sqrt(c["r"]) if c.get("use_rslora") else c["r"])  # α/r or α/√r
         # the header is checked against the file's size now: a truncated file fails here, by name
         self.file = qwen.open_safetensors(os.path.join(folder, "adapter_model.safetensors"))
-        n, suffix = len(lora.PEFT_PREFIX), ".lora_A.weight"
+        n, suffix = len(lora.PEFT_PREFIX), ".lora_A.weight" if kind == "LORA" else ".tinylora_A"
         self.names = {k[n:-len(suffix)]: None for k in self.file.keys() if k.endswith(suffix)}
+        if kind == "TINYLORA":  # {name: (index among the targets, group of v)}
+            self.scale, self.layout, self.keys = 1.0, lora.tinylora_layout(c, list(self.names)), set(self.file.keys())
+        else:
+            self.scale = c["lora_alpha"] / (math.sqrt(c["r"]) if c.get("use_rslora") else c["r"])  # α/r or α/√r
 
     def __getitem__(self, name):
         if name not in self.names:
             raise KeyError(name)
+        if self.config["peft_type"] == "TINYLORA":
+            get = lambda key: self.file.get_tensor(key) if key in self.keys else None
+            return lora.tinylora_file_factors(self.config, get, name, *self.layout[name])  # (1, B (out, r), R·A (r, in))
         read = lambda part: self.file.get_tensor(f"{lora.PEFT_PREFIX}{name}.{part}.weight")
         return self.scale, read("lora_B"), read("lora_A")                 # (out, r), (r, in)
 

@@ -5,6 +5,7 @@ their group. LoRA of any rank, or full fine-tuning; checkpoints that resume exac
     python grpo.py --toy --rank 1                  # toy world from the shipped toy_base/, 2-core CPU, minutes
     python grpo.py --toy --rank 0                  # the same with full fine-tuning (LR a tenth of LoRA's)
     python grpo.py --toy --rank 4 --seed 1 --out runs/grpo_toy_r4_s1
+    python grpo.py --toy --adapter tinylora --u 13 --tie 1   # TinyLoRA: 13 trainable parameters
     python grpo.py --rank 1 --compile              # Qwen2.5-3B on GSM8K train, one GPU (compiled sampler)
     python grpo.py --rank 1 --data ../shared/data/gsm8k --resume   # offline data; continue the run
 
@@ -23,7 +24,7 @@ import time
 import torch
 
 from model import TOY_BASE, exit_on_user_error, generate, load_model, load_tokenizer, pick_device, sample_key, token_logprobs, user_exit
-from lora import adapters_disabled, apply_lora, load_adapter, lora_modules
+from lora import adapters_disabled, apply_adapter, load_adapter, lora_modules
 from runs import (append_metrics, check_resume_args, load_trainer_state, newest_checkpoint, read_metrics,
                   save_checkpoint, trim_metrics, write_args)
 from eval_gsm8k import STOP_STRINGS, data_path, eval_metrics, extract_answer, format_prompt, load_task, reward, stop_ids, truncate
@@ -117,8 +118,13 @@ if __name__ == "__main__":
     # model and adapter
     parser.add_argument("--toy", action="store_true", help="toy world: the shipped base toy_base/, the toy task, the toy preset of batch/group/steps/LR")
     parser.add_argument("--model", default=None, help="hub id or local folder; default Qwen/Qwen2.5-3B, or toy_base/ with --toy")
-    parser.add_argument("--rank", type=int, default=1, help="LoRA rank; 0 = full fine-tuning (every weight, embeddings included)")
-    parser.add_argument("--alpha", type=float, default=32.0, help="LoRA alpha; the update is scaled by alpha/rank")
+    parser.add_argument("--adapter", default="lora", choices=("lora", "loraxs", "tinylora"), help="lora: B·A; loraxs: "
+                        "only R (rank x rank) in U Σ R Vᵀ; tinylora: R = Σ v_i P_i, only v trains (lora.py)")
+    parser.add_argument("--rank", type=int, default=None, help="LoRA rank (LoRA-XS, TinyLoRA: the SVD rank r); 0 = full "
+                        "fine-tuning (every weight, embeddings included); default 1, 2 for tinylora (the paper's)")
+    parser.add_argument("--alpha", type=float, default=32.0, help="LoRA alpha; the update is scaled by alpha/rank (LoRA only)")
+    parser.add_argument("--u", type=int, default=13, help="TinyLoRA: trainable parameters per group of modules")
+    parser.add_argument("--tie", type=float, default=0.0, help="TinyLoRA weight tying (PEFT's): 0 = one v per module, 1 = one v for all")
     parser.add_argument("--targets", default="all", help="LoRA targets: all, attn, mlp, or projections like q_proj,v_proj")
     parser.add_argument("--layers", default=None, help="LoRA layers: indices like 0,1,2 or first/middle/last thirds; default all")
     parser.add_argument("--dtype", default=None, help="float32 / bfloat16; default bf16 on a bf16 GPU, else fp32 (LoRA factors stay fp32)")
@@ -156,6 +162,12 @@ if __name__ == "__main__":
     exit_on_user_error()
 
     # --- resolve the presets: toy world or the real run (DESIGN.md's defaults)
+    if args.rank is None:
+        args.rank = 2 if args.adapter == "tinylora" else 1
+    if args.adapter != "lora" and args.rank == 0:
+        raise user_exit(f"--adapter {args.adapter} needs --rank >= 1 (--rank 0 is full fine-tuning, --adapter lora)")
+    if args.u < 1 or not 0.0 <= args.tie <= 1.0:
+        raise user_exit(f"TinyLoRA needs --u >= 1 and --tie in [0, 1], got --u {args.u}, --tie {args.tie}")
     preset = dict(model=TOY_BASE, task="toy", batch=32, group=8, max_new_tokens=48, steps=60, lr=2e-3,
                   micro_batch=0, eval_every=10, eval_limit=256, eval_batch_size=256) if args.toy else \
         dict(model="Qwen/Qwen2.5-3B", task="gsm8k", batch=32, group=8, max_new_tokens=512, steps=200, lr=5e-5,
@@ -166,14 +178,16 @@ if __name__ == "__main__":
         if getattr(args, key) is None:
             setattr(args, key, value)
     if args.out is None:
-        args.out = f"runs/grpo{'_toy' if args.toy else ''}_{f'r{args.rank}' if args.rank else 'full'}"
+        kind = {"lora": f"r{args.rank}", "loraxs": f"xs{args.rank}", "tinylora": f"tiny_u{args.u}_tie{args.tie:g}"}[args.adapter]
+        args.out = f"runs/grpo{'_toy' if args.toy else ''}_{kind if args.rank else 'full'}"
     if not (args.rank >= 0 and args.temperature > 0 and args.epochs >= 1 and args.group >= 2 and args.batch >= 1
             and args.save_every >= 1):
         raise user_exit(f"need --rank >= 0 ({args.rank}), --temperature > 0 ({args.temperature}), --epochs >= 1 "
                         f"({args.epochs}), --group >= 2 ({args.group}: a group is its own baseline), --batch >= 1 "
                         f"({args.batch}), --save-every >= 1 ({args.save_every})")
-    if args.rank == 0 and (args.lr_ratio != 1 or args.init_scale != 1):
-        raise user_exit(f"--lr-ratio ({args.lr_ratio}) and --init-scale ({args.init_scale}) are LoRA's knobs: they need --rank >= 1")
+    if (args.rank == 0 or args.adapter != "lora") and (args.lr_ratio != 1 or args.init_scale != 1):
+        raise user_exit(f"--lr-ratio ({args.lr_ratio}) and --init-scale ({args.init_scale}) are LoRA's knobs: they need "
+                        f"--adapter lora and --rank >= 1")
     if args.kl and args.rank == 0:  # the reference would be a second full copy of the weights
         raise user_exit("--kl needs LoRA (the reference is the model with adapters off); with --rank 0 "
                         "it would need a frozen copy of every weight, which grpo.py does not keep")
@@ -205,7 +219,7 @@ if __name__ == "__main__":
     if full:
         model.requires_grad_(True)
     else:
-        apply_lora(model, args.rank, args.alpha, args.targets, args.layers)
+        apply_adapter(model, args.adapter, args.rank, args.alpha, args.u, args.tie, args.targets, args.layers)
         with torch.no_grad():  # sigma_A -> init_scale * sigma_A (a resumed adapter is loaded over it)
             for m in lora_modules(model).values():
                 m.lora_A.mul_(args.init_scale)
@@ -241,7 +255,7 @@ if __name__ == "__main__":
     micro = args.micro_batch or B * G
     clip = args.clip if args.epochs > 1 else None
     print(f"{args.task}: {len(train_set)} train problems, {len(eval_set)} held out | {B} prompts x {G} samples, "
-          f"{args.steps} steps, lr {args.lr:.1e}, {'full fine-tuning' if full else f'LoRA rank {args.rank}'}, "
+          f"{args.steps} steps, lr {args.lr:.1e}, {'full fine-tuning' if full else f'{args.adapter} rank {args.rank}'}, "
           f"{sum(p.numel() for p in params):,} trainable parameters -> {args.out}")
 
     t_sample_total = t_train_total = t_eval_total = 0.0

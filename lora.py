@@ -1,7 +1,7 @@
 """
 LoRA by hand: a frozen nn.Linear plus a trainable low-rank update, saved in PEFT's file format.
 
-    python lora.py                           # toy self-check + LoRA parameter counts for Qwen2.5-3B
+    python lora.py                           # toy self-check (LoRA, LoRA-XS, TinyLoRA) + LoRA parameter counts for Qwen2.5-3B
     python lora.py --config path/to/config.json --ranks 1,8,64   # counts for another model
 
 y = W x + b + (α/r)·B(A x): W and b frozen, A (r, in) Kaiming-uniform, B (out, r) zero, so a fresh
@@ -10,9 +10,16 @@ LoRALinear; the files follow PEFT's (adapter_config.json + adapter_model.safeten
 adapter trained here loads in PEFT and vLLM, and one trained with PEFT loads here.
 Simplified on purpose: no dropout, no bias adapters, no DoRA, one rank and one α for all matrices.
 
-The effective update ΔW = (α/r)·B·A of every adapted matrix is also handled in factored form
-(scale, B, A): inner products, weighted sums and best rank-k truncations never build a dense
-(out, in) matrix, which is what geometry.py needs at 3B scale.
+Smaller than rank 1, inside the top-r singular subspace of each frozen W = U Σ Vᵀ:
+LoRA-XS (Bałazy et al. 2024) trains only R (r, r) in ΔW = U_r Σ_r R V_rᵀ; TinyLoRA (Morris et al.
+2026, "Learning to Reason in 13 Parameters") sets R = Σᵢ vᵢ·Pᵢ with P (u, r, r) fixed and random
+and v (u) trained, one v shared by modules contiguous in depth. TinyLoRA's files are PEFT's
+TINYLORA tuner's (peft >= 0.19, src/peft/tuners/tinylora/), LoRA-XS's are a plain PEFT LoRA
+adapter (lora_A = R·A, lora_B = B) plus loraxs.safetensors for exact resumes.
+
+The effective update of every kind is handled in factored form (scale, B, A), rank r:
+(α/r)·B·A for LoRA, 1·B·(R·A) for the others. Inner products, weighted sums and best rank-k
+truncations never build a dense (out, in) matrix, which is what geometry.py needs at 3B scale.
 """
 import argparse
 import json
@@ -78,9 +85,108 @@ class LoRALinear(nn.Module):
         return f"rank={self.rank}, alpha={self.alpha}, scale={self.scale:.4g}, enabled={self.enabled}"
 
 
+class LoRAXSLinear(nn.Module):
+    """A frozen nn.Linear plus ΔW = B·R·A with B = U_r Σ_r (out, r) and A = V_rᵀ (r, in) the frozen
+    top-r SVD of W (Bałazy et al. 2024, "LoRA-XS", eq. 2): only R (r, r) trains, r² parameters.
+    R = 0 makes the fresh adapter the identity (the paper draws R ~ N(0, σ²) with σ small); there is
+    no α: R starts at 0 and Adam is blind to a gradient's scale, so a constant factor would only
+    rename the learning rate."""
+
+    def __init__(self, base: nn.Linear, A, B):
+        super().__init__()
+        self.base = base.requires_grad_(False)
+        r = A.shape[0]
+        assert A.shape == (r, base.in_features) and B.shape == (base.out_features, r), \
+            f"A {tuple(A.shape)} and B {tuple(B.shape)} do not fit a ({base.out_features}, {base.in_features}) weight"
+        device = base.weight.device
+        self.register_buffer("loraxs_A", A.float().to(device).contiguous())          # (r, in), frozen
+        self.register_buffer("loraxs_B", B.float().to(device).contiguous())          # (out, r), frozen
+        self.loraxs_R = nn.Parameter(torch.zeros(r, r, device=device))               # (r, r), trained
+        self.rank, self.enabled = r, True
+
+    def forward(self, x):                                                  # x (B, T, in)
+        y = self.base(x)                                                   # (B, T, out)
+        if not self.enabled:
+            return y
+        A, R, B = self.loraxs_A, self.loraxs_R, self.loraxs_B
+        z = x.to(A.dtype) @ A.T @ R.T @ B.T                                # (B, T, r) -> (B, T, r) -> (B, T, out)
+        return y + z.to(y.dtype)
+
+    def factors(self):
+        """(scale, B (out, r), A (r, in)) with ΔW = scale·B·A: here 1, B, R·A."""
+        return 1.0, self.loraxs_B.detach().clone(), (self.loraxs_R @ self.loraxs_A).detach()
+
+    def delta_weight(self):
+        return self.loraxs_B @ self.loraxs_R @ self.loraxs_A              # (out, r)(r, r)(r, in) -> (out, in)
+
+    def extra_repr(self):
+        return f"rank={self.rank}, enabled={self.enabled}"
+
+
+class TinyLoRALinear(nn.Module):
+    """A frozen nn.Linear plus ΔW = B·R·A with R = Σᵢ vᵢ·Pᵢ (Morris et al. 2026, §3): A and B the
+    frozen top-r SVD factors of W, P (u, r, r) a fixed random tensor, v (u) the only trained
+    parameter, and one v object shared by every module of its group (`.group`). As PEFT's
+    TinyLoraLayer (src/peft/tuners/tinylora/layer.py), A = √Σ_r V_rᵀ and B = U_r √Σ_r: PEFT splits
+    Σ evenly where the paper (a LoRA-XS variant) keeps U Σ on one side; this changes the meaning of
+    v and P, not what ΔW can be. No α, no dropout; v = 0 makes the fresh adapter the identity."""
+
+    def __init__(self, base: nn.Linear, A, B, P, v: nn.Parameter, group: int, index: int, tie: float, seed: int):
+        super().__init__()
+        self.base = base.requires_grad_(False)
+        u, r, _ = P.shape
+        assert A.shape == (r, base.in_features) and B.shape == (base.out_features, r) and P.shape == (u, r, r), \
+            f"A {tuple(A.shape)}, B {tuple(B.shape)}, P {tuple(P.shape)} do not fit a ({base.out_features}, {base.in_features}) weight"
+        assert v.shape == (u,), f"v has shape {tuple(v.shape)}, P wants ({u},)"
+        device = base.weight.device
+        self.register_buffer("tinylora_A", A.float().to(device).contiguous())        # (r, in), frozen
+        self.register_buffer("tinylora_B", B.float().to(device).contiguous())        # (out, r), frozen
+        self.register_buffer("tinylora_P", P.float().to(device).contiguous())        # (u, r, r), frozen
+        self.tinylora_v = v                                                          # (u,), trained, shared
+        self.rank, self.u, self.group, self.index, self.enabled = r, u, group, index, True
+        self.tie, self.seed = tie, seed  # how group and P were chosen, for PEFT's adapter_config.json
+
+    def R(self):
+        return (self.tinylora_v[:, None, None] * self.tinylora_P).sum(0)  # Σᵢ vᵢ·Pᵢ: (u, r, r) -> (r, r)
+
+    def forward(self, x):                                                  # x (B, T, in)
+        y = self.base(x)                                                   # (B, T, out)
+        if not self.enabled:
+            return y
+        A, B = self.tinylora_A, self.tinylora_B
+        z = x.to(A.dtype) @ A.T @ self.R().T @ B.T                         # (B, T, r) -> (B, T, r) -> (B, T, out)
+        return y + z.to(y.dtype)
+
+    def factors(self):
+        """(scale, B (out, r), A (r, in)) with ΔW = scale·B·A: here 1, B, R·A."""
+        return 1.0, self.tinylora_B.detach().clone(), (self.R() @ self.tinylora_A).detach()
+
+    def delta_weight(self):
+        return self.tinylora_B @ self.R() @ self.tinylora_A               # (out, r)(r, r)(r, in) -> (out, in)
+
+    def extra_repr(self):
+        return f"rank={self.rank}, u={self.u}, group={self.group}, index={self.index}, enabled={self.enabled}"
+
+
+ADAPTERS = (LoRALinear, LoRAXSLinear, TinyLoRALinear)
+KINDS = {LoRALinear: "lora", LoRAXSLinear: "loraxs", TinyLoRALinear: "tinylora"}
+
+
 def lora_modules(model) -> dict:
     """{name: LoRALinear}, names as in named_modules(): 'model.layers.3.mlp.up_proj'."""
     return {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
+
+
+def adapter_modules(model) -> dict:
+    """{name: module} of every kind (LoRALinear, LoRAXSLinear, TinyLoRALinear)."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, ADAPTERS)}
+
+
+def adapter_kind(model):
+    """'lora', 'loraxs' or 'tinylora'; None without adapters. One model carries one kind."""
+    kinds = {KINDS[type(m)] for m in adapter_modules(model).values()}
+    assert len(kinds) <= 1, f"the model mixes adapter kinds {sorted(kinds)}"
+    return kinds.pop() if kinds else None
 
 
 def _replace(model, name, new):
@@ -90,13 +196,13 @@ def _replace(model, name, new):
 
 def _freeze_base(model):
     for name, p in model.named_parameters():  # only the adapters train
-        p.requires_grad_(name.endswith((".lora_A", ".lora_B")))
+        p.requires_grad_(name.endswith((".lora_A", ".lora_B", ".loraxs_R", ".tinylora_v")))
 
 
 @contextmanager
 def adapters_disabled(model):
     """The base model, for a KL reference, without a second copy of its weights."""
-    mods = list(lora_modules(model).values())
+    mods = list(adapter_modules(model).values())
     before = [m.enabled for m in mods]
     for m in mods:
         m.enabled = False
@@ -167,8 +273,8 @@ def lora_param_count(config, rank, targets=ALL_LINEAR, layers=None) -> int:
 
 def apply_lora(model, rank, alpha, targets=ALL_LINEAR, layers=None, rslora=False, verbose=True):
     """Wrap the chosen projections in LoRALinear, in place; freeze everything else. Returns model."""
-    if lora_modules(model):
-        raise ValueError("model already has LoRA adapters (merge_lora it, or load_adapter into it)")
+    if adapter_modules(model):
+        raise ValueError(f"model already has {adapter_kind(model)} adapters (merge_lora it, or load_adapter into it)")
     targets, layers = parse_targets(targets), parse_layers(layers, len(model.model.layers))
     for i in layers:
         for t in targets:
@@ -185,10 +291,112 @@ def apply_lora(model, rank, alpha, targets=ALL_LINEAR, layers=None, rslora=False
     return model
 
 
+# -----------------------------------------------------------------------------
+# Smaller than rank 1: LoRA-XS and TinyLoRA, inside the top-r singular subspace of W
+
+
+def top_svd(W, r):
+    """U_r (out, r), S_r (r,), Vh_r (r, in) of W, computed in float32 on W's device (as PEFT does);
+    r is cut to min(out, in) like PEFT's actual_r."""
+    U, S, Vh = torch.linalg.svd(W.float(), full_matrices=False)
+    r = min(r, *W.shape)
+    return U[:, :r], S[:r], Vh[:r]
+
+
+def tinylora_groups(n, tie) -> list:
+    """Group of each of n target modules, in model order, for weight tying `tie` ∈ [0, 1]: PEFT's
+    rule (TinyLoraModel._create_and_replace) to the bit, Python's round included (half to even):
+    round(n·(1 - tie)) groups of n // groups modules, the last group taking the remainder."""
+    if not 0.0 <= tie <= 1.0:
+        raise UserError(f"weight tying must lie in [0, 1], got {tie!r}")
+    n_groups = max(1, round(n * (1.0 - tie)))
+    size = max(1, n // n_groups)
+    return [min(i // size, n_groups - 1) for i in range(n)]
+
+
+def tinylora_projection(u, r, seed, index):
+    """P (u, r, r) of the index-th target module: N(0, 1/r) from a CPU generator seeded seed + index
+    (PEFT's TinyLoraLayer._init_projection; the paper leaves P's distribution open)."""
+    return torch.normal(0.0, 1.0 / math.sqrt(r), (u, r, r), generator=torch.Generator().manual_seed(seed + index))
+
+
+def _targets_layers(model, targets, layers):
+    targets, layers = parse_targets(targets), parse_layers(layers, len(model.model.layers))
+    names = [module_name(i, t) for i in layers for t in targets]  # model order: by depth, then q k v o gate up down
+    for name in names:
+        base = model.get_submodule(name)
+        assert isinstance(base, nn.Linear), f"{name} is a {type(base).__name__}, not nn.Linear"
+    return targets, layers, names
+
+
+def _report(model, what, targets, layers):
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)  # a shared v counts once
+    n_base = sum(p.numel() for p in model.parameters()) - n_train
+    print(f"{what}, {len(targets)} targets x {len(layers)} layers: {n_train:,} trainable parameters "
+          f"({100 * n_train / n_base:.2g}% of {n_base:,})")
+
+
+@torch.no_grad()
+def apply_loraxs(model, r, targets=ALL_LINEAR, layers=None, verbose=True):
+    """Wrap the chosen projections in LoRAXSLinear (R = 0): r² trainable parameters each. One SVD
+    per matrix, the whole setup cost (seconds for Qwen2.5-3B on a GPU). Returns model."""
+    if int(r) != r or r < 1:
+        raise UserError(f"LoRA-XS rank must be an integer >= 1, got {r!r}")
+    if adapter_modules(model):
+        raise ValueError(f"model already has {adapter_kind(model)} adapters (merge_lora it, or load_adapter into it)")
+    targets, layers, names = _targets_layers(model, targets, layers)
+    for name in names:
+        base = model.get_submodule(name)
+        U, S, Vh = top_svd(base.weight, int(r))
+        _replace(model, name, LoRAXSLinear(base, A=Vh, B=U * S))          # A = V_rᵀ, B = U_r Σ_r
+    _freeze_base(model)
+    if verbose:
+        _report(model, f"lora-xs: rank {r}", targets, layers)
+    return model
+
+
+@torch.no_grad()
+def apply_tinylora(model, u, r=2, tie=0.0, targets=ALL_LINEAR, layers=None, seed=42, verbose=True):
+    """Wrap the chosen projections in TinyLoRALinear as PEFT's TinyLoraConfig(r, u, weight_tying=tie,
+    projection_seed=seed) would: module k of the n targets (model order) gets P from seed + k and
+    the v of group tinylora_groups(n, tie)[k]; every v starts at 0. u × groups trainable parameters
+    (u = 13, tie = 1: 13). Returns model."""
+    if int(r) != r or r < 1 or int(u) != u or u < 1:
+        raise UserError(f"TinyLoRA needs integers r >= 1 and u >= 1, got r {r!r}, u {u!r}")
+    if adapter_modules(model):
+        raise ValueError(f"model already has {adapter_kind(model)} adapters (merge_lora it, or load_adapter into it)")
+    targets, layers, names = _targets_layers(model, targets, layers)
+    groups = tinylora_groups(len(names), tie)
+    device = model.get_submodule(names[0]).weight.device
+    vs = [nn.Parameter(torch.zeros(int(u), device=device)) for _ in range(groups[-1] + 1)]  # float32, as PEFT casts v
+    for k, (name, g) in enumerate(zip(names, groups)):
+        base = model.get_submodule(name)
+        U, S, Vh = top_svd(base.weight, int(r))
+        root = S.sqrt()                                                   # √Σ_r on both sides, as PEFT
+        P = tinylora_projection(int(u), len(S), seed, k)
+        _replace(model, name, TinyLoRALinear(base, A=root[:, None] * Vh, B=U * root, P=P, v=vs[g], group=g, index=k,
+                                             tie=float(tie), seed=int(seed)))
+    _freeze_base(model)
+    if verbose:
+        _report(model, f"tinylora: r {r}, u {u}, tie {tie} ({len(vs)} groups of v)", targets, layers)
+    return model
+
+
+def apply_adapter(model, kind, rank, alpha=32.0, u=13, tie=0.0, targets=ALL_LINEAR, layers=None, verbose=True):
+    """The scripts' --adapter: 'lora' (rank, alpha), 'loraxs' (rank) or 'tinylora' (r = rank, u, tie)."""
+    if kind == "lora":
+        return apply_lora(model, rank, alpha, targets, layers, verbose=verbose)
+    if kind == "loraxs":
+        return apply_loraxs(model, rank, targets, layers, verbose=verbose)
+    if kind == "tinylora":
+        return apply_tinylora(model, u, rank, tie, targets, layers, verbose=verbose)
+    raise UserError(f"unknown adapter kind {kind!r}: lora, loraxs or tinylora")
+
+
 @torch.no_grad()
 def merge_lora(model):
-    """Fold W + (α/r)·B·A into the base weights and put the plain nn.Linear back (HF's names again)."""
-    for name, m in lora_modules(model).items():
+    """Fold W + ΔW into the base weights and put the plain nn.Linear back (HF's names again); any kind."""
+    for name, m in adapter_modules(model).items():
         W = m.base.weight                                                 # (out, in)
         W.copy_((W.float() + m.delta_weight().float()).to(W.dtype))      # add in float32, round once
         _replace(model, name, m.base)
@@ -196,97 +404,198 @@ def merge_lora(model):
 
 # -----------------------------------------------------------------------------
 # PEFT's file format: adapter_config.json + adapter_model.safetensors
+#   lora:     peft_type LORA, '<name>.lora_A.weight' (r, in), '<name>.lora_B.weight' (out, r)
+#   loraxs:   the same LORA file with lora_A = R·A, lora_B = B and α = r (scale 1), which PEFT and
+#             vLLM serve as is, plus loraxs.safetensors ('<name>.loraxs_A', '<name>.loraxs_R'): PEFT
+#             has no LoRA-XS, and the split of R·A back into R and A is what resuming needs exactly
+#   tinylora: peft_type TINYLORA (PEFT's tuner), '<name>.tinylora_{A,B,P}' and one
+#             'base_model.tinylora_v.<group>' per group
 
 
-def adapter_config(model, base_model_name_or_path=None) -> dict:
-    mods = lora_modules(model)
-    assert mods, "the model has no LoRA adapters; call apply_lora first"
-    kinds = {(m.rank, m.alpha, m.rslora) for m in mods.values()}
-    assert len(kinds) == 1, f"PEFT's config holds one (rank, alpha, rslora); this model has {sorted(kinds)}"
-    (r, alpha, rslora), = kinds
+LORAXS_FILE = "loraxs.safetensors"
+
+
+def _depth_order(name):
+    """Sort key of 'model.layers.{i}.{block}.{t}': by layer, then q k v o gate up down (HF's module order)."""
+    parts = name.split(".")
+    return int(parts[2]), ALL_LINEAR.index(parts[-1])
+
+
+def _layout(model, mods):
+    """(targets, layers or None for all) of adapted modules, which PEFT's config can only describe as
+    a product targets x layers."""
     parts = [name.split(".") for name in mods]                            # model.layers.{i}.{block}.{t}
     targets = [t for t in ALL_LINEAR if t in {p[-1] for p in parts}]
     layers = sorted({int(p[2]) for p in parts})
     expected = {module_name(i, t) for i in layers for t in targets}
     assert set(mods) == expected, f"PEFT describes targets x layers; adapted {sorted(mods)} is not such a product"
-    all_layers = layers == list(range(len(model.model.layers)))
-    return {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r,
-            "lora_alpha": int(alpha) if float(alpha).is_integer() else alpha,
-            "target_modules": targets, "lora_dropout": 0.0, "bias": "none", "use_rslora": rslora,
-            "fan_in_fan_out": False, "layers_to_transform": None if all_layers else layers,
-            "layers_pattern": None if all_layers else "layers", "init_lora_weights": True,
-            "base_model_name_or_path": base_model_name_or_path, "modules_to_save": None,
-            "use_dora": False, "rank_pattern": {}, "alpha_pattern": {}, "inference_mode": True}
+    return targets, None if layers == list(range(len(model.model.layers))) else layers
+
+
+def adapter_config(model, base_model_name_or_path=None) -> dict:
+    mods, kind = adapter_modules(model), adapter_kind(model)
+    assert mods, "the model has no adapters; call apply_lora, apply_loraxs or apply_tinylora first"
+    targets, layers = _layout(model, mods)
+    common = {"task_type": "CAUSAL_LM", "target_modules": targets, "bias": "none", "fan_in_fan_out": False,
+              "layers_to_transform": layers, "layers_pattern": None if layers is None else "layers",
+              "base_model_name_or_path": base_model_name_or_path, "modules_to_save": None, "inference_mode": True}
+    if kind == "tinylora":
+        kinds = {(m.rank, m.u, m.tie, m.seed) for m in mods.values()}
+        assert len(kinds) == 1, f"PEFT's config holds one (r, u, weight_tying, seed); this model has {sorted(kinds)}"
+        (r, u, tie, seed), = kinds
+        ordered = sorted(mods, key=_depth_order)
+        groups = tinylora_groups(len(ordered), tie)
+        assert [(mods[n].index, mods[n].group) for n in ordered] == list(enumerate(groups)), \
+            "TinyLoRA modules are not numbered and grouped as PEFT would number and group them"
+        return {"peft_type": "TINYLORA", **common, "r": r, "u": u, "weight_tying": tie, "projection_seed": seed,
+                "save_projection": True, "init_weights": True, "init_v_bound": 0.02, "tinylora_dropout": 0.0}
+    if kind == "loraxs":  # served as plain LoRA with α = r: scale 1, ΔW = lora_B·lora_A = B·(R·A)
+        ranks = {m.rank for m in mods.values()}
+        assert len(ranks) == 1, f"PEFT's config holds one rank; this model has {sorted(ranks)}"
+        (r,) = ranks
+        alpha, rslora = r, False
+    else:
+        kinds = {(m.rank, m.alpha, m.rslora) for m in mods.values()}
+        assert len(kinds) == 1, f"PEFT's config holds one (rank, alpha, rslora); this model has {sorted(kinds)}"
+        (r, alpha, rslora), = kinds
+    return {"peft_type": "LORA", **common, "r": r, "lora_alpha": int(alpha) if float(alpha).is_integer() else alpha,
+            "lora_dropout": 0.0, "use_rslora": rslora, "init_lora_weights": True, "use_dora": False,
+            "rank_pattern": {}, "alpha_pattern": {}}
+
+
+def _write(path, write):
+    """Write a file under a temporary name, then rename: a reader never sees half a file."""
+    write(path + ".tmp")
+    os.replace(path + ".tmp", path)
 
 
 def save_adapter(model, out_dir, base_model_name_or_path=None):
-    """Write out_dir/adapter_config.json + adapter_model.safetensors (keys 'base_model.model.<name>.lora_A.weight').
-    vLLM serves only ranks in {1, 8, 16, 32, 64, 128, 256, 320, 512}; PEFT takes any."""
-    config = adapter_config(model, base_model_name_or_path)
-    tensors = {}
-    for name, m in lora_modules(model).items():
-        tensors[f"{PEFT_PREFIX}{name}.lora_A.weight"] = m.lora_A.detach().cpu().contiguous()  # (r, in)
-        tensors[f"{PEFT_PREFIX}{name}.lora_B.weight"] = m.lora_B.detach().cpu().contiguous()  # (out, r)
+    """Write out_dir/adapter_config.json + adapter_model.safetensors for whichever kind the model
+    carries (+ loraxs.safetensors for LoRA-XS). vLLM serves LoRA ranks in {1, 8, 16, 32, 64, 128,
+    256, 320, 512} only and has no TinyLoRA; PEFT takes all of them."""
+    config, kind = adapter_config(model, base_model_name_or_path), adapter_kind(model)
+    tensors, extra = {}, {}
+    t = lambda x: x.detach().cpu().contiguous()
+    for name, m in adapter_modules(model).items():
+        key = f"{PEFT_PREFIX}{name}"
+        if kind == "lora":
+            tensors[f"{key}.lora_A.weight"], tensors[f"{key}.lora_B.weight"] = t(m.lora_A), t(m.lora_B)  # (r, in), (out, r)
+        elif kind == "loraxs":
+            tensors[f"{key}.lora_A.weight"] = t(m.loraxs_R @ m.loraxs_A)                            # (r, in)
+            tensors[f"{key}.lora_B.weight"] = t(m.loraxs_B)                                         # (out, r)
+            extra[f"{key}.loraxs_A"], extra[f"{key}.loraxs_R"] = t(m.loraxs_A), t(m.loraxs_R)       # (r, in), (r, r)
+        else:
+            for part in ("tinylora_A", "tinylora_B", "tinylora_P"):                                # (r, in), (out, r), (u, r, r)
+                tensors[f"{key}.{part}"] = t(getattr(m, part))
+            tensors[f"base_model.tinylora_v.{m.group}"] = t(m.tinylora_v)                          # (u,), once per group
     os.makedirs(out_dir, exist_ok=True)
-    # each file under a temporary name, then renamed: a reader never sees half a file
-    path = os.path.join(out_dir, "adapter_model.safetensors")
-    save_file(tensors, path + ".tmp", metadata={"format": "pt"})
-    os.replace(path + ".tmp", path)
-    path = os.path.join(out_dir, "adapter_config.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(config, f, indent=2)
-    os.replace(path + ".tmp", path)
+    sidecar = os.path.join(out_dir, LORAXS_FILE)
+    if extra:
+        _write(sidecar, lambda p: save_file(extra, p, metadata={"format": "pt"}))
+    elif os.path.exists(sidecar):  # a stale one would make this folder read as LoRA-XS
+        os.remove(sidecar)
+    _write(os.path.join(out_dir, "adapter_model.safetensors"), lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+    def write_json(p):
+        with open(p, "w") as f:
+            json.dump(config, f, indent=2)
+    _write(os.path.join(out_dir, "adapter_config.json"), write_json)
 
 
 def read_adapter(in_dir):
-    """(config, targets, layers or None, scale, tensors) of a PEFT LoRA folder; refuses what rank1 can't
+    """(config, kind, targets, layers or None, scale, tensors) of a PEFT LORA or TINYLORA folder,
+    kind 'lora' | 'loraxs' | 'tinylora', loraxs.safetensors' tensors included; refuses what rank1 can't
     run. A missing, truncated or corrupt file is a UserError that names it."""
     paths = [os.path.join(in_dir, f) for f in ("adapter_config.json", "adapter_model.safetensors")]
     for p in paths:
         if not os.path.isfile(p):
             raise UserError(f"no {p} (a PEFT adapter folder holds adapter_config.json + adapter_model.safetensors)")
     cfg = read_json(paths[0])
-    if not isinstance(cfg, dict) or cfg.get("peft_type") != "LORA":
-        raise UserError(f"{paths[0]}: peft_type {cfg.get('peft_type') if isinstance(cfg, dict) else cfg!r}, only LORA is supported")
+    if not isinstance(cfg, dict) or cfg.get("peft_type") not in ("LORA", "TINYLORA"):
+        raise UserError(f"{paths[0]}: peft_type {cfg.get('peft_type') if isinstance(cfg, dict) else cfg!r}, "
+                        f"only LORA and TINYLORA are supported")
     unsupported = {k: cfg[k] for k in ("use_dora", "fan_in_fan_out", "rank_pattern", "alpha_pattern",
                                        "modules_to_save", "lora_bias") if cfg.get(k)}
     if cfg.get("bias", "none") != "none":
         unsupported["bias"] = cfg["bias"]
     if unsupported:
         raise UserError(f"{paths[0]}: unsupported PEFT options {unsupported}")
-    missing = [k for k in ("r", "lora_alpha", "target_modules") if k not in cfg]
+    need = ("r", "lora_alpha") if cfg["peft_type"] == "LORA" else ("r", "u", "weight_tying", "projection_seed")
+    missing = [k for k in (*need, "target_modules") if k not in cfg]
     if missing:
         raise UserError(f"{paths[0]}: no {', '.join(missing)}")
     tm = cfg["target_modules"]
     targets = list(ALL_LINEAR) if tm == "all-linear" else parse_targets([tm] if isinstance(tm, str) else tm)
     layers = cfg.get("layers_to_transform")
     layers = [layers] if isinstance(layers, int) else (layers or None)  # PEFT: [] or null = all layers
-    r, alpha = cfg["r"], cfg["lora_alpha"]
-    scale = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
-    return cfg, targets, layers, scale, load_safetensors(paths[1])
+    tensors = load_safetensors(paths[1])
+    sidecar = os.path.join(in_dir, LORAXS_FILE)
+    if cfg["peft_type"] == "TINYLORA":
+        kind, scale = "tinylora", 1.0
+    else:
+        kind = "loraxs" if os.path.isfile(sidecar) else "lora"
+        r, alpha = cfg["r"], cfg["lora_alpha"]
+        scale = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
+        if kind == "loraxs":
+            tensors.update(load_safetensors(sidecar))
+    return cfg, kind, targets, layers, scale, tensors
+
+
+def _adapter_tensors(model, kind):
+    """{file key: the model's tensor it loads into}; LoRA-XS's lora_B.weight is B, its lora_A.weight
+    (R·A) is checked, not loaded."""
+    out = {}
+    for name, m in adapter_modules(model).items():
+        key = f"{PEFT_PREFIX}{name}"
+        if kind == "lora":
+            out.update({f"{key}.lora_A.weight": m.lora_A, f"{key}.lora_B.weight": m.lora_B})
+        elif kind == "loraxs":
+            out.update({f"{key}.loraxs_A": m.loraxs_A, f"{key}.loraxs_R": m.loraxs_R, f"{key}.lora_B.weight": m.loraxs_B})
+        else:
+            out.update({f"{key}.{p}": getattr(m, p) for p in ("tinylora_A", "tinylora_B", "tinylora_P")})
+            out[f"base_model.tinylora_v.{m.group}"] = m.tinylora_v
+    return out
 
 
 def load_adapter(model, in_dir, verbose=True):
-    """Load a PEFT LoRA adapter into model, applying the modules its config describes if absent."""
-    cfg, targets, layers, _, tensors = read_adapter(in_dir)
-    r, alpha, rslora = cfg["r"], cfg["lora_alpha"], bool(cfg.get("use_rslora"))
-    if not lora_modules(model):
-        apply_lora(model, r, alpha, targets, layers, rslora, verbose=verbose)
-    mods = lora_modules(model)
-    layers = parse_layers(layers, len(model.model.layers))
-    want = {module_name(i, t) for i in layers for t in targets}
-    have = {(m.rank, m.alpha, m.rslora) for m in mods.values()}
-    if set(mods) != want or have != {(r, alpha, rslora)}:
-        raise UserError(f"{in_dir} holds rank {r}, alpha {alpha} on {targets} x layers {layers}; "
-                         f"the model's adapters differ ({len(mods)} modules, (rank, alpha, rslora) {have})")
-    params = {f"{PEFT_PREFIX}{name}.{part}.weight": getattr(m, part)
-              for name, m in mods.items() for part in ("lora_A", "lora_B")}
-    missing, unexpected = sorted(params.keys() - tensors.keys()), sorted(tensors.keys() - params.keys())
+    """Load a PEFT LORA or TINYLORA adapter, or rank1's LoRA-XS, into model, applying the modules its
+    config describes if absent (a LoRA-XS folder without loraxs.safetensors loads as the plain LoRA it is)."""
+    cfg, kind, targets, layers, _, tensors = read_adapter(in_dir)
+    r = cfg["r"]
+    if not adapter_modules(model):
+        if kind == "lora":
+            apply_lora(model, r, cfg["lora_alpha"], targets, layers, bool(cfg.get("use_rslora")), verbose=verbose)
+        elif kind == "loraxs":
+            apply_loraxs(model, r, targets, layers, verbose=verbose)
+        else:
+            apply_tinylora(model, cfg["u"], r, cfg["weight_tying"], targets, layers, cfg["projection_seed"], verbose=verbose)
+    # the model's adapters must be what the folder describes
+    have = adapter_config(model)
+    want = {"r": r, "target_modules": targets, "layers_to_transform": None if layers is None or
+            parse_layers(layers, len(model.model.layers)) == list(range(len(model.model.layers))) else sorted(layers)}
+    if kind == "tinylora":
+        want.update(u=cfg["u"], weight_tying=cfg["weight_tying"], projection_seed=cfg["projection_seed"])
+    else:
+        want.update(lora_alpha=cfg["lora_alpha"], use_rslora=bool(cfg.get("use_rslora")))
+    differ = {k: (v, have.get(k)) for k, v in want.items() if have.get(k) != v}
+    if adapter_kind(model) != kind or differ:
+        raise UserError(f"{in_dir} holds a {kind} adapter of rank {r} on {targets} x layers {layers}; the model's "
+                         f"{adapter_kind(model)} adapters differ (folder, model): {differ}")
+    params = _adapter_tensors(model, kind)
+    optional = {k for k in params if k.endswith(".tinylora_P")}  # PEFT's save_projection=False: P from the seed
+    checked = {k for k in tensors if kind == "loraxs" and k.endswith(".lora_A.weight")}
+    missing = sorted(params.keys() - tensors.keys() - optional)
+    unexpected = sorted(tensors.keys() - params.keys() - checked)
     if missing or unexpected:
         raise UserError(f"{in_dir}: missing tensors {missing[:3]} ({len(missing)}), unexpected {unexpected[:3]} ({len(unexpected)})")
+    params = {k: p for k, p in params.items() if k in tensors}
     for key, p in params.items():  # check every shape before changing anything
         if tensors[key].shape != p.shape:
             raise UserError(f"{key}: shape {tuple(tensors[key].shape)} in {in_dir} does not fit the model's {tuple(p.shape)}")
+    for key in checked:  # LoRA-XS: the served LoRA file and the sidecar must be one adapter
+        name = key[:-len(".lora_A.weight")]
+        RA = tensors[f"{name}.loraxs_R"] @ tensors[f"{name}.loraxs_A"]
+        if not torch.allclose(RA, tensors[key], rtol=1e-4, atol=1e-6 * RA.abs().max().item()):
+            raise UserError(f"{in_dir}: {key} is not loraxs_R @ loraxs_A of {LORAXS_FILE}; the two files disagree")
     with torch.no_grad():
         for key, p in params.items():
             p.copy_(tensors[key])
@@ -297,17 +606,40 @@ def load_adapter(model, in_dir, verbose=True):
 
 
 def lora_factors(model) -> dict:
-    """{name: (scale, B (out, r), A (r, in))}, copies of the live adapters."""
-    return {name: (m.scale, m.lora_B.detach().clone(), m.lora_A.detach().clone())
-            for name, m in lora_modules(model).items()}
+    """{name: (scale, B (out, r), A (r, in))}, copies of the live adapters of any kind:
+    (α/r, B, A) for LoRA, (1, B, R·A) for LoRA-XS and TinyLoRA."""
+    return {name: (m.scale, m.lora_B.detach().clone(), m.lora_A.detach().clone()) if isinstance(m, LoRALinear)
+            else m.factors() for name, m in adapter_modules(model).items()}
+
+
+def tinylora_layout(cfg, names) -> dict:
+    """{name: (index, group)} of a TINYLORA file's modules: their index among the targets in model
+    order (P's seed offset) and their group of v."""
+    names = sorted(names, key=_depth_order)
+    return {n: (k, g) for k, (n, g) in enumerate(zip(names, tinylora_groups(len(names), cfg["weight_tying"])))}
+
+
+def tinylora_file_factors(cfg, get, name, index, group):
+    """(1, B, R·A) of one module of a TINYLORA file; get(key) returns a tensor, or None if the file
+    lacks it (P, with save_projection=False: drawn again from the seed, as PEFT does)."""
+    key = f"{PEFT_PREFIX}{name}"
+    A, B, P = get(f"{key}.tinylora_A"), get(f"{key}.tinylora_B"), get(f"{key}.tinylora_P")
+    v = get(f"base_model.tinylora_v.{group}")                              # (u,)
+    if P is None:
+        P = tinylora_projection(cfg["u"], A.shape[0], cfg["projection_seed"], index)
+    R = (v.float()[:, None, None] * P.float()).sum(0)                      # (r, r)
+    return 1.0, B, R @ A.float()
 
 
 def load_factors(in_dir) -> dict:
     """lora_factors of a saved adapter, without a model."""
-    _, _, _, scale, tensors = read_adapter(in_dir)
+    cfg, kind, _, _, scale, tensors = read_adapter(in_dir)
+    if kind == "tinylora":
+        layout = tinylora_layout(cfg, [k[len(PEFT_PREFIX):-len(".tinylora_A")] for k in tensors if k.endswith(".tinylora_A")])
+        return {n: tinylora_file_factors(cfg, tensors.get, n, k, g) for n, (k, g) in layout.items()}
     names = [k[len(PEFT_PREFIX):-len(".lora_A.weight")] for k in tensors if k.endswith(".lora_A.weight")]
     return {n: (scale, tensors[f"{PEFT_PREFIX}{n}.lora_B.weight"], tensors[f"{PEFT_PREFIX}{n}.lora_A.weight"])
-            for n in names}
+            for n in names}  # LoRA-XS included: lora_B·lora_A = B·(R·A), scale 1
 
 
 def factored_inner(f1, f2) -> float:
@@ -364,9 +696,10 @@ def truncate(factors, k) -> dict:
 @torch.no_grad()
 def set_factors(model, factors):
     """Make `factors` the model's adapter: LoRALinear of rank r with α = scale·r (so α/r = scale);
-    adapted matrices that `factors` does not name lose their adapter."""
-    for name, m in lora_modules(model).items():
-        if name not in factors:
+    adapted matrices that `factors` does not name lose their adapter, and LoRA-XS or TinyLoRA
+    modules become LoRALinear."""
+    for name, m in adapter_modules(model).items():
+        if name not in factors or not isinstance(m, LoRALinear):
             _replace(model, name, m.base)
     for name, (s, B, A) in factors.items():
         m, r = model.get_submodule(name), A.shape[0]
@@ -451,4 +784,25 @@ if __name__ == "__main__":
         best_err = sum((torch.linalg.svdvals(W)[k:] ** 2).sum().item() for W in dense_W)  # Eckart-Young
         print(f"rank-{k} truncation error {trunc_err:.6e} vs dense SVD optimum {best_err:.6e}")
         assert abs(trunc_err - best_err) <= 1e-9 * best_err, (trunc_err, best_err)
+        # --- below rank 1: TinyLoRA (u = 13, fully tied: 13 parameters) and LoRA-XS (rank 2)
+        for kind, apply in (("tinylora", lambda m: apply_tinylora(m, 13, 2, tie=1.0, verbose=False)),
+                            ("loraxs", lambda m: apply_loraxs(m, 2, verbose=False))):
+            model = apply(load_model(os.path.join(tmp, "base"), device="cpu", dtype=torch.float32, verbose=False))
+            n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            with torch.no_grad():
+                assert torch.equal(model(ids), base_logits), f"fresh {kind} is not the identity"
+                for p in model.parameters():
+                    if p.requires_grad:
+                        p.normal_(0, 0.3)
+                logits = model(ids)
+                save_adapter(model, os.path.join(tmp, kind))
+                other = load_adapter(load_model(os.path.join(tmp, "base"), device="cpu", dtype=torch.float32,
+                                                verbose=False), os.path.join(tmp, kind), verbose=False)
+                assert torch.equal(other(ids), logits), f"{kind} save/load round trip changed the logits"
+                f = load_factors(os.path.join(tmp, kind))
+                err = max(((f[n][0] * f[n][1] @ f[n][2]) - m.delta_weight()).abs().max().item()
+                          for n, m in adapter_modules(model).items())
+            print(f"{kind}: {n_train} trainable parameters, fresh = identity, round trip exact, "
+                  f"factored (B, R·A) vs dense ΔW max error {err:.1e}")
+            assert err < 1e-6, err
     print("lora.py: all checks passed")

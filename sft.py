@@ -5,6 +5,7 @@ Supervised fine-tuning on prompt/solution pairs, LoRA or full, and the toy world
     python sft.py --toy --model toy_base --rank 1             # LoRA SFT of the shipped toy base on the toy task
     python sft.py --rank 1                                    # rank-1 LoRA, Qwen2.5-3B on GSM8K train
     python sft.py --rank 0 --model Qwen/Qwen2.5-0.5B          # full fine-tuning
+    python sft.py --toy --model runs/toy_base --adapter tinylora --u 13 --tie 1   # 13 trainable parameters
     python sft.py --rank 1 --data ../shared/data/gsm8k --resume
 
 The loss is the mean cross-entropy over solution tokens only: the prompt is given, not learned, and
@@ -35,7 +36,7 @@ from tqdm import tqdm
 
 from model import (TOY_CONFIG, Qwen2, Qwen2Config, exit_on_user_error, load_model, load_tokenizer,
                    pick_device, resolve_path, save_model, toy_tokenizer, user_exit)
-from lora import apply_lora, load_adapter, save_adapter
+from lora import apply_adapter, load_adapter, save_adapter
 from runs import (append_metrics, check_resume_args, load_trainer_state, newest_checkpoint, read_metrics,
                   save_checkpoint, trim_metrics, write_args)
 from eval_gsm8k import data_path, eval_metrics, format_prompt, format_solution, load_task, stop_ids
@@ -127,8 +128,13 @@ if __name__ == "__main__":
     # model and adapter
     parser.add_argument("--toy", action="store_true", help="toy world: the toy task and preset; without --model, train the toy base from scratch (model.TOY_CONFIG) into runs/toy_base")
     parser.add_argument("--model", default=None, help="hub id or local folder to fine-tune; default Qwen/Qwen2.5-3B (none with --toy: from scratch)")
-    parser.add_argument("--rank", type=int, default=None, help="LoRA rank; 0 = full fine-tuning; default 1 (0 when training from scratch)")
-    parser.add_argument("--alpha", type=float, default=32.0, help="LoRA alpha; the update is scaled by alpha/rank")
+    parser.add_argument("--adapter", default="lora", choices=("lora", "loraxs", "tinylora"), help="lora: B·A; loraxs: "
+                        "only R (rank x rank) in U Σ R Vᵀ; tinylora: R = Σ v_i P_i, only v trains (lora.py)")
+    parser.add_argument("--rank", type=int, default=None, help="LoRA rank (LoRA-XS, TinyLoRA: the SVD rank r); 0 = full fine-tuning; "
+                        "default 1, 2 for tinylora (the paper's), 0 when training from scratch")
+    parser.add_argument("--alpha", type=float, default=32.0, help="LoRA alpha; the update is scaled by alpha/rank (LoRA only)")
+    parser.add_argument("--u", type=int, default=13, help="TinyLoRA: trainable parameters per group of modules")
+    parser.add_argument("--tie", type=float, default=0.0, help="TinyLoRA weight tying (PEFT's): 0 = one v per module, 1 = one v for all")
     parser.add_argument("--targets", default="all", help="LoRA targets: all, attn, mlp, or projections like q_proj,v_proj")
     parser.add_argument("--layers", default=None, help="LoRA layers: indices like 0,1,2 or first/middle/last thirds; default all")
     parser.add_argument("--dtype", default=None, help="float32 / bfloat16; default bf16 on a bf16 GPU (float32 for --rank 0), else fp32")
@@ -162,6 +168,12 @@ if __name__ == "__main__":
 
     # --- resolve the presets: the toy base from scratch, toy fine-tuning, or the real run
     scratch = args.toy and args.model is None
+    if args.rank is None and args.adapter == "tinylora":
+        args.rank = 2  # the paper's SVD rank, PEFT's default
+    if args.adapter != "lora" and (scratch or args.rank == 0):
+        raise user_exit(f"--adapter {args.adapter} adapts a base model: it needs --model and --rank >= 1")
+    if args.u < 1 or not 0.0 <= args.tie <= 1.0:
+        raise user_exit(f"TinyLoRA needs --u >= 1 and --tie in [0, 1], got --u {args.u}, --tie {args.tie}")
     if scratch:
         preset = dict(task="toy", rank=0, steps=1500, batch_size=64, micro_batch=0, bucket=1, lr=3e-3, warmup=50, eval_every=25,
                       eval_limit=256, eval_batch_size=256, max_new_tokens=48, target_acc=0.5, save_every=0)
@@ -183,7 +195,8 @@ if __name__ == "__main__":
     if scratch and not full:
         raise user_exit(f"a model trained from scratch has no base to adapt: --rank {args.rank} needs --model")
     if args.out is None:
-        args.out = "runs/toy_base" if scratch else f"runs/sft{'_toy' if args.toy else ''}_{'full' if full else f'r{args.rank}'}"
+        kind = {"lora": f"r{args.rank}", "loraxs": f"xs{args.rank}", "tinylora": f"tiny_u{args.u}_tie{args.tie:g}"}[args.adapter]
+        args.out = "runs/toy_base" if scratch else f"runs/sft{'_toy' if args.toy else ''}_{'full' if full else kind}"
     config = TOY_CONFIG if scratch else Qwen2Config.from_json(os.path.join(resolve_path(args.model), "config.json"))
     if args.lr is None:
         args.lr, lr_rule = default_lr(config, not full)
@@ -214,7 +227,7 @@ if __name__ == "__main__":
     if full:
         model.requires_grad_(True)
     else:
-        apply_lora(model, args.rank, args.alpha, args.targets, args.layers)
+        apply_adapter(model, args.adapter, args.rank, args.alpha, args.u, args.tie, args.targets, args.layers)
         if ckpt:
             load_adapter(model, ckpt)
     print(f"lr {args.lr:.2e} from {lr_rule}")
@@ -246,7 +259,7 @@ if __name__ == "__main__":
         raise user_exit(f"{len(train)} training examples are fewer than one batch of {args.batch_size} (--batch-size)")
     print(f"{args.task}: {len(train)} train examples ({n_all - len(train)} longer than {args.max_len} dropped), "
           f"{len(eval_set)} held out | batch {args.batch_size}, {args.steps} steps = {args.steps / n_batches:.2f} epochs | "
-          f"{'full fine-tuning' if full else f'LoRA rank {args.rank}'}, {sum(p.numel() for p in params):,} "
+          f"{'full fine-tuning' if full else f'{args.adapter} rank {args.rank}'}, {sum(p.numel() for p in params):,} "
           f"trainable parameters -> {args.out}")
 
     if start == 0:
