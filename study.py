@@ -1,0 +1,572 @@
+"""
+The claims of the seeds, measured the way they were measured: LoRA Without Regret's (each method at
+its own best LR from a sweep, over seeds) and the trajectory study's (PCA over every checkpoint of
+every run, the plane, rank-1 truncation), in one command that writes a report.
+
+    python study.py --toy                       # every claim on the toy world, 2-core CPU (~20 min)
+    python study.py --full                      # + seeds at the best LRs, batch size, tiny adapters (~75 min)
+    python study.py --toy --dry-run             # every run it would launch, with its estimated time
+    python study.py --model Qwen/Qwen2.5-3B --dry-run   # the same plan at GPU scale, GPU-hours from flops.py
+
+It runs the scripts as subprocesses (grpo.py, sft.py, geometry.py: no script imports another), one
+thread each, --jobs at a time, into runs/study/<run>/, and reads their run folders. A run that
+finished is reused and an interrupted one resumes, so a killed study continues where it stopped.
+It writes runs/study/report.md, claims.json and the figures; the README's results are its output.
+
+Every claim is a row: the seed's statement, our measurement with a 95% interval, a verdict (holds /
+does not hold / inconclusive at this noise) and the command behind it. Intervals: over seeds when
+a method has ≥ 2 (Student t), else the binomial interval of one evaluation on the whole toy test
+split (1,111 problems: ±0.03). "A matches B" holds when the interval of A − B lies above −MARGIN (0.05).
+Simplified on purpose: the sweep is one grid per method chosen before seeing results (half-decade
+steps), and the best LR is the grid point with the highest mean final accuracy.
+"""
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt
+import numpy as np
+from tqdm import tqdm
+
+import flops
+import runs
+from model import TOY_CONFIG, exit_on_user_error, user_exit
+
+HERE = Path(__file__).resolve().parent
+MARGIN = 0.05          # "matches": A − B ≥ −MARGIN in accuracy; two single-seed 1,111-problem evaluations differ by ±0.04
+TOY_TEST = 1111        # problems in the toy test split; every study run is scored on all of them
+P, Q = 3.0, 0.1        # Adam's invariance: (α, σ_A, η_A, η_B) -> (α/(pq), p·σ_A, p·η_A, q·η_B)
+
+# The sweeps (half-decade grids spanning ≥ 30x, chosen before any result). LoRA's α/r keeps the best LR
+# nearly rank-independent, so one grid serves every rank; full fine-tuning's sits a decade lower.
+GRID = {"toy": dict(lora=[3e-4, 1e-3, 3e-3, 1e-2], full=[3e-5, 1e-4, 3e-4, 1e-3]),
+        "full": dict(lora=[1e-4, 3e-4, 1e-3, 3e-3, 1e-2], full=[1e-5, 3e-5, 1e-4, 3e-4, 1e-3])}
+SFT_GRID = dict(lora=[3e-4, 1e-3, 3e-3, 1e-2], full=[3e-5, 1e-4, 3e-4, 1e-3])
+RANKS = [1, 4, 16, 0]  # 0 = full fine-tuning
+
+# -----------------------------------------------------------------------------
+# The plan: runs as (script, arguments); the study knows nothing else about them
+
+
+@dataclass
+class Run:
+    name: str               # its folder under the study's root
+    script: str             # grpo.py, sft.py or geometry.py
+    args: list              # everything but --out/--resume
+    claim: str              # which claim it serves
+    steps: int = 0          # training steps (0 for geometry)
+    meta: dict = field(default_factory=dict)  # method, lr, seed, ... for the analysis
+
+    def command(self, root):
+        out = ["--out", str(root / self.name)] + (["--resume"] if self.script != "geometry.py" else [])
+        return [sys.executable, str(HERE / self.script), *self.args, *out]
+
+
+def lr_name(lr):
+    return f"{lr:.0e}".replace("e-0", "e-")
+
+
+def method_name(rank):
+    return f"r{rank}" if rank else "full"
+
+
+def grpo_run(claim, rank, lr, seed, steps, extra=(), tag="", **meta):
+    name = f"grpo_{method_name(rank)}{tag}_lr{lr_name(lr)}_s{seed}"
+    args = ["--toy", "--rank", str(rank), "--lr", f"{lr:g}", "--seed", str(seed), "--steps", str(steps),
+            "--eval-every", "0", "--eval-limit", "0", *extra]  # evaluated at step 0 and at the end, whole split
+    return Run(name, "grpo.py", args, claim, steps, dict(method=method_name(rank) + tag, rank=rank, lr=lr, seed=seed, **meta))
+
+
+def sft_run(claim, rank, lr, seed, steps, batch=64, tag=""):
+    name = f"sft_{method_name(rank)}{tag}_lr{lr_name(lr)}_s{seed}"
+    args = ["--toy", "--model", str(HERE / "toy_base"), "--rank", str(rank), "--lr", f"{lr:g}", "--seed", str(seed),
+            "--steps", str(steps), "--batch-size", str(batch), "--eval-limit", "0"]
+    return Run(name, "sft.py", args, claim, steps, dict(method=method_name(rank) + tag, rank=rank, lr=lr, seed=seed, batch=batch))
+
+
+def sweep_plan(mode):
+    """Phase 1: the LR sweeps (GRPO for every method, SFT for rank 1 and full), seed 0."""
+    grid = GRID[mode]
+    plan = [grpo_run("rl_sweep", r, lr, 0, 60) for r in RANKS for lr in grid["lora" if r else "full"]]
+    plan += [sft_run("sft_sweep", r, lr, 0, 60) for r in (1, 0) for lr in SFT_GRID["lora" if r else "full"]]
+    return plan
+
+
+def followup_plan(mode, best):
+    """Phase 2, at the best LRs of phase 1: seeds, targets, layers, Adam's invariance (+ --full extras)."""
+    lr1 = best["r1"]
+    plan = [grpo_run("targets", 1, lr1, 0, 60, ["--targets", t], tag=f"_{t}") for t in ("attn", "mlp")]
+    plan += [grpo_run("layers", 1, lr1, 0, 60, ["--layers", third], tag=f"_{third}") for third in ("first", "middle", "last")]
+    # Adam with ε ≈ 0 and no clipping (the clip factor depends on the gradient's norm, which the
+    # reparametrization changes): the two runs should match step for step; α alone should not
+    adam = ["--adam-eps", "1e-30", "--grad-clip", "0"]
+    a = 32.0 / (P * Q)
+    plan += [grpo_run("adam", 1, lr1, 0, 30, adam, tag="_adam"),
+             grpo_run("adam", 1, P * lr1, 0, 30, adam + ["--alpha", f"{a:g}", "--init-scale", f"{P:g}",
+                                                          "--lr-ratio", f"{Q / P:g}"], tag="_adampq"),
+             grpo_run("adam", 1, lr1, 0, 30, adam + ["--alpha", f"{a:g}"], tag="_adamalpha")]
+    if mode == "full":
+        plan += [grpo_run("rl_sweep", r, best[method_name(r)], s, 60) for r in RANKS for s in (1, 2)]
+        # LoRA's penalty at large batch (SFT, as in LoRA Without Regret): the same 3,840 examples in
+        # batches of 32 and of 256, each method at its batch-64 best LR
+        for r in (1, 0):
+            lr = best[f"sft_{method_name(r)}"]
+            plan += [sft_run("batch", r, lr, 0, 120, batch=32, tag="_b32"), sft_run("batch", r, lr, 0, 15, batch=256, tag="_b256")]
+    return plan
+
+
+def geometry_plan(root, best_runs, mode):
+    """Phase 3: the trajectory geometry of the best-LR LoRA runs (geometry.py over links to them)."""
+    src = root / "geometry_runs"
+    grid = 7 if mode == "toy" else 11
+    return Run("geometry", "geometry.py", [str(src), "--plane", "--grid", str(grid), "--truncate", "1", "--eval-limit", "256"],
+               "geometry", meta=dict(runs=best_runs, src=str(src)))
+
+
+# -----------------------------------------------------------------------------
+# Running: subprocesses, one thread each; a finished run is reused, an interrupted one resumes
+
+# seconds on one thread of the 2-core development machine (toy, measured; refined from finished runs)
+SECONDS = {"grpo.py": 1.3, "sft.py": 0.35, "eval": 12.0, "geometry.py": 150.0}
+
+
+def finished(run, root):
+    folder = root / run.name
+    if run.script == "geometry.py":
+        return (folder / "geometry.json").exists()
+    if not (folder / "metrics.jsonl").exists():
+        return False
+    evals = [r for r in runs.read_metrics(folder) if "eval_accuracy" in r]
+    return bool(evals) and evals[-1]["step"] >= run.steps
+
+
+def estimate(run):
+    if run.script == "geometry.py":
+        return SECONDS["geometry.py"]
+    per_step = SECONDS.get(run.script, 1.0) * (run.meta.get("batch", 64) / 64 if run.script == "sft.py" else 1)
+    return run.steps * per_step + 2 * SECONDS["eval"]
+
+
+def launch(plan, root, jobs, dry_run=False):
+    """Run what is not finished yet, `jobs` at a time. Returns {name: error} for the runs that failed."""
+    todo = [r for r in plan if not finished(r, root)]
+    total = sum(map(estimate, todo))
+    print(f"{len(plan)} runs, {len(plan) - len(todo)} already finished; {len(todo)} to run, about "
+          f"{total / 60:.1f} min of one thread ({total / 60 / max(jobs, 1):.1f} min on {jobs} jobs)")
+    if dry_run:
+        for r in todo:
+            print(f"  {estimate(r):6.0f} s  {r.name:38} {' '.join(r.command(root)[1:])}")
+        return {}
+    (root / "logs").mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+
+    def one(run):
+        with open(root / "logs" / f"{run.name}.log", "w") as log:
+            proc = subprocess.run(run.command(root), stdout=log, stderr=subprocess.STDOUT, env=env, cwd=HERE)
+        return run, proc.returncode
+
+    failed = {}
+    with ThreadPoolExecutor(jobs) as pool, tqdm(total=round(total), desc="study", unit="s") as bar:
+        for fut in as_completed([pool.submit(one, r) for r in todo]):
+            run, code = fut.result()
+            bar.update(round(estimate(run)))
+            if code:
+                failed[run.name] = f"exit {code}, see {root / 'logs' / (run.name + '.log')}"
+                bar.write(f"FAILED {run.name}: {failed[run.name]}")
+    return failed
+
+# -----------------------------------------------------------------------------
+# Reading results, and the statistics of a verdict
+
+
+def t975(df):
+    """Student t's 97.5% quantile (two-sided 95%), table for small df, the normal beyond."""
+    table = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228]
+    return table[df - 1] if 1 <= df <= 10 else 1.96 + 2.4 / df
+
+
+def result(run, root):
+    """Final accuracy, its evaluation size, and the per-step training rows of a finished run."""
+    rows = runs.read_metrics(root / run.name)
+    evals = [r for r in rows if "eval_accuracy" in r]
+    return dict(acc=evals[-1]["eval_accuracy"], n=evals[-1].get("eval_n", TOY_TEST), base=evals[0]["eval_accuracy"],
+                train=[r for r in rows if "eval_accuracy" not in r and "kept_accuracy" not in r])
+
+
+def estimate_mean(accs, n):
+    """(mean, standard error, degrees of freedom): over seeds when there are ≥ 2, else binomial."""
+    m = float(np.mean(accs))
+    if len(accs) >= 2:
+        return m, float(np.std(accs, ddof=1)) / math.sqrt(len(accs)), len(accs) - 1
+    return m, math.sqrt(max(m * (1 - m), 1e-4) / n), 0  # df 0: normal quantile
+
+
+def interval(m, se, df):
+    q = t975(df) if df else 1.96
+    return [m - q * se, m + q * se]
+
+
+def diff(a, b):
+    """a − b for two (mean, se, df): Welch's interval (its df rounded down, at least 1 when either has seeds)."""
+    m, se = a[0] - b[0], math.hypot(a[1], b[1])
+    if a[2] and b[2]:
+        df = max(1, int((a[1] ** 2 + b[1] ** 2) ** 2 / (a[1] ** 4 / a[2] + b[1] ** 4 / b[2] + 1e-30)))
+    else:
+        df = a[2] or b[2]
+    return m, se, df
+
+
+def verdict_match(d):
+    """A matches B: A − B ≥ −MARGIN with 95% confidence; clearly worse: the whole interval below −MARGIN."""
+    lo, hi = interval(*d)
+    return "holds" if lo >= -MARGIN else "does not hold" if hi < -MARGIN else "inconclusive"
+
+
+def verdict_worse(d):
+    """A is worse than B: the whole interval of A − B below 0; not worse: A matches B."""
+    lo, hi = interval(*d)
+    return "holds" if hi < 0 else "does not hold" if lo >= -MARGIN else "inconclusive"
+
+
+def fmt_ci(m, se, df):
+    lo, hi = interval(m, se, df)
+    return f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+
+# -----------------------------------------------------------------------------
+# The claims
+
+
+def by_method(plan, root, claim):
+    """{method: {lr: [final accuracies over seeds]}} for the finished runs of one claim."""
+    table = {}
+    for r in plan:
+        if r.claim == claim and finished(r, root):
+            table.setdefault(r.meta["method"], {}).setdefault(r.meta["lr"], []).append(result(r, root)["acc"])
+    return table
+
+
+def best_lrs(table):
+    return {m: max(lrs, key=lambda lr: np.mean(lrs[lr])) for m, lrs in table.items()}
+
+
+def lr_ratio_claim(table, lora, full, source, what):
+    """The best-LR ratio with its grid resolution: LRs within noise of the best count as tied, and the
+    true optimum lies within half a grid step (√3.16x) of a grid point."""
+    def tied(lrs):
+        best = max(lrs, key=lambda lr: np.mean(lrs[lr]))
+        b = estimate_mean(lrs[best], TOY_TEST)
+        return [lr for lr in lrs if interval(*diff(b, estimate_mean(lrs[lr], TOY_TEST)))[0] <= 0], best
+    (tl, bl), (tf, bf) = tied(table[lora]), tied(table[full])
+    half = math.sqrt(math.sqrt(10))
+    lo, hi = min(tl) / max(tf) / half, max(tl) / min(tf) * half
+    v = "does not hold" if not lo <= 10 <= hi else "holds" if lo > 1 else "inconclusive"
+    return dict(claim=f"{what}: LoRA's best LR is ~10x full fine-tuning's", source=source,
+                measured=f"{bl / bf:.3g}x (best {bl:g} vs {bf:g}; tied within noise: {sorted(tl)} vs {sorted(tf)})",
+                interval=[lo, hi], verdict=v)
+
+
+def claims(plan, root, mode, geometry, best):
+    """The claims table; `best`: the sweep's best LRs (phase 1, seed 0), where the seeds were added."""
+    rows = []
+    rl = by_method(plan, root, "rl_sweep")
+    est = {m: estimate_mean(rl[m][best[m]], TOY_TEST) for m in rl}
+    cmd = "python study.py --toy" if mode == "toy" else "python study.py --full"
+    for r in ("r1", "r4", "r16"):
+        if r in est and "full" in est:
+            d = diff(est[r], est["full"])
+            rows.append(dict(claim=f"RL: rank {r[1:]} matches full fine-tuning, each at its best LR", source="LoRA Without Regret",
+                             measured=f"{est[r][0]:.3f} vs {est['full'][0]:.3f} (LR {best[r]:g} vs {best['full']:g}, "
+                             f"{len(rl[r][best[r]])} vs {len(rl['full'][best['full']])} seeds); difference {fmt_ci(*d)}",
+                             interval=interval(*d), verdict=verdict_match(d)))
+    if "r1" in rl and "full" in rl:
+        rows.append(lr_ratio_claim(rl, "r1", "full", "LoRA Without Regret", "RL"))
+    sft = by_method(plan, root, "sft_sweep")
+    if "r1" in sft and "full" in sft:
+        rows.append(lr_ratio_claim(sft, "r1", "full", "LoRA Without Regret (SFT sweeps)", "SFT"))
+    for claim, tag, check, statement in [
+            ("targets", "r1_attn", verdict_worse, "attention-only LoRA underperforms all layers"),
+            ("targets", "r1_mlp", verdict_match, "MLP-only LoRA matches all layers"),
+            ("layers", "r1_middle", verdict_match, "adapters on the middle third match all layers"),
+            ("layers", "r1_first", verdict_worse, "adapters on the first third do worse than all layers"),
+            ("layers", "r1_last", verdict_worse, "adapters on the last third do worse than all layers")]:
+        t = by_method(plan, root, claim).get(tag)
+        if t and "r1" in est:
+            e = estimate_mean(next(iter(t.values())), TOY_TEST)
+            d = diff(e, est["r1"])
+            note = " (the toy has 3 layers: a third is one layer)" if claim == "layers" else ""
+            rows.append(dict(claim=f"{statement} (rank 1){note}", source="LoRA Without Regret" if claim == "targets"
+                             else "the trajectory study's footnote", measured=f"{e[0]:.3f} vs {est['r1'][0]:.3f}; "
+                             f"difference {fmt_ci(*d)}", interval=interval(*d), verdict=check(d)))
+    rows += adam_claim(plan, root)
+    rows += flops_claim(plan, root, best)
+    rows += capacity_claim(plan, root, est)
+    if geometry:
+        rows += geometry_claims(geometry)
+    for r in rows:
+        r.setdefault("command", cmd)
+    return rows
+
+
+def curve(run, root, key="reward"):
+    return [r[key] for r in result(run, root)["train"] if key in r]
+
+
+def adam_claim(plan, root):
+    trio = {r.meta["method"]: r for r in plan if r.claim == "adam" and finished(r, root)}
+    if len(trio) < 3:
+        return []
+    base, pq, alpha = (np.array(curve(trio[k], root)) for k in ("r1_adam", "r1_adampq", "r1_adamalpha"))
+    same = int(np.argmax(base != pq)) if (base != pq).any() else len(base)
+    dev_pq, dev_alpha = float(np.abs(base - pq).mean()), float(np.abs(base - alpha).mean())
+    ok = same >= 5 and dev_pq < dev_alpha / 2
+    return [dict(claim="Adam makes LoRA's four knobs two: (α, σ_A, η_A, η_B) and (α/(pq), p·σ_A, p·η_A, q·η_B) train "
+                 f"alike (p={P:g}, q={Q:g}, ε=1e-30), α alone does not", source="LoRA Without Regret (appendix)",
+                 measured=f"reward curves identical for {same} of {len(base)} steps; mean |Δreward| {dev_pq:.4f} vs "
+                 f"{dev_alpha:.4f} for α alone", interval=None, verdict="holds" if ok else "does not hold")]
+
+
+def flops_claim(plan, root, best):
+    """flops.py's LoRA/full ratio beside the measured toy training time per step."""
+    toy, big = TOY_CONFIG, flops.get_config("Qwen2.5-3B")  # the toy base is model.TOY_CONFIG
+    ratio = {name: flops.total(flops.step_flops(c, 256, T, 1)) / flops.total(flops.step_flops(c, 256, T, 0))
+             for name, c, T in (("toy", toy, 80), ("3B", big, 662))}
+    t = {}
+    for m in ("r1", "full"):
+        r = next((r for r in plan if r.claim == "rl_sweep" and r.meta["method"] == m and r.meta["lr"] == best.get(m)
+                  and finished(r, root)), None)
+        if r:
+            t[m] = float(np.mean([row["t_train"] for row in result(r, root)["train"] if "t_train" in row]))
+    measured = f"flops.py: {ratio['3B']:.3f} at Qwen2.5-3B, {ratio['toy']:.3f} at the toy"
+    if len(t) == 2:
+        measured += f"; measured toy training time per step {t['r1']:.2f} s vs {t['full']:.2f} s ({t['r1'] / t['full']:.2f})"
+    return [dict(claim="LoRA costs ~2/3 of full fine-tuning's training FLOPs", source="LoRA Without Regret",
+                 measured=measured, interval=None, verdict="holds" if 0.6 <= ratio["3B"] <= 0.72 else "does not hold")]
+
+
+def capacity_claim(plan, root, est):
+    """Bits an RL run can carry (≤ 1 per episode) against 2 bits per trainable parameter, and the gap."""
+    if "full" not in est:
+        return []
+    toy = TOY_CONFIG
+    bits = 60 * 32 * flops.rl_bits_per_episode(8) * 8
+    pts = []
+    for m in ("r1", "r4", "r16"):
+        if m in est:
+            fill = bits / (flops.count_lora_params(toy, int(m[1:])) * flops.BITS_PER_PARAM)
+            pts.append((m, fill, est["full"][0] - est[m][0]))
+    if len(pts) < 2:
+        return []
+    fills, gaps = np.array([p[1] for p in pts]), np.array([p[2] for p in pts])
+    corr = float(np.corrcoef(fills, gaps)[0, 1]) if gaps.std() > 0 else float("nan")
+    return [dict(claim="a run carries ≤ 1 bit per episode; if rank 1 trails, the gap tracks the fill (bits/capacity)",
+                 source="LoRA Without Regret (capacity argument)",
+                 measured=f"{bits:,.0f} bits per 60-step run; " + ", ".join(f"{m} fill {f:.2f} gap {g:+.3f}" for m, f, g in pts)
+                 + f"; correlation {corr:+.2f}", interval=None,
+                 verdict="inconclusive" if len(pts) < 3 or not math.isfinite(corr) else "holds" if corr > 0.8 else "does not hold")]
+
+
+def geometry_claims(g):
+    rows = []
+    evr = g["explained_variance_ratio"]
+    rows.append(dict(claim="PC1 + PC2 hold > 90% of the variance of all checkpoints of all runs", source="the trajectory study",
+                     measured=f"{sum(evr[:2]):.3f} ({len(g['checkpoints'])} points, {len(g['runs'])} runs)",
+                     interval=None, verdict="holds" if sum(evr[:2]) > 0.9 else "does not hold"))
+    cos = np.array(g["cosine_final"])
+    off = np.abs(cos[~np.eye(len(cos), dtype=bool)]) if len(cos) > 1 else np.array([])
+    if off.size:
+        rows.append(dict(claim="the final updates of different runs are nearly orthogonal", source="the trajectory study",
+                         measured=f"|cosine| {off.min():.2f}-{off.max():.2f}", interval=None,
+                         verdict="holds" if off.max() < 0.3 else "does not hold"))
+    u = g.get("update_to_weight", {})
+    if u:
+        rows.append(dict(claim="||ΔW|| / ||W|| is extremely small", source="the trajectory study",
+                         measured=", ".join(f"{k} {v:.3f}" for k, v in u.items()), interval=None,
+                         verdict="holds" if max(u.values()) < 0.05 else "does not hold"))
+    plane = g.get("plane")
+    if plane:
+        acc = np.array(plane["accuracy"])
+        finals = [t["accuracy"] for t in g.get("truncation", {}).get("rows", []) if "final" in t["name"]]
+        rows.append(dict(claim="a large region of the PC1-PC2 plane is good, and holds points better than the trained runs",
+                         source="the trajectory study", measured=f"{100 * plane['good_fraction']:.0f}% of the {acc.shape[0]}x"
+                         f"{acc.shape[1]} grid within 90% of the best ({acc.max():.3f}); {100 * plane['above_base_fraction']:.0f}% "
+                         f"above the base ({plane['base_accuracy']:.3f})" + (f"; best run endpoint {max(finals):.3f}" if finals else "")
+                         + f" ({plane['eval_limit']} problems)", interval=None,
+                         verdict="holds" if plane["good_fraction"] > 0.25 and (not finals or acc.max() >= max(finals)) else "does not hold"))
+    trunc = g.get("truncation")
+    if trunc:
+        n = trunc["eval_limit"]
+        losses = [(t["name"], t["accuracy"] - t["accuracy_truncated"]) for t in trunc["rows"] if not t["name"].startswith("grpo_r1_")]
+        if losses:
+            worst = max(l for _, l in losses)
+            se = math.sqrt(2 * 0.25 / n)  # two evaluations of n problems at p ≈ 0.5
+            rows.append(dict(claim="rank-1 truncation of the higher-rank finals and of plane points loses nothing",
+                             source="the trajectory study", measured=", ".join(f"{k}: {-l:+.3f}" for k, l in losses) + f" ({n} problems)",
+                             interval=None, verdict="holds" if worst <= MARGIN else "does not hold" if worst > 1.96 * se else "inconclusive"))
+    return rows
+
+# -----------------------------------------------------------------------------
+# The open questions, figures and the report
+
+
+def open_questions(g, plan, root):
+    """How many PCs reach 90% of the variance (per run, over all); how direct each path is (path length
+    over displacement, from the Gram matrix) beside the step at which it reached 90% of its final reward."""
+    out = dict(pcs_to_90={})
+    per_run = g.get("explained_variance_ratio_per_run", {})
+    for name, evr in list(per_run.items()) + [("all runs", g["explained_variance_ratio"])]:
+        out["pcs_to_90"][name] = int(np.searchsorted(np.cumsum(evr), 0.9) + 1)
+    K = np.array(g["gram"])
+    idx = {}
+    for i, c in enumerate(g["checkpoints"]):
+        idx.setdefault(c["run"], []).append(i)
+    path = {}
+    by_name = {r.name: r for r in plan}
+    for run, ix in idx.items():
+        d = lambda i, j: math.sqrt(max(K[i, i] - 2 * K[i, j] + K[j, j], 0.0))
+        length = sum(d(i, j) for i, j in zip(ix, ix[1:]))
+        rewards = np.array(curve(by_name[run], root)) if run in by_name else np.array([])
+        smooth = np.convolve(rewards, np.ones(5) / 5, mode="valid") if len(rewards) >= 5 else rewards
+        reach = int(np.argmax(smooth >= smooth[0] + 0.9 * (smooth[-1] - smooth[0])) + 3) if len(smooth) else None
+        path[run] = dict(path_over_displacement=length / max(d(ix[0], ix[-1]), 1e-12), steps_to_90pct_reward=reach)
+    out["directness"] = path
+    return out
+
+
+def figures(plan, root, best, out):
+    rl = by_method(plan, root, "rl_sweep")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for k, (m, lrs) in enumerate(sorted(rl.items(), key=lambda kv: (kv[0] == "full", len(kv[0]), kv[0]))):
+        xs = sorted(lrs)
+        ms = [np.mean(lrs[x]) for x in xs]
+        es = [1.96 * estimate_mean(lrs[x], TOY_TEST)[1] for x in xs]
+        ax.errorbar(xs, ms, yerr=es, marker="o", capsize=3, label="full fine-tuning" if m == "full" else f"LoRA rank {m[1:]}")
+    base = next((result(r, root)["base"] for r in plan if r.claim == "rl_sweep" and finished(r, root)), None)
+    if base is not None:
+        ax.axhline(base, color="gray", ls=":", label="base")
+    ax.set(xscale="log", xlabel="learning rate", ylabel=f"final accuracy ({TOY_TEST} toy test problems)",
+           title="GRPO on the toy: accuracy vs LR")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "lr_sweep.png", dpi=120)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m, lr in sorted(best.items()):
+        for r in plan:
+            if r.claim == "rl_sweep" and r.meta["method"] == m and r.meta["lr"] == lr and r.meta["seed"] == 0 and finished(r, root):
+                y = np.array(curve(r, root))
+                ax.plot(np.arange(1, len(y) + 1), np.convolve(y, np.ones(5) / 5, mode="same"),
+                        label=f"{'full' if m == 'full' else 'rank ' + m[1:]} (LR {lr:g})")
+    ax.set(xlabel="step", ylabel="training reward (5-step mean)", title="GRPO reward at each method's best LR")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "reward_best_lr.png", dpi=120)
+    plt.close(fig)
+
+
+def write_report(out, rows, best, extra, wall, mode, failed):
+    lines = [f"# rank1 study ({mode})", "",
+             f"`python study.py --{mode}`: {wall / 60:.1f} min wall (runs reused from an earlier invocation count as 0). "
+             f"Margin for 'matches': {MARGIN}. Best LRs: " + ", ".join(f"{k} {v:g}" for k, v in sorted(best.items())), "",
+             "| claim | source | measured | 95% interval | verdict |", "|---|---|---|---|---|"]
+    for r in rows:
+        iv = f"[{r['interval'][0]:+.3g}, {r['interval'][1]:+.3g}]" if r["interval"] else ""
+        lines.append(f"| {r['claim']} | {r['source']} | {r['measured']} | {iv} | **{r['verdict']}** |")
+    if extra:
+        lines += ["", "## Open questions", "", "PCs to reach 90% of the variance: "
+                  + ", ".join(f"{k} {v}" for k, v in extra["pcs_to_90"].items()), "",
+                  "| run | path length / displacement | steps to 90% of the final reward |", "|---|---|---|"]
+        lines += [f"| {k} | {v['path_over_displacement']:.2f} | {v['steps_to_90pct_reward']} |" for k, v in extra["directness"].items()]
+    if failed:
+        lines += ["", "## Runs that failed", ""] + [f"- {k}: {v}" for k, v in failed.items()]
+    lines += ["", "Figures: lr_sweep.png, reward_best_lr.png, and geometry/*.png."]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+
+
+def gpu_plan(model):
+    """The plan at GPU scale, printed only: each run's steps and its GPU-hours from flops.py, at an assumed
+    40% of an H100's 989 bf16 TFLOP/s for training and 60% of its 3.35 TB/s for decoding."""
+    cfg = flops.get_config(model)
+    n_params = flops.count_params(cfg)
+    flop_s, bw = 0.4 * 989e12, 0.6 * 3.35e12
+    B, G, Pl, N = 32, 8, 150, 512
+
+    def hours(rank, steps):
+        train = flops.grpo_step_flops(cfg, B, G, Pl, N, rank, "all")["training"] / flop_s
+        decode = N * (2 * n_params) / bw  # every decode step reads the bf16 weights once for the whole batch
+        return steps * (train + decode) / 3600
+    plan = [("sweep", r, lr, 200) for r in (1, 4, 0) for lr in ([1e-5, 3e-5, 1e-4, 3e-4] if r else [1e-6, 3e-6, 1e-5, 3e-5])]
+    plan += [("trajectory", r, 5e-5, 500) for r in (1, 2, 4, 8)]
+    total = 0.0
+    print(f"{model}: {B} prompts x {G} samples, {N} new tokens; assumed {flop_s / 1e12:.0f} TFLOP/s, {bw / 1e12:.1f} TB/s")
+    for claim, r, lr, steps in plan:
+        h = hours(r, steps)
+        total += h
+        print(f"  {h:5.1f} GPU-h  {claim:10} python grpo.py --model {model} --rank {r} --lr {lr:g} --steps {steps}")
+    print(f"  + 3 seeds at each best LR, targets and layers at rank 1 (as --toy), then "
+          f"`python geometry.py runs/ --plane --truncate 1` on the trajectory runs\n{total:.1f} GPU-hours for the runs listed")
+
+# -----------------------------------------------------------------------------
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--toy", action="store_true", help="the toy study on a CPU (default when neither --full nor --model)")
+    parser.add_argument("--full", action="store_true", help="the complete toy study: + 2 seeds at every best LR, batch size, more LRs")
+    parser.add_argument("--model", default=None, help="print the plan at GPU scale for this model (e.g. Qwen/Qwen2.5-3B); needs --dry-run here")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count(), help="runs at a time, one thread each; default the CPU count")
+    parser.add_argument("--out", default="runs/study", help="the study's root: run folders, logs, report.md, claims.json, figures")
+    parser.add_argument("--dry-run", action="store_true", help="print every run it would launch and its estimated time; run nothing")
+    args = parser.parse_args()
+    exit_on_user_error()
+    if args.model:
+        if not args.dry_run:
+            raise user_exit("--model is the plan at GPU scale, which study.py prints but does not run here: add --dry-run")
+        gpu_plan(args.model)
+        raise SystemExit
+    mode = "full" if args.full else "toy"
+    root = Path(args.out)
+    t0 = time.time()
+    failed = {}
+
+    plan = sweep_plan(mode)
+    failed |= launch(plan, root, args.jobs, args.dry_run)
+    if args.dry_run:  # the later phases depend on the sweep's best LRs: planned at the grid's middle
+        guess = {m: GRID[mode]["lora" if m != "full" else "full"][1] for m in ("r1", "r4", "r16", "full")}
+        guess |= {"sft_r1": SFT_GRID["lora"][1], "sft_full": SFT_GRID["full"][1]}
+        launch(followup_plan(mode, guess), root, args.jobs, dry_run=True)
+        print(f"  {estimate(geometry_plan(root, [], mode)):6.0f} s  geometry")
+        raise SystemExit
+    best = best_lrs(by_method(plan, root, "rl_sweep"))
+    best |= {f"sft_{m}": lr for m, lr in best_lrs(by_method(plan, root, "sft_sweep")).items()}
+    print("best LRs: " + ", ".join(f"{k} {v:g}" for k, v in sorted(best.items())))
+    more = followup_plan(mode, best)
+    failed |= launch(more, root, args.jobs)
+    plan += more
+
+    best_runs = [r.name for r in plan if r.claim == "rl_sweep" and r.meta["rank"] and r.meta["lr"] == best[r.meta["method"]]
+                 and finished(r, root)]
+    geo = geometry_plan(root, best_runs, mode)
+    src = Path(geo.meta["src"])
+    src.mkdir(parents=True, exist_ok=True)
+    for name in best_runs:  # geometry.py reads every run under a folder: links to the chosen ones
+        if not (src / name).exists():
+            (src / name).symlink_to((root / name).resolve())
+    failed |= launch([geo], root, 1)
+    geometry = json.loads((root / "geometry" / "geometry.json").read_text()) if finished(geo, root) else None
+
+    rows = claims(plan, root, mode, geometry, best)
+    extra = open_questions(geometry, plan, root) if geometry else None
+    figures(plan, root, {k: v for k, v in best.items() if not k.startswith("sft_")}, root)
+    wall = time.time() - t0
+    write_report(root, rows, best, extra, wall, mode, failed)
+    (root / "claims.json").write_text(json.dumps(dict(mode=mode, wall_seconds=wall, best_lr=best, claims=rows,
+                                                      open_questions=extra, failed=failed), indent=1))
+    print((root / "report.md").read_text())

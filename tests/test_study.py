@@ -1,0 +1,145 @@
+"""study.py: the plan, resumption (a finished run is not run again), verdicts from synthetic runs, the dry runs."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import study
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_run(root, run, acc, rewards=None, base=0.5, n=study.TOY_TEST, t_train=1.0):
+    """A finished run folder as grpo.py/sft.py write it: eval rows at step 0 and at the end."""
+    folder = root / run.name
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [dict(step=0, eval_accuracy=base, eval_n=n)]
+    rewards = rewards if rewards is not None else [0.5] * run.steps
+    rows += [dict(step=s + 1, reward=r, t_train=t_train, loss=0.0) for s, r in enumerate(rewards)]
+    rows.append(dict(step=run.steps, eval_accuracy=acc, eval_n=n))
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_sweep_plan_spans_the_grid():
+    plan = study.sweep_plan("toy")
+    names = [r.name for r in plan]
+    assert len(names) == len(set(names)), "two runs would share a folder"
+    for method in ("r1", "r4", "r16", "full"):
+        lrs = sorted(r.meta["lr"] for r in plan if r.claim == "rl_sweep" and r.meta["method"] == method)
+        assert len(lrs) >= 4 and lrs[-1] / lrs[0] >= 30, (method, lrs)
+    for r in plan:  # scored on the whole toy test split, started from the shipped base
+        assert r.args[r.args.index("--eval-limit") + 1] == "0"
+        assert "--toy" in r.args
+    best = {"r1": 1e-3, "r4": 1e-3, "r16": 1e-3, "full": 1e-4, "sft_r1": 1e-3, "sft_full": 1e-4}
+    more = study.followup_plan("full", best)
+    seeds = [r for r in more if r.claim == "rl_sweep"]
+    assert {(r.meta["method"], r.meta["seed"]) for r in seeds} == {(m, s) for m in ("r1", "r4", "r16", "full") for s in (1, 2)}
+    assert all(r.meta["lr"] == best[r.meta["method"]] for r in seeds), "seeds go to each method's best LR"
+    pq = next(r for r in more if r.meta["method"] == "r1_adampq")
+    a = pq.args
+    assert float(a[a.index("--lr") + 1]) == pytest.approx(study.P * 1e-3)
+    assert float(a[a.index("--lr-ratio") + 1]) * float(a[a.index("--lr") + 1]) == pytest.approx(study.Q * 1e-3)  # η_B = q·η
+    assert float(a[a.index("--alpha") + 1]) == pytest.approx(32 / (study.P * study.Q), rel=1e-5)
+
+
+def test_launch_reuses_finished_runs_and_resumes_the_rest(tmp_path):
+    """A fake script that records each call: a finished run is never launched again; an unfinished one
+    is launched with --resume."""
+    calls = tmp_path / "calls.txt"
+    script = tmp_path / "fake.py"
+    script.write_text(f"""import json, sys, os
+out = sys.argv[sys.argv.index("--out") + 1]
+os.makedirs(out, exist_ok=True)
+open({str(calls)!r}, "a").write(" ".join(sys.argv[1:]) + "\\n")
+if "fail" in out: sys.exit(3)
+rows = [dict(step=0, eval_accuracy=0.1), dict(step=4, eval_accuracy=0.2)]
+open(os.path.join(out, "metrics.jsonl"), "w").write("".join(json.dumps(r) + "\\n" for r in rows))
+""")
+    plan = [study.Run(f"run{i}", str(script), ["--x", str(i)], "test", steps=4) for i in range(3)]
+    plan.append(study.Run("fail", str(script), [], "test", steps=4))
+    write_run(tmp_path, plan[0], 0.3)                                       # finished before the study
+    (tmp_path / "run1").mkdir()                                              # interrupted: no final eval
+    (tmp_path / "run1" / "metrics.jsonl").write_text(json.dumps(dict(step=0, eval_accuracy=0.1)) + "\n")
+    failed = study.launch(plan, tmp_path, jobs=2)
+    assert list(failed) == ["fail"] and "exit 3" in failed["fail"]
+    lines = calls.read_text().splitlines()
+    assert sorted(l.split("--out")[0].strip() for l in lines) == ["", "--x 1", "--x 2"]
+    assert all(l.endswith("--resume") for l in lines)
+    study.launch(plan[:3], tmp_path, jobs=2)                                  # all finished now
+    assert len(calls.read_text().splitlines()) == 3
+
+
+def test_claims_from_synthetic_runs(tmp_path):
+    """Verdicts follow the numbers: rank 1 equal to full holds; rank 16 far below does not; the LR ratio
+    of the best grid points is what is reported; attention-only far below all layers holds."""
+    plan = study.sweep_plan("toy")
+    best = {"r1": 3e-3, "r4": 3e-3, "r16": 3e-3, "full": 3e-4, "sft_r1": 1e-3, "sft_full": 1e-4}
+    acc = {"r1": 0.70, "r4": 0.71, "r16": 0.50, "full": 0.70, "sft_r1": 0.6, "sft_full": 0.6}
+    for r in plan:
+        key = r.meta["method"] if r.script == "grpo.py" else "sft_" + r.meta["method"]
+        at_best = r.meta["lr"] == best[key]
+        write_run(tmp_path, r, acc[key] if at_best else acc[key] - 0.15)
+    more = study.followup_plan("toy", best)
+    for r in more:
+        write_run(tmp_path, r, 0.45 if r.meta["method"] == "r1_attn" else 0.70,
+                  rewards=[0.3] * 10 + [0.6] * 20 if r.meta["method"] == "r1_adamalpha" else [0.3] * 30)
+    rows = study.claims(plan + more, tmp_path, "toy", None, best)
+    verdict = {r["claim"]: r["verdict"] for r in rows}
+    v = lambda text: next(val for k, val in verdict.items() if text in k)
+    assert v("rank 1 matches") == "holds"
+    assert v("rank 16 matches") == "does not hold"
+    assert v("attention-only") == "holds"
+    assert v("MLP-only") == "holds"
+    assert v("last third do worse") == "does not hold"
+    assert v("four knobs two") == "holds"
+    rl_ratio = next(r for r in rows if r["claim"].startswith("RL: LoRA's best LR"))
+    assert rl_ratio["measured"].startswith("10x") and rl_ratio["verdict"] == "holds"
+    study.figures(plan, tmp_path, {k: v for k, v in best.items() if not k.startswith("sft")}, tmp_path)
+    assert (tmp_path / "lr_sweep.png").stat().st_size > 10_000
+
+
+def test_intervals():
+    m, se, df = study.estimate_mean([0.6, 0.7, 0.8], 1111)
+    assert df == 2 and study.interval(m, se, df)[1] == pytest.approx(0.7 + 4.303 * 0.1 / 3 ** 0.5)
+    m, se, df = study.estimate_mean([0.5], 1111)                           # one seed: binomial
+    assert df == 0 and se == pytest.approx((0.25 / 1111) ** 0.5)
+    assert study.verdict_match((0.0, 0.005, 0)) == "holds"
+    assert study.verdict_match((-0.2, 0.01, 0)) == "does not hold"
+    assert study.verdict_match((-0.05, 0.02, 0)) == "inconclusive"
+
+
+def test_dry_runs_print_the_plans():
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "study.py", "--toy", "--dry-run", "--out", "/nonexistent/study"], cwd=ROOT,
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "grpo_r1_lr1e-3_s0" in out.stdout and "geometry" in out.stdout and "min" in out.stdout
+    out = subprocess.run([sys.executable, "study.py", "--model", "Qwen/Qwen2.5-3B", "--dry-run"], cwd=ROOT,
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "GPU-h" in out.stdout and "--rank 8" in out.stdout
+    out = subprocess.run([sys.executable, "study.py", "--model", "Qwen/Qwen2.5-3B"], cwd=ROOT,
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 2 and "--dry-run" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_shipped_toy_base_is_the_documented_one():
+    """toy_base/ holds the files whose sha256 its README lists, and scores the README's accuracy on the
+    whole toy test split (to within one problem: another CPU's float kernels may flip a near tie)."""
+    import hashlib
+    import re
+    import eval_gsm8k
+    from model import TOY_BASE, load_model, load_tokenizer
+    doc = (Path(TOY_BASE) / "README.md").read_text()
+    for name, digest in re.findall(r"\| (\S+) \| ([0-9a-f]{64}) \|", doc):
+        assert hashlib.sha256((Path(TOY_BASE) / name).read_bytes()).hexdigest() == digest, name
+    k, n = re.search(r"\((\d+) of ([\d,]+);", doc).groups()
+    k, n = int(k), int(n.replace(",", ""))
+    problems = eval_gsm8k.toy_problems("test")
+    assert len(problems) == n
+    m, tok = load_model(TOY_BASE, device="cpu", verbose=False), load_tokenizer(TOY_BASE)
+    summary, _ = eval_gsm8k.evaluate(m, tok, problems, batch_size=256, max_new_tokens=48, progress=False)
+    assert abs(summary["accuracy"] * n - k) <= 1, (summary["accuracy"], k / n)
