@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from model import TOY_BASE, exit_on_user_error, generate, load_model, load_tokenizer, pick_device, sample_key, token_logprobs, user_exit
+from model import TOY_BASE, exit_on_user_error, generate, load_model, load_tokenizer, pick_device, sample_key, completion_logprobs, user_exit
 from lora import adapters_disabled, apply_adapter, load_adapter, lora_modules
 from runs import (append_metrics, check_resume_args, load_trainer_state, newest_checkpoint, read_metrics,
                   save_checkpoint, trim_metrics, write_args)
@@ -81,7 +81,7 @@ def kl_k3(logp, logp_ref):
     return torch.exp(r) - r - 1
 
 # -----------------------------------------------------------------------------
-# Data, rollouts, packing
+# Data and rollouts
 
 
 def batch_indices(n, batch, step, seed):
@@ -97,19 +97,12 @@ def batch_indices(n, batch, step, seed):
     return stream[lo - first * n:hi - first * n]
 
 
-def pack(prompts, completions, sampler_logps, device):
-    """Right-padded ids (N, T); on the (N, T-1) log-prob grid, the completion mask and the sampler's
-    log-probs. Entry t scores token t+1, so completion token j of a prompt of length P sits at P-1+j."""
-    N, T = len(prompts), max(len(p) + len(c) for p, c in zip(prompts, completions))
-    ids = torch.zeros(N, T, dtype=torch.long)
-    mask = torch.zeros(N, T - 1, dtype=torch.bool)
-    old = torch.zeros(N, T - 1)
-    for i, (p, c, lp) in enumerate(zip(prompts, completions, sampler_logps)):
-        P, L = len(p), len(p) + len(c)
-        ids[i, :L] = torch.tensor(p + c)
-        mask[i, P - 1:L - 1] = True
-        old[i, P - 1:L - 1] = torch.tensor(lp)
-    return ids.to(device), mask.to(device), old.to(device)
+def sampler_grid(sampler_logps, mask):
+    """The sampler's per-token log-probs laid on completion_logprobs' (n, L) grid, where mask is True
+    (row by row, left to right: the order of the lists)."""
+    old = torch.zeros(mask.shape, device=mask.device)
+    old[mask] = torch.tensor([x for lp in sampler_logps for x in lp], device=mask.device)
+    return old
 
 # -----------------------------------------------------------------------------
 
@@ -292,18 +285,19 @@ if __name__ == "__main__":
         # --- update(s): micro-batches accumulate one batch gradient, normalized by its token count
         t0 = time.time()
         model.train()
-        prompts_n = [p for p in prompts for _ in range(G)]
         for epoch in range(args.epochs):
             optimizer.zero_grad(set_to_none=True)
             loss_sum, gap, kl_sampler, kl_ref = 0.0, 0.0, 0.0, 0.0
             for s in range(0, B * G, micro):
-                ids, mask, old = pack(prompts_n[s:s + micro], completions[s:s + micro], sampler_logps[s:s + micro], device)
-                # right padding needs no pad mask: causal attention never looks right
-                logp = token_logprobs(model, ids, temperature=args.temperature)       # (n, T-1)
+                # samples s..s+micro; sample k continues prompt k // G, which runs once for all its samples
+                first, owner = s // G, [k // G - s // G for k in range(s, min(s + micro, B * G))]
+                batch = (prompts[first:first + owner[-1] + 1], completions[s:s + micro], owner)
+                logp, mask = completion_logprobs(model, *batch, temperature=args.temperature)   # (n, L)
+                old = sampler_grid(sampler_logps[s:s + micro], mask)
                 loss = policy_loss(logp, old, adv[s:s + micro], mask, clip, n_tokens)
                 if args.kl:
                     with torch.no_grad(), adapters_disabled(model):
-                        ref = token_logprobs(model, ids, temperature=args.temperature)
+                        ref, _ = completion_logprobs(model, *batch, temperature=args.temperature)
                     kl = kl_k3(logp, ref)[mask].sum() / n_tokens
                     loss = loss + args.kl * kl
                     kl_ref += kl.item()

@@ -697,21 +697,70 @@ def _chunk_logprobs(h, weight, targets, temperature):
     return logits.log_softmax(-1).gather(-1, targets[:, None]).squeeze(-1)  # (N,)
 
 
-def token_logprobs(model, input_ids, pad_mask=None, temperature=1.0, chunk_size=1024):
-    """(B, T) ids -> (B, T-1) float32: [b, t] = log p(input_ids[b, t+1] | input_ids[b, :t+1]).
+def logprobs_from_hidden(h, weight, targets, temperature=1.0, chunk_size=1024):
+    """Final-normed hidden states (N, C) -> (N,) float32 log-probs of targets under the head weight (V, C).
 
-    The logits are B×T×vocab floats (151,936 per token for Qwen): made chunk_size tokens at a
-    time, and under autograd each chunk is recomputed in backward instead of stored."""
-    B, T = input_ids.shape
-    h = model(input_ids, pad_mask=pad_mask, hidden_only=True)[:, :-1].reshape(B * (T - 1), -1)
-    targets = input_ids[:, 1:].reshape(-1)
-    weight = model.lm_head.weight
+    The logits are N×vocab floats (151,936 per token for Qwen): made chunk_size tokens at a time,
+    and under autograd each chunk is recomputed in backward instead of stored."""
     out = []
     for s in range(0, h.shape[0], chunk_size):
         args = (h[s:s + chunk_size], weight, targets[s:s + chunk_size], temperature)
         out.append(checkpoint(_chunk_logprobs, *args, use_reentrant=False)
                    if torch.is_grad_enabled() else _chunk_logprobs(*args))
-    return torch.cat(out).view(B, T - 1)
+    return torch.cat(out)
+
+
+def token_logprobs(model, input_ids, pad_mask=None, temperature=1.0, chunk_size=1024):
+    """(B, T) ids -> (B, T-1) float32: [b, t] = log p(input_ids[b, t+1] | input_ids[b, :t+1])."""
+    B, T = input_ids.shape
+    h = model(input_ids, pad_mask=pad_mask, hidden_only=True)[:, :-1].reshape(B * (T - 1), -1)
+    targets = input_ids[:, 1:].reshape(-1)
+    return logprobs_from_hidden(h, model.lm_head.weight, targets, temperature, chunk_size).view(B, T - 1)
+
+
+def completion_logprobs(model, prompts, completions, owner, temperature=1.0, chunk_size=1024):
+    """Log-probs of completions given their prompts, each prompt computed once for all its samples.
+
+    prompts: token lists; completions: token lists; owner[k]: the index of completion k's prompt.
+    -> logp (K, L) float32 and mask (K, L) bool, L the longest completion: logp[k, j] =
+    log p(completions[k][j] | prompt, completions[k][:j]). GRPO's G samples of a prompt share it,
+    and in the toy world the prompt is ~3/4 of every sequence: token_logprobs over prompt +
+    completion would run it G times. Here the prompts run once (left-padded, into a KVCache that
+    keeps autograd's graph), the cache fans out to the completions (cache.select, a differentiable
+    gather: the prompt's keys and values get the gradient of every sample that read them), and the
+    completions (right-padded) attend to it. Same math as token_logprobs on the concatenations,
+    equal to float rounding (tests/test_grpo.py). With activation checkpointing every sample runs
+    whole (token_logprobs), since recomputing a block in backward would write the cache again."""
+    device = model.lm_head.weight.device
+    P, L = max(map(len, prompts)), max(1, max(map(len, completions)))
+    Bp, K = len(prompts), len(completions)
+    if model.grad_checkpointing and model.training and torch.is_grad_enabled():
+        # recomputing a block in backward would write the cache a second time: each sample whole instead
+        ids = torch.zeros(K, P + L, dtype=torch.long)
+        for k, (o, c) in enumerate(zip(owner, completions)):
+            ids[k, :len(prompts[o]) + len(c)] = torch.tensor(prompts[o] + c, dtype=torch.long)
+        full = token_logprobs(model, ids.to(device), temperature=temperature, chunk_size=chunk_size)  # (K, P+L-1)
+        start = torch.tensor([len(prompts[o]) - 1 for o in owner], device=device)[:, None]      # (K, 1)
+        mask = torch.arange(L, device=device)[None] < torch.tensor([len(c) for c in completions], device=device)[:, None]
+        return full.gather(1, start + torch.arange(L, device=device)[None]), mask
+    ids_p = torch.zeros(Bp, P, dtype=torch.long)
+    mask_p = torch.zeros(Bp, P, dtype=torch.bool)
+    for i, p in enumerate(prompts):  # left padding: every prompt ends at slot P-1
+        ids_p[i, P - len(p):], mask_p[i, P - len(p):] = torch.tensor(p), True
+    ids_c = torch.zeros(K, L, dtype=torch.long)
+    mask_c = torch.zeros(K, L, dtype=torch.bool)
+    for k, c in enumerate(completions):  # right padding: pads come after, and nothing real sees them
+        ids_c[k, :len(c)], mask_c[k, :len(c)] = torch.tensor(c, dtype=torch.long), True
+    ids_p, mask_p, ids_c, mask_c = (t.to(device) for t in (ids_p, mask_p, ids_c, mask_c))
+    owner = torch.as_tensor(owner, dtype=torch.long, device=device)
+    cache = KVCache(model.config, Bp, P + L, device, model.lm_head.weight.dtype)
+    h_p = model(ids_p, pad_mask=mask_p, cache=cache, hidden_only=True)             # (Bp, P, C)
+    cache.select(owner)                                                            # (K, Hkv, P + L, D)
+    h_c = model(ids_c, pad_mask=mask_c, cache=cache, hidden_only=True)             # (K, L, C)
+    # completion token j is predicted at slot P-1+j: the prompt's last slot for j = 0
+    h = torch.cat([h_p[owner, -1:], h_c[:, :-1]], dim=1)                          # (K, L, C)
+    logp = logprobs_from_hidden(h.reshape(K * L, -1), model.lm_head.weight, ids_c.reshape(-1), temperature, chunk_size)
+    return logp.view(K, L), mask_c
 
 
 # -----------------------------------------------------------------------------

@@ -11,9 +11,9 @@ import torch
 from safetensors.torch import load_file
 
 import eval_gsm8k
-from grpo import batch_indices, group_advantages, kl_k3, pack, policy_loss
+from grpo import batch_indices, group_advantages, kl_k3, policy_loss, sampler_grid
 from lora import apply_lora, lora_modules
-from model import generate, load_model, token_logprobs
+from model import completion_logprobs, generate, load_model, token_logprobs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_RUN = ["--toy", "--batch", "2", "--group", "4", "--max-new-tokens", "8", "--eval-limit", "2",
@@ -33,10 +33,20 @@ def lora_toy(toy_dir, rank=2, seed=0):
 
 
 def rollouts(m, n_prompts=2, G=4, max_new_tokens=6, temperature=1.0):
+    """(prompts, completions, sampler log-probs, owner): completion k continues prompts[owner[k]]."""
     prompts = [[10 + i, 20, 30 + 2 * i, 40][:2 + i] for i in range(n_prompts)]  # different lengths
     comps, lps = generate(m, prompts, max_new_tokens, temperature=temperature, n=G, return_logprobs=True,
                           generator=torch.Generator().manual_seed(0))
-    return [p for p in prompts for _ in range(G)], comps, lps
+    return prompts, comps, lps, [i for i in range(n_prompts) for _ in range(G)]
+
+
+def concatenated(prompts, comps, owner):
+    """Right-padded prompt + completion ids (K, T) and where each completion starts on token_logprobs' grid."""
+    seqs = [prompts[o] + c for o, c in zip(owner, comps)]
+    ids = torch.zeros(len(seqs), max(map(len, seqs)), dtype=torch.long)
+    for k, q in enumerate(seqs):
+        ids[k, :len(q)] = torch.tensor(q)
+    return ids, [len(prompts[o]) - 1 for o in owner]
 
 
 def test_group_advantages_by_hand():
@@ -90,15 +100,15 @@ def test_policy_loss_gradient_clip_and_microbatches():
 
 def test_zero_variance_group_gives_exactly_zero_gradient(toy_dir):
     m = lora_toy(toy_dir)
-    prompts, comps, lps = rollouts(m, n_prompts=2, G=4)
-    ids, mask, old = pack(prompts, comps, lps, "cpu")
+    prompts, comps, lps, owner = rollouts(m, n_prompts=2, G=4)
     rewards = torch.tensor([[1., 1., 1., 1.], [0., 1., 0., 0.]])        # group 0 all right
     adv = group_advantages(rewards).flatten()
     params = [p for p in m.parameters() if p.requires_grad]
     grads = []
-    for rows in (slice(0, 4), slice(4, 8)):
+    for i, rows in enumerate((slice(0, 4), slice(4, 8))):
         m.zero_grad(set_to_none=False)
-        policy_loss(token_logprobs(m, ids[rows]), old[rows], adv[rows], mask[rows]).backward()
+        logp, mask = completion_logprobs(m, prompts[i:i + 1], comps[rows], [0] * 4)
+        policy_loss(logp, sampler_grid(lps[rows], mask), adv[rows], mask).backward()
         grads.append(torch.cat([p.grad.flatten() for p in params]))
     assert torch.equal(grads[0], torch.zeros_like(grads[0])), "a zero-variance group must teach nothing"
     assert (grads[1] != 0).float().mean() > 0.5, "a mixed group must give a gradient"
@@ -107,15 +117,38 @@ def test_zero_variance_group_gives_exactly_zero_gradient(toy_dir):
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_sampler_and_trainer_logprobs_agree_on_policy(toy_dir, temperature):
     m = lora_toy(toy_dir)
-    prompts, comps, lps = rollouts(m, n_prompts=3, G=3, max_new_tokens=12, temperature=temperature)
-    ids, mask, old = pack(prompts, comps, lps, "cpu")
+    prompts, comps, lps, owner = rollouts(m, n_prompts=3, G=3, max_new_tokens=12, temperature=temperature)
     with torch.no_grad():
-        logp = token_logprobs(m, ids, temperature=temperature)
+        logp, mask = completion_logprobs(m, prompts, comps, owner, temperature=temperature)
+    old = sampler_grid(lps, mask)
     assert mask.sum() == sum(len(c) for c in comps)
     gap = (logp - old)[mask].abs().max().item()
     assert gap <= 1e-5, f"sampler vs trainer log-prob gap {gap:.2e} in float32"
     # and the gap would show a misalignment: the same log-probs one position off are far apart
     assert (logp[:, 1:] - old[:, :-1])[mask[:, :-1] & mask[:, 1:]].abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_shared_prompts_equal_whole_sequences(toy_dir, checkpointing):
+    """completion_logprobs runs each prompt once for its samples; its log-probs and the gradient of a
+    policy loss equal token_logprobs' on every prompt + completion, to float32 rounding. With
+    activation checkpointing it takes the whole-sequence path, which must agree too."""
+    m = lora_toy(toy_dir)
+    prompts, comps, lps, owner = rollouts(m, n_prompts=3, G=3, max_new_tokens=9)
+    ids, starts = concatenated(prompts, comps, owner)
+    adv = torch.randn(len(comps), generator=torch.Generator().manual_seed(1))
+    params = [p for p in m.parameters() if p.requires_grad]
+    m.train()
+    full = token_logprobs(m, ids)                                          # (K, T-1)
+    want = torch.cat([full[k, s:s + len(c)] for k, (s, c) in enumerate(zip(starts, comps))])
+    g_want = torch.autograd.grad(-(want * adv.repeat_interleave(torch.tensor([len(c) for c in comps]))).sum(), params)
+    m.grad_checkpointing = checkpointing
+    logp, mask = completion_logprobs(m, prompts, comps, owner)
+    g = torch.autograd.grad(-(logp * adv[:, None])[mask].sum(), params)
+    torch.testing.assert_close(logp[mask], want, rtol=0, atol=1e-5)
+    for a, b in zip(g, g_want):
+        assert ((a - b).norm() / b.norm()).item() < 1e-4
+    assert (logp[~mask] == logp[~mask]).all(), "padding stays finite (it is masked, never NaN)"
 
 
 def read_jsonl(path):
