@@ -24,6 +24,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -86,11 +87,28 @@ def grpo_run(claim, rank, lr, seed, steps, extra=(), tag="", **meta):
     return Run(name, "grpo.py", args, claim, steps, dict(method=method_name(rank) + tag, rank=rank, lr=lr, seed=seed, **meta))
 
 
-def sft_run(claim, rank, lr, seed, steps, batch=64, tag=""):
+def sft_run(claim, rank, lr, seed, steps, batch=64, extra=(), tag="", **meta):
     name = f"sft_{method_name(rank)}{tag}_lr{lr_name(lr)}_s{seed}"
     args = ["--toy", "--model", str(HERE / "toy_base"), "--rank", str(rank), "--lr", f"{lr:g}", "--seed", str(seed),
-            "--steps", str(steps), "--batch-size", str(batch), "--eval-limit", "0"]
-    return Run(name, "sft.py", args, claim, steps, dict(method=method_name(rank) + tag, rank=rank, lr=lr, seed=seed, batch=batch))
+            "--steps", str(steps), "--batch-size", str(batch), "--eval-limit", "0", *extra]
+    return Run(name, "sft.py", args, claim, steps, dict(method=method_name(rank) + tag, rank=rank, lr=lr, seed=seed,
+                                                       batch=batch, **meta))
+
+
+# Adapters below rank 1 (lora.py; Morris et al. 2026): (tag, grpo/sft flags, trainable parameters on the toy)
+SMALL = [("_tiny_u1_tie1", ["--adapter", "tinylora", "--u", "1", "--tie", "1"], dict(adapter="tinylora", svd_rank=2, u=1, tie=1.0)),
+         ("_tiny_u13_tie1", ["--adapter", "tinylora", "--u", "13", "--tie", "1"], dict(adapter="tinylora", svd_rank=2, u=13, tie=1.0)),
+         ("_tiny_u13_tie0", ["--adapter", "tinylora", "--u", "13", "--tie", "0"], dict(adapter="tinylora", svd_rank=2, u=13, tie=0.0)),
+         ("_xs2", ["--adapter", "loraxs"], dict(adapter="loraxs", svd_rank=2)),
+         ("_xs16", ["--adapter", "loraxs"], dict(adapter="loraxs", svd_rank=16))]
+SMALL_GRID = [1e-4, 1e-3, 1e-2]  # v and R scale W's own top singular directions: Adam's ~LR per step is relative
+
+
+def params_of(meta):
+    """Trainable parameters of a run's adapter on the toy (flops.py's counts)."""
+    if meta.get("adapter"):
+        return flops.count_adapter_params(TOY_CONFIG, meta["adapter"], meta["svd_rank"], meta.get("u", 13), meta.get("tie", 0.0))
+    return flops.count_lora_params(TOY_CONFIG, meta["rank"]) if meta["rank"] else flops.count_params(TOY_CONFIG)
 
 
 def sweep_plan(mode):
@@ -116,6 +134,12 @@ def followup_plan(mode, best):
              grpo_run("adam", 1, lr1, 0, 30, adam + ["--alpha", f"{a:g}"], tag="_adamalpha")]
     if mode == "full":
         plan += [grpo_run("rl_sweep", r, best[method_name(r)], s, 60) for r in RANKS for s in (1, 2)]
+        # how few parameters teach the skill, in RL and in SFT: each size at its best of a small sweep
+        for tag, flags, meta in SMALL:
+            for lr in SMALL_GRID:
+                plan += [grpo_run("params_rl", meta["svd_rank"], lr, 0, 60, flags, tag=tag, **meta),
+                         sft_run("params_sft", meta["svd_rank"], lr, 0, 60, extra=flags, tag=tag, **meta)]
+        plan += [sft_run("sft_sweep", r, lr, 0, 60) for r in (4, 16) for lr in SFT_GRID["lora"]]
         # LoRA's penalty at large batch (SFT, as in LoRA Without Regret): the same 3,840 examples in
         # batches of 32 and of 256, each method at its batch-64 best LR
         for r in (1, 0):
@@ -306,6 +330,7 @@ def claims(plan, root, mode, geometry, best):
             rows.append(dict(claim=f"{statement} (rank 1){note}", source="LoRA Without Regret" if claim == "targets"
                              else "the trajectory study's footnote", measured=f"{e[0]:.3f} vs {est['r1'][0]:.3f}; "
                              f"difference {fmt_ci(*d)}", interval=interval(*d), verdict=check(d)))
+    rows += params_claims(plan, root, best)
     rows += adam_claim(plan, root)
     rows += flops_claim(plan, root, best)
     rows += capacity_claim(plan, root, est)
@@ -313,6 +338,45 @@ def claims(plan, root, mode, geometry, best):
         rows += geometry_claims(geometry)
     for r in rows:
         r.setdefault("command", cmd)
+    return rows
+
+
+def size_curve(plan, root, best, regime):
+    """{method: (trainable parameters, best final accuracy)} in RL or SFT: LoRA ranks and full
+    fine-tuning from the sweeps, the adapters below rank 1 at their best of SMALL_GRID."""
+    sweep, small = ("rl_sweep", "params_rl") if regime == "rl" else ("sft_sweep", "params_sft")
+    out = {}
+    for claim in (sweep, small):
+        for m, lrs in by_method(plan, root, claim).items():
+            meta = next(r.meta for r in plan if r.claim == claim and r.meta["method"] == m)
+            out[m] = (params_of(meta), max(float(np.mean(v)) for v in lrs.values()))
+    return out
+
+
+def params_claims(plan, root, best):
+    rl, sft = size_curve(plan, root, best, "rl"), size_curve(plan, root, best, "sft")
+    tiny = "r2_tiny_u13_tie1"
+    base = next((result(r, root)["base"] for r in plan if r.claim == "rl_sweep" and finished(r, root)), None)
+    if tiny not in rl or base is None or "full" not in rl or "full" not in sft:
+        return []
+    se = math.sqrt(2 * base * (1 - base) / TOY_TEST)  # two evaluations of the same 1,111 problems
+    gain = rl[tiny][1] - base
+    rows = [dict(claim="13 parameters (TinyLoRA u=13, fully tied) teach the skill in RL", source="Morris et al. 2026",
+                 measured=f"{base:.3f} -> {rl[tiny][1]:.3f} ({gain:+.3f}) after 60 GRPO steps, best of LRs {SMALL_GRID}",
+                 interval=[gain - 1.96 * se, gain + 1.96 * se],
+                 verdict="holds" if gain - 1.96 * se > 0 else "does not hold" if gain + 1.96 * se < 0.02 else "inconclusive")]
+
+    def smallest(curve):  # the fewest parameters that reach half of full fine-tuning's gain
+        target = base + 0.5 * (curve["full"][1] - base)
+        ok = [p for p, acc in curve.values() if acc >= target]
+        return min(ok) if ok else None
+    a, b = smallest(rl), smallest(sft)
+    if a and b:
+        ratio = b / a
+        rows.append(dict(claim="RL needs far fewer trainable parameters than SFT for the same gain (100-1000x)",
+                         source="Morris et al. 2026", measured=f"half of full fine-tuning's gain: {a:,} parameters in RL, "
+                         f"{b:,} in SFT ({ratio:.3g}x)", interval=None,
+                         verdict="holds" if ratio >= 100 else "does not hold" if ratio < 10 else "inconclusive"))
     return rows
 
 
@@ -470,6 +534,18 @@ def figures(plan, root, best, out):
     fig.tight_layout()
     fig.savefig(out / "reward_best_lr.png", dpi=120)
     plt.close(fig)
+    rl, sft = size_curve(plan, root, best, "rl"), size_curve(plan, root, best, "sft")
+    if len(rl) > 4:  # the adapters below rank 1 ran (--full)
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for curve_, label, style in ((rl, "GRPO (RL)", "o-"), (sft, "SFT", "s--")):
+            pts = sorted(curve_.values())
+            ax.plot([p for p, _ in pts], [a for _, a in pts], style, label=label)
+        ax.set(xscale="log", xlabel="trainable parameters", ylabel=f"final accuracy ({TOY_TEST} toy test problems)",
+               title="How few parameters teach the skill (best LR each)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "params.png", dpi=120)
+        plt.close(fig)
 
 
 def write_report(out, rows, best, extra, wall, mode, failed):
@@ -524,6 +600,7 @@ if __name__ == "__main__":
     parser.add_argument("--jobs", type=int, default=os.cpu_count(), help="runs at a time, one thread each; default the CPU count")
     parser.add_argument("--out", default="runs/study", help="the study's root: run folders, logs, report.md, claims.json, figures")
     parser.add_argument("--dry-run", action="store_true", help="print every run it would launch and its estimated time; run nothing")
+    parser.add_argument("--figures", default=None, help="also copy every figure here (the README's: figures/)")
     args = parser.parse_args()
     exit_on_user_error()
     if args.model:
@@ -569,4 +646,8 @@ if __name__ == "__main__":
     write_report(root, rows, best, extra, wall, mode, failed)
     (root / "claims.json").write_text(json.dumps(dict(mode=mode, wall_seconds=wall, best_lr=best, claims=rows,
                                                       open_questions=extra, failed=failed), indent=1))
+    if args.figures:
+        Path(args.figures).mkdir(parents=True, exist_ok=True)
+        for png in [*root.glob("*.png"), *(root / "geometry").glob("*.png")]:
+            shutil.copy(png, Path(args.figures) / png.name)
     print((root / "report.md").read_text())
