@@ -52,7 +52,7 @@ P, Q = 3.0, 0.1        # Adam's invariance: (α, σ_A, η_A, η_B) -> (α/(pq), 
 GRID = {"toy": dict(lora=[3e-4, 1e-3, 3e-3, 1e-2], full=[3e-5, 1e-4, 3e-4, 1e-3]),
         "full": dict(lora=[1e-4, 3e-4, 1e-3, 3e-3, 1e-2], full=[1e-5, 3e-5, 1e-4, 3e-4, 1e-3])}
 SFT_GRID = dict(lora=[3e-4, 1e-3, 3e-3, 1e-2], full=[3e-5, 1e-4, 3e-4, 1e-3])
-RANKS = [1, 4, 16, 0]  # 0 = full fine-tuning
+RANKS = [1, 0, 4, 16]  # 0 = full fine-tuning; run in this order, so a study cut short has rank 1 vs full first
 
 # -----------------------------------------------------------------------------
 # The plan: runs as (script, arguments); the study knows nothing else about them
