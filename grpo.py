@@ -373,7 +373,9 @@ if __name__ == "__main__":
 
     # --- summary
     close_distributed()
-    evals = [r for r in read_metrics(args.out) if "eval_accuracy" in r] if rank == 0 else []
+    if rank > 0:
+        raise SystemExit  # rank 0 reads the metrics and prints the summary
+    evals = [r for r in read_metrics(args.out) if "eval_accuracy" in r]
     if len(evals) >= 2:
         print(f"eval accuracy {evals[0]['eval_accuracy']:.3f} (step {evals[0]['step']}) -> "
               f"{evals[-1]['eval_accuracy']:.3f} (step {evals[-1]['step']})")

@@ -251,7 +251,7 @@ def init_distributed(device=None):
         torch.cuda.set_device(device)
     elif device.type != "cpu":
         raise user_exit(f"torchrun: data parallel runs on cuda (NCCL) or cpu (gloo), not {device.type}")
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None)
     if rank:
         sys.stdout = open(os.devnull, "w")
     return rank, world, device
