@@ -41,7 +41,8 @@ def launch(script, argv, procs):
 
 
 def rows(run):
-    return [json.loads(line) for line in open(os.path.join(run, "metrics.jsonl"))]
+    with open(os.path.join(run, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
 
 
 def max_rel_diff(a, b):
