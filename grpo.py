@@ -8,12 +8,16 @@ their group. LoRA of any rank, or full fine-tuning; checkpoints that resume exac
     python grpo.py --toy --adapter tinylora --u 13 --tie 1   # TinyLoRA: 13 trainable parameters
     python grpo.py --rank 1 --compile              # Qwen2.5-3B on GSM8K train, one GPU (compiled sampler)
     python grpo.py --rank 1 --data ../shared/data/gsm8k --resume   # offline data; continue the run
+    torchrun --nproc_per_node 8 grpo.py --rank 1   # data parallel on 8 GPUs: the same run, faster
 
 The recipe is DESIGN.md's "GRPO as rank1 does it": per step B prompts x G samples at temperature 1,
 reward 1 for a right strict answer, advantage = reward - group mean, a token-level policy-gradient
 loss with the importance ratio against the sampler's log-probs, Adam(0.9, 0.95), constant LR,
 gradient clipping at 1.0. Simplified on purpose: one process alternates sampling and training on
 the same weights (no inference server, so the sampler is never stale), no format or length reward.
+Under torchrun each process samples and trains on its own share of the step's prompts (whole groups,
+so advantages stay local) and the gradients are summed before clipping: N processes end where one
+does, because a sample is a function of (seed, step, prompt, sample index) alone (runs.py's helpers).
 """
 import argparse
 import math
@@ -23,10 +27,11 @@ import time
 
 import torch
 
-from model import TOY_BASE, exit_on_user_error, generate, load_model, load_tokenizer, pick_device, sample_key, completion_logprobs, user_exit
+from model import TOY_BASE, completion_logprobs, exit_on_user_error, generate, load_model, load_tokenizer, sample_key, user_exit
 from lora import adapters_disabled, apply_adapter, load_adapter, lora_modules
-from runs import (append_metrics, check_resume_args, load_trainer_state, newest_checkpoint, read_metrics,
-                  save_checkpoint, trim_metrics, write_args)
+from runs import (all_gather, all_reduce, append_metrics, barrier, check_resume_args, close_distributed, init_distributed,
+                  load_trainer_state, newest_checkpoint, read_metrics, reduce_eval, save_checkpoint, sum_grads,
+                  trim_metrics, write_args)
 from eval_gsm8k import STOP_STRINGS, data_path, eval_metrics, extract_answer, format_prompt, load_task, reward, stop_ids, truncate
 
 # -----------------------------------------------------------------------------
@@ -125,7 +130,7 @@ if __name__ == "__main__":
     # data and sampling
     parser.add_argument("--task", default=None, help="gsm8k or toy; default gsm8k, toy with --toy")
     parser.add_argument("--data", default=None, help="GSM8K data: a folder holding train.jsonl and test.jsonl, or one JSONL file (training and evaluation then both read it); default ~/.cache/rank1/gsm8k (downloaded once)")
-    parser.add_argument("--batch", type=int, default=None, help="prompts per step; default 32")
+    parser.add_argument("--batch", type=int, default=None, help="prompts per step, all processes together under torchrun; default 32")
     parser.add_argument("--group", type=int, default=None, help="samples per prompt G; default 8")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="completion budget (sampling and evaluation); default 512, 48 with --toy")
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (> 0); log-probs are taken under the same one")
@@ -140,7 +145,7 @@ if __name__ == "__main__":
     parser.add_argument("--adam-eps", type=float, default=1e-8, help="Adam's epsilon; ~0 (1e-30) makes Adam blind to each tensor's gradient scale (DESIGN.md, Adam's two degrees of freedom)")
     parser.add_argument("--lr-ratio", type=float, default=1.0, help="LoRA only: LR of B over LR of A (eta_B / eta_A); --lr is A's")
     parser.add_argument("--init-scale", type=float, default=1.0, help="LoRA only: multiply A's initialization (PEFT's Kaiming-uniform) by this, sigma_A")
-    parser.add_argument("--micro-batch", type=int, default=None, help="sequences per forward/backward (gradients accumulate); default 8, 0 = all (with --toy)")
+    parser.add_argument("--micro-batch", type=int, default=None, help="sequences per forward/backward (gradients accumulate), per process under torchrun; default 8, 0 = all (with --toy)")
     parser.add_argument("--grad-checkpoint", action="store_true", help="activation checkpointing: recompute each block in backward (less memory, ~1/2 more LoRA FLOPs)")
     parser.add_argument("--compile", action="store_true", help="rollouts with generate(compile=True): compiled decode step, CUDA graphs on a GPU (the first steps compile)")
     parser.add_argument("--seed", type=int, default=0, help="seed of LoRA's init, data order and sampling")
@@ -184,7 +189,10 @@ if __name__ == "__main__":
     if args.kl and args.rank == 0:  # the reference would be a second full copy of the weights
         raise user_exit("--kl needs LoRA (the reference is the model with adapters off); with --rank 0 "
                         "it would need a frozen copy of every weight, which grpo.py does not keep")
-    device = pick_device(args.device)
+    # one process per device under torchrun (rank 0 writes the run folder and prints), else rank 0 of 1
+    rank, world, device = init_distributed(args.device)
+    if args.batch % world:
+        raise user_exit(f"--batch {args.batch} prompts do not split evenly over {world} processes (torchrun --nproc_per_node)")
     full = args.rank == 0
     if full and args.dtype is None and device.type != "cpu":
         # Adam's steps (~LR relative to a weight) vanish in bf16's 8-bit mantissa; LoRA's factors are
@@ -203,7 +211,8 @@ if __name__ == "__main__":
     if ckpt:  # the run must continue with what changes training; steps, device and eval may change
         check_resume_args(args.out, args, free={"resume", "out", "steps", "device", "eval_every", "eval_limit",
                                                 "eval_batch_size", "save_every", "grad_checkpoint"})
-    write_args(args.out, args)
+    if rank == 0:
+        write_args(args.out, args)
 
     # --- model, adapter, optimizer
     torch.manual_seed(args.seed)
@@ -231,9 +240,10 @@ if __name__ == "__main__":
         state, tensors = load_trainer_state(ckpt, optimizer, named)
         torch.set_rng_state(tensors["rng.torch_cpu"])  # (the sampler has no state: see keys below)
         start = state["step"]
-        trim_metrics(args.out, start)
+        if rank == 0:
+            trim_metrics(args.out, start)
         print(f"resumed from {ckpt} at step {start}")
-    elif os.path.exists(metrics_path):
+    elif rank == 0 and os.path.exists(metrics_path):
         os.remove(metrics_path)
 
     # --- data
@@ -243,19 +253,23 @@ if __name__ == "__main__":
               f"train.jsonl and test.jsonl holds the evaluation problems out)")
     train_set = load_task(args.task, "train", paths["train"])
     eval_set = load_task(args.task, "test", paths["test"])[:args.eval_limit or None]
+    eval_share = eval_set[rank::world]                                  # evaluation split by stride
     stop = stop_ids(tokenizer)
     B, G = args.batch, args.group
-    micro = args.micro_batch or B * G
+    lo, hi = rank * B // world, (rank + 1) * B // world                 # this process's prompts of each step
+    micro = args.micro_batch or (hi - lo) * G
     clip = args.clip if args.epochs > 1 else None
     print(f"{args.task}: {len(train_set)} train problems, {len(eval_set)} held out | {B} prompts x {G} samples, "
           f"{args.steps} steps, lr {args.lr:.1e}, {'full fine-tuning' if full else f'{args.adapter} rank {args.rank}'}, "
-          f"{sum(p.numel() for p in params):,} trainable parameters -> {args.out}")
+          f"{sum(p.numel() for p in params):,} trainable parameters -> {args.out}"
+          + (f" | {world} processes, {B // world} prompts each" if world > 1 else ""))
 
     t_sample_total = t_train_total = t_eval_total = 0.0
     if start == 0:
-        row = dict(step=0, **eval_metrics(model, tokenizer, eval_set, stop, args.max_new_tokens, args.eval_batch_size))
+        row = dict(step=0, **reduce_eval(eval_metrics(model, tokenizer, eval_share, stop, args.max_new_tokens, args.eval_batch_size)))
         t_eval_total += row["eval_seconds"]
-        append_metrics(args.out, row)
+        if rank == 0:
+            append_metrics(args.out, row)
         print(f"step {0:5d}/{args.steps} | eval accuracy {row['eval_accuracy']:.3f} | flexible "
               f"{row['eval_flexible_accuracy']:.3f} | format {row['eval_format_rate']:.3f}")
 
@@ -265,21 +279,24 @@ if __name__ == "__main__":
         # --- rollouts: B prompts, G samples each, one prefill per prompt shared by its samples
         t0 = time.time()
         problems = [train_set[i] for i in batch_indices(len(train_set), B, step, args.seed)]
-        prompts = [tokenizer.encode(format_prompt(p["question"])) for p in problems]
         # the samples of the step's j-th prompt are a function of (seed, step, j) alone (DESIGN.md,
-        # "Sampling randomness"): the same in any batch, eager or compiled, resumed or not. j rather
-        # than the dataset index: a step that spans two epochs may hold a problem twice.
+        # "Sampling randomness"): the same in any batch, eager or compiled, resumed or not, on any
+        # process. j rather than the dataset index: a step that spans two epochs may hold a problem twice.
         keys = [sample_key(args.seed, step, j) for j in range(B)]
+        problems, keys = problems[lo:hi], keys[lo:hi]                    # this process's share (all of it for one)
+        prompts = [tokenizer.encode(format_prompt(p["question"])) for p in problems]
         model.eval()
         completions, sampler_logps = generate(model, prompts, args.max_new_tokens, temperature=args.temperature,
                                               stop_ids=stop, stop_strings=STOP_STRINGS, tokenizer=tokenizer,
                                               keys=keys, n=G, return_logprobs=True, compile=args.compile)
         texts = [tokenizer.decode(c) for c in completions]                 # sample i*G + j: prompt i
         rewards = torch.tensor([reward(t, p["answer"]) for t, p in zip(texts, (p for p in problems for _ in range(G)))])
-        rewards = rewards.view(B, G)
-        adv = group_advantages(rewards, args.std_norm).flatten().to(device)  # (B*G,)
-        fmt = sum(extract_answer(truncate(t)) is not None for t in texts) / len(texts)
-        n_tokens = sum(len(c) for c in completions)
+        rewards = rewards.view(hi - lo, G)
+        adv = group_advantages(rewards, args.std_norm).flatten().to(device)  # (b*G,), b = B / processes
+        # the batch's token count normalizes the loss (DAPO's token-level mean): the whole batch's, every process's
+        n_tokens, n_format = map(int, all_reduce([sum(len(c) for c in completions),
+                                                  sum(extract_answer(truncate(t)) is not None for t in texts)]))
+        fmt = n_format / (B * G)
         t_sample = time.time() - t0
 
         # --- update(s): micro-batches accumulate one batch gradient, normalized by its token count
@@ -288,9 +305,9 @@ if __name__ == "__main__":
         for epoch in range(args.epochs):
             optimizer.zero_grad(set_to_none=True)
             loss_sum, gap, kl_sampler, kl_ref = 0.0, 0.0, 0.0, 0.0
-            for s in range(0, B * G, micro):
+            for s in range(0, len(completions), micro):
                 # samples s..s+micro; sample k continues prompt k // G, which runs once for all its samples
-                first, owner = s // G, [k // G - s // G for k in range(s, min(s + micro, B * G))]
+                first, owner = s // G, [k // G - s // G for k in range(s, min(s + micro, len(completions)))]
                 batch = (prompts[first:first + owner[-1] + 1], completions[s:s + micro], owner)
                 logp, mask = completion_logprobs(model, *batch, temperature=args.temperature)   # (n, L)
                 old = sampler_grid(sampler_logps[s:s + micro], mask)
@@ -306,6 +323,8 @@ if __name__ == "__main__":
                 d = (logp.detach() - old)[mask]                         # trainer minus sampler
                 gap += d.abs().sum().item() / n_tokens
                 kl_sampler += kl_k3(old[mask], logp.detach()[mask]).sum().item() / n_tokens
+            sum_grads(params)                                           # + the other processes' shares
+            loss_sum, gap, kl_sampler, kl_ref = all_reduce([loss_sum, gap, kl_sampler, kl_ref])
             grad_norm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip or float("inf")).item()
             if not (math.isfinite(loss_sum) and math.isfinite(grad_norm)):
                 raise SystemExit(f"step {step}: loss {loss_sum} / grad norm {grad_norm} is not finite; stopping "
@@ -314,32 +333,42 @@ if __name__ == "__main__":
             if epoch == 0:  # on-policy health: the sampler's and the trainer's log-probs should agree
                 gap0, kl0 = gap, kl_sampler
         t_train = time.time() - t0
+        t_sample, t_train = all_reduce([t_sample, t_train], op="max")   # the step waits for the slowest process
         t_sample_total, t_train_total = t_sample_total + t_sample, t_train_total + t_train
 
-        # --- log, evaluate, checkpoint
+        # --- log, evaluate, checkpoint (rank 0 writes)
+        rewards = all_gather(rewards)                                   # (B, G): the whole batch, in order
         zero_var = (rewards == rewards[:, :1]).all(1).float().mean().item()
         row = dict(step=step, reward=rewards.mean().item(), reward_std=rewards.std().item(), zero_var=zero_var,
                    length=n_tokens / (B * G), format_rate=fmt, logp_gap=gap0, kl_sampler=kl0, loss=loss_sum,
                    grad_norm=grad_norm, lr=args.lr, t_sample=round(t_sample, 3), t_train=round(t_train, 3),
                    tokens_per_s=n_tokens / t_sample, **({"kl_ref": kl_ref} if args.kl else {}))
-        append_metrics(args.out, row)
+        if rank == 0:
+            append_metrics(args.out, row)
         print(f"step {step:5d}/{args.steps} | reward {row['reward']:.3f} ± {row['reward_std']:.2f} | zero-var "
               f"{zero_var:.2f} | len {row['length']:5.1f} | fmt {fmt:.2f} | gap {gap0:.1e} | gnorm {grad_norm:.3f} | "
               f"lr {args.lr:.1e} | sample {t_sample:5.1f} s, train {t_train:5.1f} s | {row['tokens_per_s']:6.0f} tok/s")
         if step == args.steps or (args.eval_every and step % args.eval_every == 0):
-            row = dict(step=step, **eval_metrics(model, tokenizer, eval_set, stop, args.max_new_tokens, args.eval_batch_size))
+            row = dict(step=step, **reduce_eval(eval_metrics(model, tokenizer, eval_share, stop, args.max_new_tokens, args.eval_batch_size)))
             t_eval_total += row["eval_seconds"]
-            append_metrics(args.out, row)
+            if rank == 0:
+                append_metrics(args.out, row)
             print(f"step {step:5d}/{args.steps} | eval accuracy {row['eval_accuracy']:.3f} | flexible "
                   f"{row['eval_flexible_accuracy']:.3f} | format {row['eval_format_rate']:.3f}")
         if step == args.steps or step % args.save_every == 0:
             state = dict(step=step, data_seed=args.seed, epoch=step * B // len(train_set),
                          position=step * B % len(train_set), samples=step * B * G)
-            rng = {"rng.torch_cpu": torch.get_rng_state()}  # a uint8 tensor
-            save_checkpoint(os.path.join(args.out, f"step_{step:06d}"), model, optimizer, named, state,
-                            full=full, tokenizer=tokenizer, base_name=args.model, extra=rng)
+            # a uint8 tensor; the same in every process (same seed, and nothing draws from it after the init)
+            rng = {"rng.torch_cpu": torch.get_rng_state()}
+            if rank == 0:
+                save_checkpoint(os.path.join(args.out, f"step_{step:06d}"), model, optimizer, named, state,
+                                full=full, tokenizer=tokenizer, base_name=args.model, extra=rng)
+            barrier()  # the others wait until the checkpoint is on disk: it is the whole run's
 
     # --- summary
+    close_distributed()
+    if rank > 0:
+        raise SystemExit  # rank 0 reads the metrics and prints the summary
     evals = [r for r in read_metrics(args.out) if "eval_accuracy" in r]
     if len(evals) >= 2:
         print(f"eval accuracy {evals[0]['eval_accuracy']:.3f} (step {evals[0]['step']}) -> "

@@ -5,6 +5,7 @@ read them; all of them go through here (DESIGN.md, "Files on disk").
 
     python runs.py runs/             # every run under runs/: checkpoints, metrics rows, last evaluation
     python runs.py --check           # self-check on a temporary run: torn line, interrupted save, resume
+    torchrun --nproc_per_node 8 grpo.py --rank 1   # data parallel: the helpers at the end of this file
 
     runs/<name>/args.json            the resolved arguments, written first
     runs/<name>/metrics.jsonl        one JSON object per line: {"step": 12, "reward": 0.41, ...}
@@ -18,6 +19,8 @@ What a crash leaves behind, and what reading does with it:
   Reading drops that line with a note and --resume rewrites the file without it; any other bad line is
   damage a crash of ours cannot cause, and stops with file:line.
 Every read names its file when it fails (model.UserError): with 150 checkpoints, the bad one.
+Under torchrun, rank 0 alone writes the run folder; the few data-parallel helpers live here, the
+lowest file both training scripts import that is about a run rather than a model.
 """
 import argparse
 import json
@@ -27,9 +30,11 @@ import shutil
 import sys
 import tempfile
 
+import torch
+import torch.distributed as dist
 from safetensors.torch import save_file
 
-from model import UserError, exit_on_user_error, load_safetensors, read_json, save_model
+from model import UserError, exit_on_user_error, load_safetensors, pick_device, read_json, save_model, user_exit
 from lora import save_adapter
 
 STEP = re.compile(r"step_(\d+)")  # step_000010; written as step_{step:06d}
@@ -222,6 +227,94 @@ def find_runs(root, adapters_only=False):
             if len(adapters) < len(steps):
                 notes.append(f"{name}: {len(steps) - len(adapters)} step folders without an adapter ignored")
     return runs, notes
+
+# -----------------------------------------------------------------------------
+# Data parallel under torchrun: one process per device, the same run as one process
+#
+# `torchrun --nproc_per_node N grpo.py ...` starts N copies of the script. Each builds the same model
+# from the same seed (or checkpoint), takes its share of every step's batch, and adds its gradient to
+# the others' before clipping and Adam, so all N take the same step and stay equal; rank 0 alone
+# writes the run folder and prints. Without torchrun every helper below is the identity.
+
+
+def init_distributed(device=None):
+    """(rank, world size, device). Under torchrun (RANK, WORLD_SIZE, LOCAL_RANK set): a process group,
+    NCCL on CUDA and gloo on a CPU, this process's own GPU cuda:LOCAL_RANK, and stdout of every rank
+    but 0 sent to os.devnull, so one process prints (stderr stays: every rank's errors show).
+    Without torchrun: (0, 1, pick_device(device)), and nothing else happens."""
+    device = pick_device(device)
+    if "RANK" not in os.environ:
+        return 0, 1, device
+    rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
+    if device.type == "cuda":
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    elif device.type != "cpu":
+        raise user_exit(f"torchrun: data parallel runs on cuda (NCCL) or cpu (gloo), not {device.type}")
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None)
+    if rank:
+        sys.stdout = open(os.devnull, "w")
+    return rank, world, device
+
+
+def _comm_device():
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def all_reduce(values, op="sum"):
+    """A list of numbers -> their sums (or "max") over the processes, as floats (float64, so counts
+    and sums of floats come back as one process would add them, to rounding)."""
+    if not dist.is_initialized():
+        return [float(v) for v in values]
+    t = torch.tensor(values, dtype=torch.float64, device=_comm_device())
+    dist.all_reduce(t, dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+    return t.tolist()
+
+
+def all_gather(t):
+    """Every process's tensor (same shape), concatenated along dim 0 in rank order: with contiguous
+    shares, the whole batch in its order."""
+    if not dist.is_initialized():
+        return t
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, t.contiguous())
+    return torch.cat(parts)
+
+
+def sum_grads(params):
+    """Add up every process's gradients, in place. Each process's loss is its share of the batch's
+    loss, already divided by the *whole* batch's count (tokens), so the sum is the gradient of one
+    process on the whole batch, to rounding; it comes before clipping and Adam, so every process
+    takes the same step. One all-reduce per tensor: a few MB for LoRA, and what DDP does in buckets."""
+    if not dist.is_initialized():
+        return
+    for p in params:
+        assert p.grad is not None, f"a trainable parameter {tuple(p.shape)} got no gradient: the processes would disagree"
+        dist.all_reduce(p.grad)
+
+
+def reduce_eval(row):
+    """The evaluation row of one process's share (eval_set[rank::world]) -> the whole set's: the
+    rates are counts over eval_n, so the counts and n add up (the result is exactly one process's
+    k / n); eval_seconds is the slowest process's."""
+    if not dist.is_initialized():
+        return row
+    rates = ("eval_accuracy", "eval_flexible_accuracy", "eval_format_rate")
+    n = row["eval_n"]
+    *counts, n_all = all_reduce([round(row[k] * n) for k in rates] + [n])
+    seconds, = all_reduce([row["eval_seconds"]], op="max")
+    return {**row, **{k: c / max(n_all, 1) for k, c in zip(rates, counts)}, "eval_n": int(n_all),
+            "eval_seconds": round(seconds, 2)}
+
+
+def barrier():
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def close_distributed():
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 # -----------------------------------------------------------------------------
 # python runs.py RUNS_DIR: what is there. --check: the crash cases on a temporary run

@@ -7,6 +7,7 @@ Supervised fine-tuning on prompt/solution pairs, LoRA or full, and the toy world
     python sft.py --rank 0 --model Qwen/Qwen2.5-0.5B          # full fine-tuning
     python sft.py --toy --model runs/toy_base --adapter tinylora --u 13 --tie 1   # 13 trainable parameters
     python sft.py --rank 1 --data ../shared/data/gsm8k --resume
+    torchrun --nproc_per_node 8 sft.py --rank 1             # data parallel on 8 GPUs: the same run, faster
 
 The loss is the mean cross-entropy over solution tokens only: the prompt is given, not learned, and
 each solution ends in eos so the model learns to stop. Batches hold examples of similar length
@@ -22,6 +23,9 @@ model past the target" lands anywhere above it, while "the closest" lands near i
 base with middling accuracy, whose errors are near misses, leaves RL something to do. The toy
 world's runs use the base shipped in toy_base/, made by this command.
 Simplified on purpose: no sequence packing, constant LR after a linear warmup.
+Under torchrun each process takes a contiguous share of every step's batch and the gradients are
+summed before clipping; the loss is divided by the whole batch's solution-token count, so N processes
+end where one does (runs.py's helpers; --batch-size stays the global batch).
 """
 import argparse
 import math
@@ -35,10 +39,11 @@ from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
 from model import (TOY_CONFIG, Qwen2, Qwen2Config, exit_on_user_error, load_model, load_tokenizer,
-                   pick_device, resolve_path, save_model, toy_tokenizer, user_exit)
+                   resolve_path, save_model, toy_tokenizer, user_exit)
 from lora import apply_adapter, load_adapter, save_adapter
-from runs import (append_metrics, check_resume_args, load_trainer_state, newest_checkpoint, read_metrics,
-                  save_checkpoint, trim_metrics, write_args)
+from runs import (all_reduce, append_metrics, barrier, check_resume_args, close_distributed, init_distributed,
+                  load_trainer_state, newest_checkpoint, read_metrics, reduce_eval, save_checkpoint, sum_grads,
+                  trim_metrics, write_args)
 from eval_gsm8k import data_path, eval_metrics, format_prompt, format_solution, load_task, stop_ids
 
 # -----------------------------------------------------------------------------
@@ -146,10 +151,10 @@ if __name__ == "__main__":
     parser.add_argument("--max-len", type=int, default=1024, help="drop training examples longer than this many tokens")
     # optimization
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps; default 250 (one epoch of GSM8K at batch 32); toy: 1500 (a budget; from scratch stops at --target-acc), 60 fine-tuning")
-    parser.add_argument("--batch-size", type=int, default=None, help="examples per step; default 32, 64 with --toy")
+    parser.add_argument("--batch-size", type=int, default=None, help="examples per step, all processes together under torchrun; default 32, 64 with --toy")
     parser.add_argument("--lr", type=float, default=None, help="AdamW LR; default DESIGN.md's rule (LoRA ~10x full), toy: its preset")
     parser.add_argument("--warmup", type=int, default=None, help="steps of linear LR warmup, then constant; default 0 (toy from scratch: 50)")
-    parser.add_argument("--micro-batch", type=int, default=None, help="examples per forward/backward (gradients accumulate); 0 = the whole batch; default 8, toy 0")
+    parser.add_argument("--micro-batch", type=int, default=None, help="examples per forward/backward (gradients accumulate), per process under torchrun; 0 = the whole batch (share); default 8, toy 0")
     parser.add_argument("--weight-decay", type=float, default=0.0, help="AdamW decoupled weight decay; 0 = plain Adam")
     parser.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient's global norm to this; 0 = off")
     parser.add_argument("--seed", type=int, default=0, help="seed of the init (LoRA's A, or the whole toy model) and the data order")
@@ -200,7 +205,10 @@ if __name__ == "__main__":
     config = TOY_CONFIG if scratch else Qwen2Config.from_json(os.path.join(resolve_path(args.model), "config.json"))
     if args.lr is None:
         args.lr, lr_rule = default_lr(config, not full)
-    device = pick_device(args.device)
+    # one process per device under torchrun (rank 0 writes the run folder and prints), else rank 0 of 1
+    rank, world, device = init_distributed(args.device)
+    if args.batch_size % world:
+        raise user_exit(f"--batch-size {args.batch_size} does not split evenly over {world} processes (torchrun --nproc_per_node)")
     if full and args.dtype is None and device.type != "cpu":
         args.dtype = "float32"  # Adam's steps (~LR relative to a weight) would vanish in bf16's 8-bit mantissa
         print("full fine-tuning: float32 weights (bf16 would drop Adam's small updates)")
@@ -213,7 +221,8 @@ if __name__ == "__main__":
     if ckpt:  # what changes training must stay; the step budget, device and evaluation may change
         check_resume_args(args.out, args, free={"resume", "out", "steps", "device", "eval_every", "eval_limit",
                                                 "eval_batch_size", "log_every", "save_every"})
-    write_args(args.out, args)
+    if rank == 0:
+        write_args(args.out, args)
 
     # --- model, tokenizer, optimizer
     torch.manual_seed(args.seed)
@@ -238,9 +247,10 @@ if __name__ == "__main__":
     if ckpt:
         state, _ = load_trainer_state(ckpt, optimizer, named)
         start, kept = state["step"], state["kept_accuracy"]
-        trim_metrics(args.out, start)
+        if rank == 0:
+            trim_metrics(args.out, start)
         print(f"resumed from {ckpt} at step {start}")
-    elif os.path.exists(metrics_path):
+    elif rank == 0 and os.path.exists(metrics_path):
         os.remove(metrics_path)
 
     # --- data
@@ -252,6 +262,7 @@ if __name__ == "__main__":
     n_all = len(train)
     train = [ex for ex in train if len(ex[0]) + len(ex[1]) <= args.max_len]
     eval_set = load_task(args.task, "test", paths["test"])[:args.eval_limit or None]
+    eval_share = eval_set[rank::world]                                        # evaluation split by stride
     lengths = [len(p) + len(s) for p, s in train]
     stop = stop_ids(tokenizer)
     n_batches = len(train) // args.batch_size
@@ -260,11 +271,12 @@ if __name__ == "__main__":
     print(f"{args.task}: {len(train)} train examples ({n_all - len(train)} longer than {args.max_len} dropped), "
           f"{len(eval_set)} held out | batch {args.batch_size}, {args.steps} steps = {args.steps / n_batches:.2f} epochs | "
           f"{'full fine-tuning' if full else f'{args.adapter} rank {args.rank}'}, {sum(p.numel() for p in params):,} "
-          f"trainable parameters -> {args.out}")
+          f"trainable parameters -> {args.out}" + (f" | {world} processes, {args.batch_size // world} examples each" if world > 1 else ""))
 
     if start == 0:
-        row = dict(step=0, **eval_metrics(model, tokenizer, eval_set, stop, args.max_new_tokens, args.eval_batch_size))
-        append_metrics(args.out, row)
+        row = dict(step=0, **reduce_eval(eval_metrics(model, tokenizer, eval_share, stop, args.max_new_tokens, args.eval_batch_size)))
+        if rank == 0:
+            append_metrics(args.out, row)
         print(f"step {0:5d}/{args.steps} | eval accuracy {row['eval_accuracy']:.3f} | flexible "
               f"{row['eval_flexible_accuracy']:.3f} | format {row['eval_format_rate']:.3f}")
 
@@ -273,7 +285,7 @@ if __name__ == "__main__":
     model.train()
     epoch, batches = None, None
     t_start, tokens_seen, step = time.time(), 0, start
-    bar = tqdm(range(start + 1, args.steps + 1), desc="sft", initial=start, total=args.steps, dynamic_ncols=True)
+    bar = tqdm(range(start + 1, args.steps + 1), desc="sft", initial=start, total=args.steps, dynamic_ncols=True, disable=rank > 0)
     for step in bar:
         t0 = time.time()
         if (step - 1) // n_batches != epoch:  # the batch of step s is a function of (seed, s)
@@ -283,25 +295,30 @@ if __name__ == "__main__":
         lr = args.lr * min(1.0, step / args.warmup) if args.warmup else args.lr
         for group in optimizer.param_groups:
             group["lr"] = lr
-        n_tokens = sum(len(s) for _, s in examples)                           # solution tokens in the batch
-        micro = args.micro_batch or len(examples)
+        n_tokens = sum(len(s) for _, s in examples)                           # solution tokens in the whole batch
+        share = len(examples) // world                                        # this process's examples
+        mine = examples[rank * share:(rank + 1) * share]
+        micro = args.micro_batch or len(mine)
         optimizer.zero_grad(set_to_none=True)
         loss, padded = 0.0, 0
-        for s in range(0, len(examples), micro):
-            inputs, targets, mask = collate(examples[s:s + micro], tokenizer.pad_id, device)
+        for s in range(0, len(mine), micro):
+            inputs, targets, mask = collate(mine[s:s + micro], tokenizer.pad_id, device)
             # right padding needs no pad mask: causal attention never looks right, so real tokens never see it
             micro_loss = sft_loss(model, inputs, targets, mask, n_tokens)
             micro_loss.backward()
             loss, padded = loss + micro_loss.item(), padded + inputs.numel()
+        sum_grads(params)                                                     # + the other processes' shares
+        loss, padded = all_reduce([loss, padded])
         grad_norm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip or float("inf")).item()
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             raise SystemExit(f"step {step}: loss {loss} / grad norm {grad_norm} is not finite; stopping without an update")
         optimizer.step()
-        dt = time.time() - t0
+        dt, = all_reduce([time.time() - t0], op="max")                       # the step waits for the slowest process
         tokens_seen += n_tokens
         row = dict(step=step, loss=loss, grad_norm=grad_norm, lr=lr, tokens=n_tokens, seconds=round(dt, 3),
                    padding=round(1 - sum(len(p) + len(s) - 1 for p, s in examples) / padded, 4))
-        append_metrics(args.out, row)
+        if rank == 0:
+            append_metrics(args.out, row)
         if step % args.log_every == 0 or step == args.steps:
             bar.write(f"step {step:5d}/{args.steps} | loss {row['loss']:.4f} | gnorm {grad_norm:7.3f} | lr {lr:.1e} | "
                       f"{padded / dt:7.0f} tok/s | {dt:5.2f} s | {time.time() - t_start:6.1f} s total")
@@ -309,8 +326,9 @@ if __name__ == "__main__":
         # --- evaluate; the toy base keeps the model closest to --target-acc and stops once it reaches it
         done = False
         if step == args.steps or (args.eval_every and step % args.eval_every == 0):
-            row = dict(step=step, **eval_metrics(model, tokenizer, eval_set, stop, args.max_new_tokens, args.eval_batch_size))
-            append_metrics(args.out, row)
+            row = dict(step=step, **reduce_eval(eval_metrics(model, tokenizer, eval_share, stop, args.max_new_tokens, args.eval_batch_size)))
+            if rank == 0:
+                append_metrics(args.out, row)
             acc = row["eval_accuracy"]
             bar.write(f"step {step:5d}/{args.steps} | eval accuracy {acc:.3f} | flexible "
                       f"{row['eval_flexible_accuracy']:.3f} | format {row['eval_format_rate']:.3f} | {row['eval_seconds']:.1f} s")
@@ -318,21 +336,27 @@ if __name__ == "__main__":
             closer = not t or kept is None or abs(acc - t) < abs(kept - t)
             if (scratch or t) and closer:  # the kept model lives in the run folder itself
                 kept = acc
-                save_weights(args.out + ".best.tmp", model, tokenizer, full, args.model)
-                for name in os.listdir(args.out + ".best.tmp"):
-                    os.replace(os.path.join(args.out + ".best.tmp", name), os.path.join(args.out, name))
-                os.rmdir(args.out + ".best.tmp")
-                append_metrics(args.out, dict(step=step, kept_accuracy=acc))
+                if rank == 0:
+                    save_weights(args.out + ".best.tmp", model, tokenizer, full, args.model)
+                    for name in os.listdir(args.out + ".best.tmp"):
+                        os.replace(os.path.join(args.out + ".best.tmp", name), os.path.join(args.out, name))
+                    os.rmdir(args.out + ".best.tmp")
+                    append_metrics(args.out, dict(step=step, kept_accuracy=acc))
             done = bool(args.target_acc) and acc >= args.target_acc
             if done:
                 bar.write(f"step {step:5d}/{args.steps} | eval accuracy {acc:.3f} >= --target-acc {args.target_acc}: stopping")
         if done or step == args.steps or (args.save_every and step % args.save_every == 0):
             state = dict(step=step, kept_accuracy=kept, epoch=epoch, data_seed=args.seed)
-            save_checkpoint(os.path.join(args.out, f"step_{step:06d}"), model, optimizer, named, state,
-                            full=full, tokenizer=tokenizer, base_name=args.model)
+            if rank == 0:
+                save_checkpoint(os.path.join(args.out, f"step_{step:06d}"), model, optimizer, named, state,
+                                full=full, tokenizer=tokenizer, base_name=args.model)
+            barrier()  # the others wait until the checkpoint is on disk: it is the whole run's
         if done:
             break
     bar.close()
+    close_distributed()
+    if rank > 0:
+        raise SystemExit  # rank 0 reads the metrics and prints the summary
 
     # --- summary
     evals = [r for r in read_metrics(args.out) if "eval_accuracy" in r]
