@@ -192,10 +192,12 @@ def sampling_flops(cfg, prompts, samples, prompt_len, new_tokens):
 def grpo_step_flops(cfg, prompts, samples, prompt_len, new_tokens, rank, targets):
     """Sampling + one training step on the B·G prompt+completion sequences (KL off, the default:
     the sampler's log-probs serve as the old policy, so no extra forward). model.token_logprobs
-    checkpoints the lm_head chunks, so backward recomputes the head once more: counted here."""
+    makes the head's input gradient in forward when the head is frozen (LoRA: no extra work); when
+    it trains (rank 0), backward recomputes the head once more for its weight gradient: counted here."""
     n_seq, T = prompts * samples, prompt_len + new_tokens
     sample = sampling_flops(cfg, prompts, samples, prompt_len, new_tokens)["total"]
-    train = total(step_flops(cfg, n_seq, T, rank, targets)) + 2 * n_seq * T * cfg.hidden_size * cfg.vocab_size
+    recompute = 2 * n_seq * T * cfg.hidden_size * cfg.vocab_size if rank == 0 else 0
+    train = total(step_flops(cfg, n_seq, T, rank, targets)) + recompute
     return {"sampling": sample, "training": train, "total": sample + train}
 
 

@@ -27,12 +27,10 @@ import random
 import time
 
 import torch
-import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
-from model import (TOY_CONFIG, Qwen2, Qwen2Config, load_model, load_tokenizer, pick_device, resolve_path,
-                   save_model, toy_tokenizer)
+from model import (TOY_CONFIG, Qwen2, Qwen2Config, load_model, load_tokenizer, logprobs_from_hidden, pick_device,
+                   resolve_path, save_model, toy_tokenizer)
 from lora import (append_jsonl, apply_lora, checkpoints, load_adapter, load_trainer_state, save_adapter,
                   save_checkpoint, trim_metrics)
 from eval_gsm8k import eval_metrics, format_prompt, format_solution, load_task, stop_ids
@@ -81,22 +79,18 @@ def collate(examples, pad_id, device):
 # The loss
 
 
-def _chunk_nll(h, weight, targets):
-    return F.cross_entropy((h @ weight.T).float(), targets, reduction="sum")  # (N, V) logits, made here
-
-
 def sft_loss(model, inputs, targets, mask, n_tokens=None, chunk_size=1024):
     """Mean next-token cross-entropy over the masked positions. Only their hidden states reach the
     lm_head, so prompt targets cost nothing and cannot leak into the loss; the logits (vocab 151,936
-    for Qwen) are made chunk_size tokens at a time and recomputed in backward, never all stored.
+    for Qwen) are made chunk_size tokens at a time by model.logprobs_from_hidden, never all stored,
+    and with a frozen head (LoRA) backward does not remake them.
     n_tokens: the whole batch's token count when it is split into micro-batches, so that their
     gradients add up to the batch's (every solution token weighs the same)."""
     h = model(inputs, hidden_only=True)[mask]                                 # (N, C) masked positions only
     t = targets[mask]                                                         # (N,)
     assert len(t) > 0, "no solution tokens in this batch"
-    total = sum(checkpoint(_chunk_nll, h[s:s + chunk_size], model.lm_head.weight, t[s:s + chunk_size],
-                           use_reentrant=False) for s in range(0, len(t), chunk_size))
-    return total / (n_tokens or len(t))
+    logp = logprobs_from_hidden(h, model.lm_head.weight, t, chunk_size=chunk_size)  # (N,)
+    return -logp.sum() / (n_tokens or len(t))
 
 
 def default_lr(config, lora):
