@@ -57,9 +57,19 @@ parser.add_argument("--peer", action="store_true", help="also time transformers'
 parser.add_argument("--no-full", action="store_true", help="skip the full fine-tuning step (it needs ~16 bytes a parameter: 49 GB at 3B)")
 # measurement
 parser.add_argument("--reps", type=int, default=3, help="timed repetitions of each measurement (after the warm-up)")
+parser.add_argument("--peer-reps", type=int, default=None, help="timed repetitions of the peer's sampling; default --reps (transformers' generate is the slow row)")
 parser.add_argument("--warmup", type=int, default=1, help="untimed runs first (compilation, CUDA graph capture, allocator)")
 parser.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs")
 parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+# the one-shot acceptance run
+parser.add_argument("--acceptance", action="store_true", help="the GPU acceptance run (<= 8 min on one H100/H200; see acceptance()); "
+                    "on a CPU or with --toy its dry path at toy shapes (seconds). Writes --json (default runs/acceptance.json)")
+parser.add_argument("--tokenizer", default="../shared/data/qwen2.5-tokenizer/tokenizer.json", help="--acceptance: the real Qwen2.5 tokenizer.json for the GRPO steps")
+parser.add_argument("--data", default="../shared/data/gsm8k", help="--acceptance: folder with GSM8K train.jsonl and test.jsonl for the GRPO steps (the device has no internet)")
+
+# what the GPU run must show (issue 16), beside every figure it writes
+GOALS = dict(sampling_vs_peer=">= 5", sampling_of_bandwidth_floor=">= 0.5", lora_step_vs_peer="> 1",
+             lora_memory_vs_peer="<= 1", full_step_vs_peer="> 1", full_memory_vs_peer="<= 1")
 
 # -----------------------------------------------------------------------------
 # Timing and memory
@@ -95,7 +105,8 @@ def reset_peak(device):
 
 def peak_gb(device):
     """GPU: the most memory tensors held since reset_peak. CPU: the process's peak RSS so far,
-    which cannot be reset, so later rows include earlier ones."""
+    which cannot be reset, so later rows include earlier ones: a row's figure is a ceiling, and a
+    ratio of two rows means nothing (bench reports memory ratios on a GPU only)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated() / 1e9
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # Linux reports KiB
@@ -171,11 +182,11 @@ def train_step(logprobs_fn, params, optimizer, ids, mask, adv, micro, autocast):
     return step
 
 
-def run(rows, name, fn, tokens, floor_s, args, device):
+def run(rows, name, fn, tokens, floor_s, args, device, reps=None):
     """Time fn, add a row; an out-of-memory error becomes a row that says so."""
     reset_peak(device)
     try:
-        times, warm = timed(fn, args.reps, args.warmup, device)
+        times, warm = timed(fn, reps or args.reps, args.warmup, device)
     except torch.OutOfMemoryError as e:
         print(f"{name}: out of memory ({str(e).splitlines()[0]}); try --micro-batch 4 or --grad-checkpoint")
         rows.append(dict(name=name, error="out of memory"))
@@ -186,8 +197,9 @@ def run(rows, name, fn, tokens, floor_s, args, device):
     print(f"  {name}: {tokens / mean:,.0f} tokens/s ({mean:.3f} s mean, {min(times):.3f} s min; warm-up {warm:.1f} s)")
 
 
-def print_table(rows):
-    print(f"\n{'':38s} {'tokens/s':>11s} {'mean s':>9s} {'min s':>9s} {'peak GB':>8s} {'floor s':>9s} {'of floor':>8s}")
+def print_table(rows, gpu):
+    memory = "peak GB" if gpu else "RSS GB"  # a CPU's peak RSS so far (peak_gb)
+    print(f"\n{'':38s} {'tokens/s':>11s} {'mean s':>9s} {'min s':>9s} {memory:>8s} {'floor s':>9s} {'of floor':>8s}")
     for r in rows:
         if "error" in r:
             print(f"{r['name']:38s} {r['error']}")
@@ -291,7 +303,7 @@ if __name__ == "__main__":
             lambda: hf.generate(input_ids=prompt_ids, attention_mask=torch.ones_like(prompt_ids), do_sample=True,
                                 temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=N, min_new_tokens=N,
                                 num_return_sequences=G, pad_token_id=cfg.eos_token_id, eos_token_id=cfg.eos_token_id),
-            n_seq * N, sample_floor, args, device)
+            n_seq * N, sample_floor, args, device, reps=args.peer_reps)
         if not have["peft"]:
             print("--peer: peft is not installed; no peer LoRA step")
         else:
@@ -305,26 +317,38 @@ if __name__ == "__main__":
             run(rows, f"peer train LoRA r{args.rank} (peft {peft.__version__})",
                 train_step(lambda x: peer_logprobs(hf, x), params, opt, ids, mask, adv, micro, False),
                 n_seq * T, floors["lora_flops_s"], args, device)
+            del params, opt
         del hf
+        if not args.no_full:  # transformers' full fine-tuning: the same weights, optimizer and autocast as ours
+            reset_peak(device)
+            hf = peer_model(random_model(cfg, device, torch.float32, args.seed), torch.float32).train().requires_grad_(True)
+            if args.grad_checkpoint:
+                hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            opt = torch.optim.AdamW(hf.parameters(), lr=1e-6, betas=(0.9, 0.95), fused=gpu)
+            run(rows, f"peer train full FT (transformers, {'fp32 + bf16 autocast' if gpu else 'fp32'})",
+                train_step(lambda x: peer_logprobs(hf, x), list(hf.parameters()), opt, ids, mask, adv, micro, gpu),
+                n_seq * T, floors["full_flops_s"], args, device)
+            del hf, opt
 
     # --- the table, the ratios the issue asks for
-    print_table(rows)
+    print_table(rows, gpu)
     by = {r["name"].split(" (")[0]: r for r in rows if "error" not in r}
     ratios = {}
     if "sampling" in by and "peer sampling" in by:
         ratios["sampling_vs_peer"] = by["sampling"]["tokens_per_s"] / by["peer sampling"]["tokens_per_s"]
-    lora, peer_lora = by.get(f"train LoRA r{args.rank}"), by.get(f"peer train LoRA r{args.rank}")
-    if lora and peer_lora:
-        ratios["lora_step_vs_peer"] = lora["tokens_per_s"] / peer_lora["tokens_per_s"]
-        ratios["lora_memory_vs_peer"] = lora["peak_gb"] / peer_lora["peak_gb"]
+    for kind, ours_name, peer_name in (("lora", f"train LoRA r{args.rank}", f"peer train LoRA r{args.rank}"),
+                                       ("full", "train full FT", "peer train full FT")):
+        if ours_name in by and peer_name in by:
+            ratios[f"{kind}_step_vs_peer"] = by[ours_name]["tokens_per_s"] / by[peer_name]["tokens_per_s"]
+            if gpu:  # a CPU's peak RSS only grows from row to row: no ratio to take
+                ratios[f"{kind}_memory_vs_peer"] = by[ours_name]["peak_gb"] / by[peer_name]["peak_gb"]
     if "sampling" in by:
         ratios["sampling_of_bandwidth_floor"] = floors["sample_bandwidth_s"] / by["sampling"]["mean_s"]
-    goals = dict(sampling_vs_peer="goal >= 5", lora_step_vs_peer="goal > 1", lora_memory_vs_peer="goal <= 1",
-                 sampling_of_bandwidth_floor="goal >= 0.5")
     for k, v in ratios.items():
-        print(f"{k:30s} {v:8.2f}   ({goals[k]} on an H100 at 3B shapes)")
+        print(f"{k:30s} {v:8.2f}   (goal {GOALS[k]} on an H100 at 3B shapes)")
     if not gpu:
-        print("(peak GB on a CPU is the process's peak RSS so far: it never goes down, so later rows include earlier ones)")
+        print("(RSS GB: the process's peak RSS so far, which never goes down, so later rows include earlier "
+              "ones; memory ratios are measured on a GPU only)")
     if args.json:
         out = dict(device=name, device_type=device.type, dtype=str(dtype), torch=torch.__version__, shape=shape,
                    args=vars(args), bandwidth_bytes_per_s=bandwidth, matmul_flops_per_s=matmul,

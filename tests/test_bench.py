@@ -131,5 +131,7 @@ def test_bench_toy_prints_the_table_and_json(tmp_path):
     assert res["bandwidth_bytes_per_s"] > 0 and res["matmul_flops_per_s"] > 0
     assert all(v > 0 for v in res["floors"].values())
     if peer:
-        assert set(res["ratios"]) >= {"sampling_vs_peer", "lora_step_vs_peer", "lora_memory_vs_peer"}
+        assert set(res["ratios"]) >= {"sampling_vs_peer", "lora_step_vs_peer", "full_step_vs_peer"}
         assert all(v > 0 for v in res["ratios"].values())
+        assert not any("memory" in k for k in res["ratios"])           # a CPU's peak RSS only grows: no ratio
+        assert any(n.startswith("peer train full FT") for n in names)
