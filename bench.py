@@ -26,6 +26,7 @@ min_new_tokens = max_new_tokens), so every completion is --new-tokens long for u
 import argparse
 import importlib.util
 import json
+import os
 import platform
 import resource
 import time
@@ -208,9 +209,149 @@ def print_table(rows, gpu):
                   f"{r['floor_s']:9.3f} {100 * r['of_floor']:7.1f}%")
 
 # -----------------------------------------------------------------------------
+# The one-shot GPU acceptance run: python bench.py --acceptance
+
+
+def goal(value, target, ok):
+    return dict(value=value, goal=target, ok=bool(ok))
+
+
+def acceptance(args):
+    """Everything a first GPU session must show, in one command and at most ~8 minutes on one H100
+    or H200, written to one JSON with each figure beside its goal:
+    1. bf16 logits of model.py against transformers' Qwen2 on the GPU (same random 3B weights);
+    2. generate(compile=True) greedy equals eager greedy (ragged prompts, a model made lively);
+    3. the bench at Qwen2.5-3B shapes, 64 prompts x 8 samples x 512 tokens, compiled, with the peer;
+    4. 3 GRPO steps of grpo.py's defaults with --compile, on random 3B weights saved to a folder beside
+       the real Qwen2.5 tokenizer (the device has no internet and no Qwen weights; the speed is the
+       shape's, and random weights never stop early, so every completion is 512 tokens long).
+    On a CPU (or with --toy) the same code runs at toy shapes in seconds: the dry path the tests run.
+    There torch.compile is the identity, so check 2 runs the static-shape decode step eagerly (inductor
+    takes a minute on a CPU; `RANK1_COMPILE_TESTS=1 pytest tests/test_bench.py` runs the real one)."""
+    import shutil, subprocess, sys, tempfile
+    from model import save_model, toy_tokenizer
+    t_start = time.time()
+    device = pick_device(args.device)
+    dry = device.type == "cpu" or args.toy
+    cfg = TOY_CONFIG if dry else get_config("Qwen2.5-3B")
+    dtype = torch.float32 if dry else torch.bfloat16
+    out_path = args.json or "runs/acceptance.json"
+    work = tempfile.mkdtemp(prefix="rank1_acceptance_")
+    here = os.path.dirname(os.path.abspath(__file__))
+    if not dry:
+        for path, flag in ((args.tokenizer, "--tokenizer"), (os.path.join(args.data, "train.jsonl"), "--data"),
+                           (os.path.join(args.data, "test.jsonl"), "--data")):
+            if not os.path.exists(path):
+                print(f"bench.py --acceptance: {path} not found; pass {flag} (the device has no internet)", file=sys.stderr)
+                raise SystemExit(2)
+    res = dict(device=torch.cuda.get_device_name() if device.type == "cuda" else f"{platform.machine()} CPU",
+               dry=dry, shape="toy" if dry else "Qwen2.5-3B", dtype=str(dtype), torch=torch.__version__, goals={})
+    print(f"acceptance ({'dry path, toy shapes' if dry else 'Qwen2.5-3B shapes'}) on {res['device']}")
+
+    # --- 1. logits against transformers, the same weights
+    model = random_model(cfg, device, dtype, args.seed)
+    g = torch.Generator().manual_seed(args.seed)
+    ids = torch.randint(0, cfg.eos_token_id, (2, 16) if dry else (4, 256), generator=g).to(device)
+    if importlib.util.find_spec("transformers"):
+        hf = peer_model(model, dtype)
+        with torch.inference_mode():
+            ours, theirs = model(ids).float(), hf(input_ids=ids).logits.float()
+        del hf
+        rel = ((ours - theirs).abs().max() / theirs.abs().max()).item()
+        tol = 1e-5 if dtype == torch.float32 else 1e-2
+        res["logits_vs_transformers"] = dict(max_rel_err=rel, exact_fraction=(ours == theirs).float().mean().item(),
+                                             argmax_agree=(ours.argmax(-1) == theirs.argmax(-1)).float().mean().item())
+        res["goals"]["logits_max_rel_err"] = goal(rel, f"<= {tol}", rel <= tol)
+        print(f"  logits vs transformers ({dtype}): max rel. error {rel:.2e}")
+    else:
+        print("  transformers is not installed: no logits check, no peer")
+
+    # --- 2. compiled greedy equals eager greedy
+    if dry:  # a CPU has no minute for inductor: the static-shape step, run eagerly (docstring)
+        real_compile = torch.compile
+        torch.compile = lambda fn, **kw: fn
+    with torch.no_grad():  # made lively: random weights at init mostly repeat the last token
+        for name, p in model.named_parameters():
+            if name.endswith("proj.weight"):
+                p.mul_(5.0)
+    prompts = [torch.randint(0, cfg.eos_token_id, (n,), generator=g).tolist() for n in ((3, 9, 1, 4) if dry else (17, 150, 64, 3, 99, 120, 8, 40))]
+    n_new = 12 if dry else 64
+    eager = generate(model, prompts, n_new, temperature=0, n=2)
+    t0 = time.time()
+    compiled = generate(model, prompts, n_new, temperature=0, n=2, compile=True)
+    compile_s = time.time() - t0
+    if dry:
+        torch.compile = real_compile
+    torch.compiler.reset()
+    same = sum(a == b for a, b in zip(eager, compiled))
+    first = [next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a)) for a, b in zip(eager, compiled)]
+    res["compiled_greedy"] = dict(rows=len(eager), rows_equal=same, first_difference=first, distinct_tokens=len({t for c in eager for t in c}),
+                                  first_call_s=compile_s)
+    res["goals"]["compiled_greedy_equals_eager"] = goal(same / len(eager), "== 1", same == len(eager))
+    print(f"  compiled greedy == eager greedy: {same}/{len(eager)} completions ({n_new} tokens, first call {compile_s:.1f} s)")
+    del model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+    # --- 3. the bench at 3B shapes, in its own process (its memory, its compiled graphs)
+    bench_json = os.path.join(work, "bench.json")
+    shape = ["--toy", "--batch", "2", "--group", "2", "--prompt-len", "8", "--new-tokens", "8", "--reps", "1", "--warmup", "1"] if dry else \
+        ["--shape", "Qwen2.5-3B", "--batch", "64", "--group", "8", "--prompt-len", "150", "--new-tokens", "512",
+         "--compile", "--reps", "2", "--peer-reps", "1", "--warmup", "1"]
+    cmd = [sys.executable, os.path.join(here, "bench.py"), *shape, "--no-full", "--device", device.type, "--json", bench_json]
+    if importlib.util.find_spec("transformers"):
+        cmd.append("--peer")
+    print("  $ " + " ".join(cmd[1:]))
+    subprocess.run(cmd, check=True)
+    with open(bench_json) as f:
+        res["bench"] = json.load(f)
+    for k, v in res["bench"]["ratios"].items():
+        op, target = GOALS[k].split()
+        res["goals"][k] = goal(v, GOALS[k], v >= float(target) if op == ">=" else v > float(target) if op == ">" else v <= float(target))
+
+    # --- 4. three GRPO steps, grpo.py's defaults (32 prompts x 8 samples x 512 tokens), --compile
+    folder = os.path.join(work, "model")
+    torch.manual_seed(args.seed)
+    save_model(random_model(cfg, "cpu" if dry else device, dtype, args.seed), folder)
+    if dry:
+        toy_tokenizer().tok.save(os.path.join(folder, "tokenizer.json"))
+        task = ["--task", "toy", "--batch", "2", "--group", "2", "--max-new-tokens", "8", "--micro-batch", "0",
+                "--eval-limit", "4", "--eval-batch-size", "4"]
+    else:
+        shutil.copy(args.tokenizer, os.path.join(folder, "tokenizer.json"))
+        task = ["--data", args.data, "--compile", "--eval-limit", "8", "--eval-batch-size", "8"]
+    run_dir = os.path.join(work, "grpo")
+    cmd = [sys.executable, os.path.join(here, "grpo.py"), "--model", folder, "--rank", "1", "--steps", "3",
+           "--eval-every", "0", "--device", device.type, "--out", run_dir, *task]
+    print("  $ " + " ".join(cmd[1:]))
+    subprocess.run(cmd, check=True)
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        steps = [r for r in map(json.loads, f) if "t_train" in r]
+    step_s = [r["t_sample"] + r["t_train"] for r in steps]
+    res["grpo"] = dict(steps=steps, step_s=step_s)
+    steady = min(step_s[1:]) if len(step_s) > 1 else step_s[0]  # step 1 compiles
+    res["goals"]["grpo_step_s"] = goal(steady, "<= 6 (steps 2-3: step 1 compiles)", steady <= 6)
+    print(f"  GRPO steps: {', '.join(f'{s:.1f} s' for s in step_s)}")
+    shutil.rmtree(work)
+
+    # --- the verdict, one JSON
+    res["total_s"] = time.time() - t_start
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    with open(out_path, "w") as f:
+        json.dump(res, f, indent=2)
+    print(f"\nacceptance{' (dry path: toy figures, not the goals)' if dry else ''}, {res['total_s']:.0f} s:")
+    for k, v in res["goals"].items():
+        print(f"  {'ok  ' if v['ok'] else 'MISS'} {k:30s} {v['value']:10.4g}   goal {v['goal']}")
+    print(f"wrote {out_path}")
+    return res
+
+# -----------------------------------------------------------------------------
 
 if __name__ == "__main__":
     args = parser.parse_args()
+    if args.acceptance:
+        acceptance(args)
+        raise SystemExit(0)
     preset = dict(batch=4, group=4, prompt_len=16, new_tokens=32, micro_batch=0, threads=1) if args.toy else \
         dict(batch=64, group=8, prompt_len=150, new_tokens=512, micro_batch=8, threads=torch.get_num_threads())
     for key, value in preset.items():
