@@ -6,6 +6,7 @@ and, where they are installed, against transformers + peft doing the same work.
     python bench.py --toy --peer --compile         # + transformers/peft, + the compiled decode step
     python bench.py --shape Qwen2.5-3B --batch 64 --group 8 --new-tokens 512 --compile --peer   # one H100
     python bench.py --shape Qwen2.5-3B --grad-checkpoint --json runs/bench_3b.json
+    python bench.py --acceptance                   # one H100/H200, <= 8 min: every GPU goal -> runs/acceptance.json
 
 Random weights of the real shape, made on the device (no download): speed depends on the shapes,
 not on what the weights are. Nothing stops early (no stop token, and the peer gets
@@ -17,8 +18,9 @@ min_new_tokens = max_new_tokens), so every completion is --new-tokens long for u
 - training: one GRPO step on the B*G sequences of P + N tokens: log-probs, the on-policy policy-
   gradient loss, backward in micro-batches, gradient clipping, Adam. Tokens (P + N per sequence)/s
   and peak memory. LoRA (bf16 base, fp32 adapters) and full fine-tuning (fp32 weights and Adam,
-  bf16 autocast on a GPU; plain fp32 on a CPU). Peer: peft's LoRA on transformers' Qwen2, log-probs
-  taken TRL's way (the model's full logits, then log_softmax row by row).
+  bf16 autocast on a GPU; plain fp32 on a CPU). Peer: peft's LoRA on transformers' Qwen2 and
+  transformers' full fine-tuning, log-probs taken TRL's way (the model's full logits, then
+  log_softmax row by row).
 - floors: a decode step reads every weight and the whole KV cache once (bytes / the measured copy
   bandwidth); any work needs flops.py's matmul FLOPs (FLOPs / the measured matmul rate). The floor
   is the larger of the two times; "of floor" = floor time / measured time (100% = at the limit).
