@@ -6,6 +6,7 @@ and, where they are installed, against transformers + peft doing the same work.
     python bench.py --toy --peer --compile         # + transformers/peft, + the compiled decode step
     python bench.py --shape Qwen2.5-3B --batch 64 --group 8 --new-tokens 512 --compile --peer   # one H100
     python bench.py --shape Qwen2.5-3B --grad-checkpoint --json runs/bench_3b.json
+    python bench.py --acceptance                   # one H100/H200, <= 8 min: every GPU goal -> runs/acceptance.json
 
 Random weights of the real shape, made on the device (no download): speed depends on the shapes,
 not on what the weights are. Nothing stops early (no stop token, and the peer gets
@@ -17,8 +18,9 @@ min_new_tokens = max_new_tokens), so every completion is --new-tokens long for u
 - training: one GRPO step on the B*G sequences of P + N tokens: log-probs, the on-policy policy-
   gradient loss, backward in micro-batches, gradient clipping, Adam. Tokens (P + N per sequence)/s
   and peak memory. LoRA (bf16 base, fp32 adapters) and full fine-tuning (fp32 weights and Adam,
-  bf16 autocast on a GPU; plain fp32 on a CPU). Peer: peft's LoRA on transformers' Qwen2, log-probs
-  taken TRL's way (the model's full logits, then log_softmax row by row).
+  bf16 autocast on a GPU; plain fp32 on a CPU). Peer: peft's LoRA on transformers' Qwen2 and
+  transformers' full fine-tuning, log-probs taken TRL's way (the model's full logits, then
+  log_softmax row by row).
 - floors: a decode step reads every weight and the whole KV cache once (bytes / the measured copy
   bandwidth); any work needs flops.py's matmul FLOPs (FLOPs / the measured matmul rate). The floor
   is the larger of the two times; "of floor" = floor time / measured time (100% = at the limit).
@@ -26,6 +28,7 @@ min_new_tokens = max_new_tokens), so every completion is --new-tokens long for u
 import argparse
 import importlib.util
 import json
+import os
 import platform
 import resource
 import time
@@ -57,9 +60,19 @@ parser.add_argument("--peer", action="store_true", help="also time transformers'
 parser.add_argument("--no-full", action="store_true", help="skip the full fine-tuning step (it needs ~16 bytes a parameter: 49 GB at 3B)")
 # measurement
 parser.add_argument("--reps", type=int, default=3, help="timed repetitions of each measurement (after the warm-up)")
+parser.add_argument("--peer-reps", type=int, default=None, help="timed repetitions of the peer's sampling; default --reps (transformers' generate is the slow row)")
 parser.add_argument("--warmup", type=int, default=1, help="untimed runs first (compilation, CUDA graph capture, allocator)")
 parser.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs")
 parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+# the one-shot acceptance run
+parser.add_argument("--acceptance", action="store_true", help="the GPU acceptance run (<= 8 min on one H100/H200; see acceptance()); "
+                    "on a CPU or with --toy its dry path at toy shapes (seconds). Writes --json (default runs/acceptance.json)")
+parser.add_argument("--tokenizer", default="../shared/data/qwen2.5-tokenizer/tokenizer.json", help="--acceptance: the real Qwen2.5 tokenizer.json for the GRPO steps")
+parser.add_argument("--data", default="../shared/data/gsm8k", help="--acceptance: folder with GSM8K train.jsonl and test.jsonl for the GRPO steps (the device has no internet)")
+
+# what the GPU run must show (issue 16), beside every figure it writes
+GOALS = dict(sampling_vs_peer=">= 5", sampling_of_bandwidth_floor=">= 0.5", lora_step_vs_peer="> 1",
+             lora_memory_vs_peer="<= 1", full_step_vs_peer="> 1", full_memory_vs_peer="<= 1")
 
 # -----------------------------------------------------------------------------
 # Timing and memory
@@ -95,7 +108,8 @@ def reset_peak(device):
 
 def peak_gb(device):
     """GPU: the most memory tensors held since reset_peak. CPU: the process's peak RSS so far,
-    which cannot be reset, so later rows include earlier ones."""
+    which cannot be reset, so later rows include earlier ones: a row's figure is a ceiling, and a
+    ratio of two rows means nothing (bench reports memory ratios on a GPU only)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated() / 1e9
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # Linux reports KiB
@@ -171,11 +185,11 @@ def train_step(logprobs_fn, params, optimizer, ids, mask, adv, micro, autocast):
     return step
 
 
-def run(rows, name, fn, tokens, floor_s, args, device):
+def run(rows, name, fn, tokens, floor_s, args, device, reps=None):
     """Time fn, add a row; an out-of-memory error becomes a row that says so."""
     reset_peak(device)
     try:
-        times, warm = timed(fn, args.reps, args.warmup, device)
+        times, warm = timed(fn, reps or args.reps, args.warmup, device)
     except torch.OutOfMemoryError as e:
         print(f"{name}: out of memory ({str(e).splitlines()[0]}); try --micro-batch 4 or --grad-checkpoint")
         rows.append(dict(name=name, error="out of memory"))
@@ -186,8 +200,9 @@ def run(rows, name, fn, tokens, floor_s, args, device):
     print(f"  {name}: {tokens / mean:,.0f} tokens/s ({mean:.3f} s mean, {min(times):.3f} s min; warm-up {warm:.1f} s)")
 
 
-def print_table(rows):
-    print(f"\n{'':38s} {'tokens/s':>11s} {'mean s':>9s} {'min s':>9s} {'peak GB':>8s} {'floor s':>9s} {'of floor':>8s}")
+def print_table(rows, gpu):
+    memory = "peak GB" if gpu else "RSS GB"  # a CPU's peak RSS so far (peak_gb)
+    print(f"\n{'':38s} {'tokens/s':>11s} {'mean s':>9s} {'min s':>9s} {memory:>8s} {'floor s':>9s} {'of floor':>8s}")
     for r in rows:
         if "error" in r:
             print(f"{r['name']:38s} {r['error']}")
@@ -196,10 +211,150 @@ def print_table(rows):
                   f"{r['floor_s']:9.3f} {100 * r['of_floor']:7.1f}%")
 
 # -----------------------------------------------------------------------------
+# The one-shot GPU acceptance run: python bench.py --acceptance
+
+
+def goal(value, target, ok):
+    return dict(value=value, goal=target, ok=bool(ok))
+
+
+def acceptance(args):
+    """Everything a first GPU session must show, in one command and at most ~8 minutes on one H100
+    or H200, written to one JSON with each figure beside its goal:
+    1. bf16 logits of model.py against transformers' Qwen2 on the GPU (same random 3B weights);
+    2. generate(compile=True) greedy equals eager greedy (ragged prompts, a model made lively);
+    3. the bench at Qwen2.5-3B shapes, 64 prompts x 8 samples x 512 tokens, compiled, with the peer;
+    4. 3 GRPO steps of grpo.py's defaults with --compile, on random 3B weights saved to a folder beside
+       the real Qwen2.5 tokenizer (the device has no internet and no Qwen weights; the speed is the
+       shape's, and random weights never stop early, so every completion is 512 tokens long).
+    On a CPU (or with --toy) the same code runs at toy shapes in seconds: the dry path the tests run.
+    There torch.compile is the identity, so check 2 runs the static-shape decode step eagerly (inductor
+    takes a minute on a CPU; `RANK1_COMPILE_TESTS=1 pytest tests/test_bench.py` runs the real one)."""
+    import shutil, subprocess, sys, tempfile
+    from model import save_model, toy_tokenizer
+    t_start = time.time()
+    device = pick_device(args.device)
+    dry = device.type == "cpu" or args.toy
+    cfg = TOY_CONFIG if dry else get_config("Qwen2.5-3B")
+    dtype = torch.float32 if dry else torch.bfloat16
+    out_path = args.json or "runs/acceptance.json"
+    work = tempfile.mkdtemp(prefix="rank1_acceptance_")
+    here = os.path.dirname(os.path.abspath(__file__))
+    if not dry:
+        for path, flag in ((args.tokenizer, "--tokenizer"), (os.path.join(args.data, "train.jsonl"), "--data"),
+                           (os.path.join(args.data, "test.jsonl"), "--data")):
+            if not os.path.exists(path):
+                print(f"bench.py --acceptance: {path} not found; pass {flag} (the device has no internet)", file=sys.stderr)
+                raise SystemExit(2)
+    res = dict(device=torch.cuda.get_device_name() if device.type == "cuda" else f"{platform.machine()} CPU",
+               dry=dry, shape="toy" if dry else "Qwen2.5-3B", dtype=str(dtype), torch=torch.__version__, goals={})
+    print(f"acceptance ({'dry path, toy shapes' if dry else 'Qwen2.5-3B shapes'}) on {res['device']}")
+
+    # --- 1. logits against transformers, the same weights
+    model = random_model(cfg, device, dtype, args.seed)
+    g = torch.Generator().manual_seed(args.seed)
+    ids = torch.randint(0, cfg.eos_token_id, (2, 16) if dry else (4, 256), generator=g).to(device)
+    if importlib.util.find_spec("transformers"):
+        hf = peer_model(model, dtype)
+        with torch.inference_mode():
+            ours, theirs = model(ids).float(), hf(input_ids=ids).logits.float()
+        del hf
+        rel = ((ours - theirs).abs().max() / theirs.abs().max()).item()
+        tol = 1e-5 if dtype == torch.float32 else 1e-2
+        res["logits_vs_transformers"] = dict(max_rel_err=rel, exact_fraction=(ours == theirs).float().mean().item(),
+                                             argmax_agree=(ours.argmax(-1) == theirs.argmax(-1)).float().mean().item())
+        res["goals"]["logits_max_rel_err"] = goal(rel, f"<= {tol}", rel <= tol)
+        print(f"  logits vs transformers ({dtype}): max rel. error {rel:.2e}")
+    else:
+        print("  transformers is not installed: no logits check, no peer")
+
+    # --- 2. compiled greedy equals eager greedy
+    if dry:  # a CPU has no minute for inductor: the static-shape step, run eagerly (docstring)
+        real_compile = torch.compile
+        torch.compile = lambda fn, **kw: fn
+    with torch.no_grad():  # made lively: random weights at init mostly repeat the last token
+        for name, p in model.named_parameters():
+            if name.endswith("proj.weight"):
+                p.mul_(5.0)
+    prompts = [torch.randint(0, cfg.eos_token_id, (n,), generator=g).tolist() for n in ((3, 9, 1, 4) if dry else (17, 150, 64, 3, 99, 120, 8, 40))]
+    n_new = 12 if dry else 64
+    eager = generate(model, prompts, n_new, temperature=0, n=2)
+    t0 = time.time()
+    compiled = generate(model, prompts, n_new, temperature=0, n=2, compile=True)
+    compile_s = time.time() - t0
+    if dry:
+        torch.compile = real_compile
+    torch.compiler.reset()
+    same = sum(a == b for a, b in zip(eager, compiled))
+    first = [next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a)) for a, b in zip(eager, compiled)]
+    res["compiled_greedy"] = dict(rows=len(eager), rows_equal=same, first_difference=first, distinct_tokens=len({t for c in eager for t in c}),
+                                  first_call_s=compile_s)
+    res["goals"]["compiled_greedy_equals_eager"] = goal(same / len(eager), "== 1", same == len(eager))
+    print(f"  compiled greedy == eager greedy: {same}/{len(eager)} completions ({n_new} tokens, first call {compile_s:.1f} s)")
+    del model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+    # --- 3. the bench at 3B shapes, in its own process (its memory, its compiled graphs)
+    bench_json = os.path.join(work, "bench.json")
+    shape = ["--toy", "--batch", "2", "--group", "2", "--prompt-len", "8", "--new-tokens", "8", "--reps", "1", "--warmup", "1"] if dry else \
+        ["--shape", "Qwen2.5-3B", "--batch", "64", "--group", "8", "--prompt-len", "150", "--new-tokens", "512",
+         "--compile", "--reps", "2", "--peer-reps", "1", "--warmup", "1"]
+    cmd = [sys.executable, os.path.join(here, "bench.py"), *shape, "--no-full", "--device", device.type, "--json", bench_json]
+    if importlib.util.find_spec("transformers"):
+        cmd.append("--peer")
+    print("  $ " + " ".join(cmd[1:]))
+    subprocess.run(cmd, check=True)
+    with open(bench_json) as f:
+        res["bench"] = json.load(f)
+    for k, v in res["bench"]["ratios"].items():
+        op, target = GOALS[k].split()
+        res["goals"][k] = goal(v, GOALS[k], v >= float(target) if op == ">=" else v > float(target) if op == ">" else v <= float(target))
+
+    # --- 4. three GRPO steps, grpo.py's defaults (32 prompts x 8 samples x 512 tokens), --compile
+    folder = os.path.join(work, "model")
+    torch.manual_seed(args.seed)
+    save_model(random_model(cfg, "cpu" if dry else device, dtype, args.seed), folder)
+    if dry:
+        toy_tokenizer().tok.save(os.path.join(folder, "tokenizer.json"))
+        task = ["--task", "toy", "--batch", "2", "--group", "2", "--max-new-tokens", "8", "--micro-batch", "0",
+                "--eval-limit", "4", "--eval-batch-size", "4"]
+    else:
+        shutil.copy(args.tokenizer, os.path.join(folder, "tokenizer.json"))
+        task = ["--data", args.data, "--compile", "--eval-limit", "8", "--eval-batch-size", "8"]
+    run_dir = os.path.join(work, "grpo")
+    cmd = [sys.executable, os.path.join(here, "grpo.py"), "--model", folder, "--rank", "1", "--steps", "3",
+           "--eval-every", "0", "--device", device.type, "--out", run_dir, *task]
+    print("  $ " + " ".join(cmd[1:]))
+    subprocess.run(cmd, check=True)
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        steps = [r for r in map(json.loads, f) if "t_train" in r]
+    step_s = [r["t_sample"] + r["t_train"] for r in steps]
+    res["grpo"] = dict(steps=steps, step_s=step_s)
+    steady = min(step_s[1:]) if len(step_s) > 1 else step_s[0]  # step 1 compiles
+    res["goals"]["grpo_step_s"] = goal(steady, "<= 6 (steps 2-3: step 1 compiles)", steady <= 6)
+    print(f"  GRPO steps: {', '.join(f'{s:.1f} s' for s in step_s)}")
+    shutil.rmtree(work)
+
+    # --- the verdict, one JSON
+    res["total_s"] = time.time() - t_start
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    with open(out_path, "w") as f:
+        json.dump(res, f, indent=2)
+    print(f"\nacceptance{' (dry path: toy figures, not the goals)' if dry else ''}, {res['total_s']:.0f} s:")
+    for k, v in res["goals"].items():
+        print(f"  {'ok  ' if v['ok'] else 'MISS'} {k:30s} {v['value']:10.4g}   goal {v['goal']}")
+    print(f"wrote {out_path}")
+    return res
+
+# -----------------------------------------------------------------------------
 
 if __name__ == "__main__":
     args = parser.parse_args()
     exit_on_user_error()
+    if args.acceptance:
+        acceptance(args)
+        raise SystemExit(0)
     preset = dict(batch=4, group=4, prompt_len=16, new_tokens=32, micro_batch=0, threads=1) if args.toy else \
         dict(batch=64, group=8, prompt_len=150, new_tokens=512, micro_batch=8, threads=torch.get_num_threads())
     for key, value in preset.items():
@@ -292,7 +447,7 @@ if __name__ == "__main__":
             lambda: hf.generate(input_ids=prompt_ids, attention_mask=torch.ones_like(prompt_ids), do_sample=True,
                                 temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=N, min_new_tokens=N,
                                 num_return_sequences=G, pad_token_id=cfg.eos_token_id, eos_token_id=cfg.eos_token_id),
-            n_seq * N, sample_floor, args, device)
+            n_seq * N, sample_floor, args, device, reps=args.peer_reps)
         if not have["peft"]:
             print("--peer: peft is not installed; no peer LoRA step")
         else:
@@ -306,26 +461,38 @@ if __name__ == "__main__":
             run(rows, f"peer train LoRA r{args.rank} (peft {peft.__version__})",
                 train_step(lambda x: peer_logprobs(hf, x), params, opt, ids, mask, adv, micro, False),
                 n_seq * T, floors["lora_flops_s"], args, device)
+            del params, opt
         del hf
+        if not args.no_full:  # transformers' full fine-tuning: the same weights, optimizer and autocast as ours
+            reset_peak(device)
+            hf = peer_model(random_model(cfg, device, torch.float32, args.seed), torch.float32).train().requires_grad_(True)
+            if args.grad_checkpoint:
+                hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            opt = torch.optim.AdamW(hf.parameters(), lr=1e-6, betas=(0.9, 0.95), fused=gpu)
+            run(rows, f"peer train full FT (transformers, {'fp32 + bf16 autocast' if gpu else 'fp32'})",
+                train_step(lambda x: peer_logprobs(hf, x), list(hf.parameters()), opt, ids, mask, adv, micro, gpu),
+                n_seq * T, floors["full_flops_s"], args, device)
+            del hf, opt
 
     # --- the table, the ratios the issue asks for
-    print_table(rows)
+    print_table(rows, gpu)
     by = {r["name"].split(" (")[0]: r for r in rows if "error" not in r}
     ratios = {}
     if "sampling" in by and "peer sampling" in by:
         ratios["sampling_vs_peer"] = by["sampling"]["tokens_per_s"] / by["peer sampling"]["tokens_per_s"]
-    lora, peer_lora = by.get(f"train LoRA r{args.rank}"), by.get(f"peer train LoRA r{args.rank}")
-    if lora and peer_lora:
-        ratios["lora_step_vs_peer"] = lora["tokens_per_s"] / peer_lora["tokens_per_s"]
-        ratios["lora_memory_vs_peer"] = lora["peak_gb"] / peer_lora["peak_gb"]
+    for kind, ours_name, peer_name in (("lora", f"train LoRA r{args.rank}", f"peer train LoRA r{args.rank}"),
+                                       ("full", "train full FT", "peer train full FT")):
+        if ours_name in by and peer_name in by:
+            ratios[f"{kind}_step_vs_peer"] = by[ours_name]["tokens_per_s"] / by[peer_name]["tokens_per_s"]
+            if gpu:  # a CPU's peak RSS only grows from row to row: no ratio to take
+                ratios[f"{kind}_memory_vs_peer"] = by[ours_name]["peak_gb"] / by[peer_name]["peak_gb"]
     if "sampling" in by:
         ratios["sampling_of_bandwidth_floor"] = floors["sample_bandwidth_s"] / by["sampling"]["mean_s"]
-    goals = dict(sampling_vs_peer="goal >= 5", lora_step_vs_peer="goal > 1", lora_memory_vs_peer="goal <= 1",
-                 sampling_of_bandwidth_floor="goal >= 0.5")
     for k, v in ratios.items():
-        print(f"{k:30s} {v:8.2f}   ({goals[k]} on an H100 at 3B shapes)")
+        print(f"{k:30s} {v:8.2f}   (goal {GOALS[k]} on an H100 at 3B shapes)")
     if not gpu:
-        print("(peak GB on a CPU is the process's peak RSS so far: it never goes down, so later rows include earlier ones)")
+        print("(RSS GB: the process's peak RSS so far, which never goes down, so later rows include earlier "
+              "ones; memory ratios are measured on a GPU only)")
     if args.json:
         out = dict(device=name, device_type=device.type, dtype=str(dtype), torch=torch.__version__, shape=shape,
                    args=vars(args), bandwidth_bytes_per_s=bandwidth, matmul_flops_per_s=matmul,

@@ -227,10 +227,15 @@ def sampling_flops(cfg, prompts, samples, prompt_len, new_tokens):
 def grpo_step_flops(cfg, prompts, samples, prompt_len, new_tokens, rank, targets, adapter="lora"):
     """Sampling + one training step on the B·G prompt+completion sequences (KL off, the default:
     the sampler's log-probs serve as the old policy, so no extra forward). model.token_logprobs
-    checkpoints the lm_head chunks, so backward recomputes the head once more: counted here."""
+    makes the head's input gradient in forward when the head is frozen (LoRA: no extra work); when
+    it trains (rank 0), backward recomputes the head once more for its weight gradient: counted here.
+    These are whole-sequence counts (token_logprobs on every prompt + completion). grpo.py trains with
+    model.completion_logprobs, which runs each prompt once for its G samples: for it they are an
+    upper bound, by about the share of prompt tokens (3/4 in the toy, ~1/5 for GSM8K at 3B)."""
     n_seq, T = prompts * samples, prompt_len + new_tokens
     sample = sampling_flops(cfg, prompts, samples, prompt_len, new_tokens)["total"]
-    train = total(step_flops(cfg, n_seq, T, rank, targets, adapter)) + 2 * n_seq * T * cfg.hidden_size * cfg.vocab_size
+    recompute = 2 * n_seq * T * cfg.hidden_size * cfg.vocab_size if rank == 0 else 0
+    train = total(step_flops(cfg, n_seq, T, rank, targets, adapter)) + recompute
     return {"sampling": sample, "training": train, "total": sample + train}
 
 

@@ -34,12 +34,10 @@ import random
 import time
 
 import torch
-import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
 from model import (TOY_CONFIG, Qwen2, Qwen2Config, exit_on_user_error, load_model, load_tokenizer,
-                   resolve_path, save_model, toy_tokenizer, user_exit)
+                   logprobs_from_hidden, resolve_path, save_model, toy_tokenizer, user_exit)
 from lora import apply_adapter, load_adapter, save_adapter
 from runs import (all_reduce, append_metrics, barrier, check_resume_args, close_distributed, init_distributed,
                   load_trainer_state, newest_checkpoint, read_metrics, reduce_eval, save_checkpoint, sum_grads,
@@ -90,22 +88,18 @@ def collate(examples, pad_id, device):
 # The loss
 
 
-def _chunk_nll(h, weight, targets):
-    return F.cross_entropy((h @ weight.T).float(), targets, reduction="sum")  # (N, V) logits, made here
-
-
 def sft_loss(model, inputs, targets, mask, n_tokens=None, chunk_size=1024):
     """Mean next-token cross-entropy over the masked positions. Only their hidden states reach the
     lm_head, so prompt targets cost nothing and cannot leak into the loss; the logits (vocab 151,936
-    for Qwen) are made chunk_size tokens at a time and recomputed in backward, never all stored.
+    for Qwen) are made chunk_size tokens at a time by model.logprobs_from_hidden, never all stored,
+    and with a frozen head (LoRA) backward does not remake them.
     n_tokens: the whole batch's token count when it is split into micro-batches, so that their
     gradients add up to the batch's (every solution token weighs the same)."""
     h = model(inputs, hidden_only=True)[mask]                                 # (N, C) masked positions only
     t = targets[mask]                                                         # (N,)
     assert len(t) > 0, "no solution tokens in this batch"
-    total = sum(checkpoint(_chunk_nll, h[s:s + chunk_size], model.lm_head.weight, t[s:s + chunk_size],
-                           use_reentrant=False) for s in range(0, len(t), chunk_size))
-    return total / (n_tokens or len(t))
+    logp = logprobs_from_hidden(h, model.lm_head.weight, t, chunk_size=chunk_size)  # (N,)
+    return -logp.sum() / (n_tokens or len(t))
 
 
 def default_lr(config, lora):

@@ -150,5 +150,30 @@ def test_bench_toy_prints_the_table_and_json(tmp_path):
     assert res["bandwidth_bytes_per_s"] > 0 and res["matmul_flops_per_s"] > 0
     assert all(v > 0 for v in res["floors"].values())
     if peer:
-        assert set(res["ratios"]) >= {"sampling_vs_peer", "lora_step_vs_peer", "lora_memory_vs_peer"}
+        assert set(res["ratios"]) >= {"sampling_vs_peer", "lora_step_vs_peer", "full_step_vs_peer"}
         assert all(v > 0 for v in res["ratios"].values())
+        assert not any("memory" in k for k in res["ratios"])           # a CPU's peak RSS only grows: no ratio
+        assert any(n.startswith("peer train full FT") for n in names)
+
+
+def test_acceptance_dry_path_writes_every_figure_beside_its_goal(tmp_path):
+    """bench.py --acceptance on a CPU: the GPU run's four parts at toy shapes, one JSON."""
+    out = tmp_path / "acceptance.json"
+    r = subprocess.run([sys.executable, "bench.py", "--acceptance", "--json", str(out)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert res["dry"] and res["shape"] == "toy"
+    goals = res["goals"]
+    want = {"compiled_greedy_equals_eager", "grpo_step_s", "sampling_of_bandwidth_floor"}
+    if importlib.util.find_spec("transformers") and importlib.util.find_spec("peft"):
+        want |= {"logits_max_rel_err", "sampling_vs_peer", "lora_step_vs_peer"}
+        assert goals["logits_max_rel_err"]["ok"], goals["logits_max_rel_err"]        # fp32: the same logits
+    assert want <= set(goals), (want, set(goals))
+    for k, v in goals.items():
+        assert set(v) == {"value", "goal", "ok"} and isinstance(v["ok"], bool), (k, v)
+    assert goals["compiled_greedy_equals_eager"]["ok"], res["compiled_greedy"]          # the static step, eagerly
+    assert res["compiled_greedy"]["distinct_tokens"] > 8                                # a lively model, not one token
+    assert len(res["grpo"]["step_s"]) == 3 and all(s > 0 for s in res["grpo"]["step_s"])
+    assert [row["step"] for row in res["grpo"]["steps"]] == [1, 2, 3]
+    assert any(row["name"] == "train LoRA r1" for row in res["bench"]["rows"])
