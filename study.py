@@ -119,9 +119,8 @@ def sweep_plan(mode):
     return plan
 
 
-def followup_plan(mode, best):
-    """Phase 2, at the best LRs of phase 1: seeds, targets, layers, Adam's invariance (+ --full extras)."""
-    lr1 = best["r1"]
+def rank1_plan(lr1):
+    """Phase 2, at rank 1's best LR: targets, layers, Adam's invariance."""
     plan = [grpo_run("targets", 1, lr1, 0, 60, ["--targets", t], tag=f"_{t}") for t in ("attn", "mlp")]
     plan += [grpo_run("layers", 1, lr1, 0, 60, ["--layers", third], tag=f"_{third}") for third in ("first", "middle", "last")]
     # Adam with ε ≈ 0 and no clipping (the clip factor depends on the gradient's norm, which the
@@ -132,20 +131,30 @@ def followup_plan(mode, best):
              grpo_run("adam", 1, P * lr1, 0, 30, adam + ["--alpha", f"{a:g}", "--init-scale", f"{P:g}",
                                                           "--lr-ratio", f"{Q / P:g}"], tag="_adampq"),
              grpo_run("adam", 1, lr1, 0, 30, adam + ["--alpha", f"{a:g}"], tag="_adamalpha")]
-    if mode == "full":
-        plan += [grpo_run("rl_sweep", r, best[method_name(r)], s, 60) for r in RANKS for s in (1, 2)]
-        # how few parameters teach the skill, in RL and in SFT: each size at its best of a small sweep
-        for tag, flags, meta in SMALL:
-            for lr in SMALL_GRID:
-                plan += [grpo_run("params_rl", meta["svd_rank"], lr, 0, 60, flags, tag=tag, **meta),
-                         sft_run("params_sft", meta["svd_rank"], lr, 0, 60, extra=flags, tag=tag, **meta)]
-        plan += [sft_run("sft_sweep", r, lr, 0, 60) for r in (4, 16) for lr in SFT_GRID["lora"]]
-        # LoRA's penalty at large batch (SFT, as in LoRA Without Regret): the same 3,840 examples in
-        # batches of 32 and of 256, each method at its batch-64 best LR
-        for r in (1, 0):
-            lr = best[f"sft_{method_name(r)}"]
-            plan += [sft_run("batch", r, lr, 0, 120, batch=32, tag="_b32"), sft_run("batch", r, lr, 0, 15, batch=256, tag="_b256")]
     return plan
+
+
+def extras_plan(best):
+    """Phase 3 (--full), at every method's best LR: seeds, adapters below rank 1, SFT ranks 4/16, batch size."""
+    plan = []
+    plan += [grpo_run("rl_sweep", r, best[method_name(r)], s, 60) for r in RANKS for s in (1, 2)]
+    # how few parameters teach the skill, in RL and in SFT: each size at its best of a small sweep
+    for tag, flags, meta in SMALL:
+        for lr in SMALL_GRID:
+            plan += [grpo_run("params_rl", meta["svd_rank"], lr, 0, 60, flags, tag=tag, **meta),
+                     sft_run("params_sft", meta["svd_rank"], lr, 0, 60, extra=flags, tag=tag, **meta)]
+    plan += [sft_run("sft_sweep", r, lr, 0, 60) for r in (4, 16) for lr in SFT_GRID["lora"]]
+    # LoRA's penalty at large batch (SFT, as in LoRA Without Regret): the same 3,840 examples in
+    # batches of 32 and of 256, each method at its batch-64 best LR
+    for r in (1, 0):
+        lr = best[f"sft_{method_name(r)}"]
+        plan += [sft_run("batch", r, lr, 0, 120, batch=32, tag="_b32"), sft_run("batch", r, lr, 0, 15, batch=256, tag="_b256")]
+    return plan
+
+
+def followup_plan(mode, best):
+    """Everything that depends on the sweep's best LRs."""
+    return rank1_plan(best["r1"]) + (extras_plan(best) if mode == "full" else [])
 
 
 def geometry_plan(root, best_runs, mode):
@@ -308,8 +317,9 @@ def claims(plan, root, mode, geometry, best):
         if r in est and "full" in est:
             d = diff(est[r], est["full"])
             rows.append(dict(claim=f"RL: rank {r[1:]} matches full fine-tuning, each at its best LR", source="LoRA Without Regret",
-                             measured=f"{est[r][0]:.3f} vs {est['full'][0]:.3f} (LR {best[r]:g} vs {best['full']:g}, "
-                             f"{len(rl[r][best[r]])} vs {len(rl['full'][best['full']])} seeds); difference {fmt_ci(*d)}",
+                             measured=f"{est[r][0]:.3f} vs {est['full'][0]:.3f} (best of {len(rl[r])} vs {len(rl['full'])} LRs: "
+                             f"{best[r]:g} vs {best['full']:g}; {len(rl[r][best[r]])} vs {len(rl['full'][best['full']])} "
+                             f"seeds); difference {fmt_ci(*d)}",
                              interval=interval(*d), verdict=verdict_match(d)))
     if "r1" in rl and "full" in rl:
         rows.append(lr_ratio_claim(rl, "r1", "full", "LoRA Without Regret", "RL"))
@@ -613,20 +623,29 @@ if __name__ == "__main__":
     t0 = time.time()
     failed = {}
 
-    plan = sweep_plan(mode)
-    failed |= launch(plan, root, args.jobs, args.dry_run)
+    # phase 1: rank 1 and full fine-tuning at every LR; phase 2: what needs rank 1's best LR, then the
+    # SFT sweep and ranks 4 and 16 (a study cut short has the central claims first); phase 3: --full's extras
+    sweep = sweep_plan(mode)
+    first = [r for r in sweep if r.claim == "rl_sweep" and r.meta["method"] in ("r1", "full")]
+    failed |= launch(first, root, args.jobs, args.dry_run)
     if args.dry_run:  # the later phases depend on the sweep's best LRs: planned at the grid's middle
         guess = {m: GRID[mode]["lora" if m != "full" else "full"][1] for m in ("r1", "r4", "r16", "full")}
         guess |= {"sft_r1": SFT_GRID["lora"][1], "sft_full": SFT_GRID["full"][1]}
-        launch(followup_plan(mode, guess), root, args.jobs, dry_run=True)
+        launch(rank1_plan(guess["r1"]) + [r for r in sweep if r not in first], root, args.jobs, dry_run=True)
+        if mode == "full":
+            launch(extras_plan(guess), root, args.jobs, dry_run=True)
         print(f"  {estimate(geometry_plan(root, [], mode)):6.0f} s  geometry")
         raise SystemExit
+    lr1 = best_lrs(by_method(first, root, "rl_sweep"))["r1"]
+    plan = sweep + rank1_plan(lr1)
+    failed |= launch(plan[len(sweep):] + [r for r in sweep if r not in first], root, args.jobs)
     best = best_lrs(by_method(plan, root, "rl_sweep"))
     best |= {f"sft_{m}": lr for m, lr in best_lrs(by_method(plan, root, "sft_sweep")).items()}
     print("best LRs: " + ", ".join(f"{k} {v:g}" for k, v in sorted(best.items())))
-    more = followup_plan(mode, best)
-    failed |= launch(more, root, args.jobs)
-    plan += more
+    if mode == "full":
+        more = extras_plan(best)
+        failed |= launch(more, root, args.jobs)
+        plan += more
 
     best_runs = [r.name for r in plan if r.claim == "rl_sweep" and r.meta["rank"] and r.meta["lr"] == best[r.meta["method"]]
                  and finished(r, root)]
