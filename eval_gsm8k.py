@@ -302,9 +302,9 @@ def complete(model, tokenizer, prompts, max_new_tokens, batch_size, stop_ids, st
         for s in range(0, len(order), batch_size):
             idx = order[s:s + batch_size]
             with lora.row_weights(model, weights[idx]) if weights is not None else nullcontext() as rows:
+                per_row = dict(row_state=[rows]) if rows is not None else {}  # each row's point follows it
                 outs = generate(model, [prompts[i] for i in idx], max_new_tokens, temperature=0.0,
-                                stop_ids=stop_ids, stop_strings=stop_strings, tokenizer=tokenizer,
-                                row_state=[rows] if rows is not None else [])
+                                stop_ids=stop_ids, stop_strings=stop_strings, tokenizer=tokenizer, **per_row)
             for i, ids in zip(idx, outs):
                 completions[i] = ids
             bar.update(len(idx))
@@ -346,40 +346,6 @@ def score(tokenizer, problems, completions, stop, max_new_tokens, shots=(), seco
     return summary, rows
 
 
-def evaluate_points(model, tokenizer, problems, weights, shots=(), batch_size=64, max_new_tokens=512,
-                    stop=None, progress=True):
-    """evaluate() of K points in one go -> a (summary, rows) per point. The model carries N stacked
-    adapters (lora.set_stacked) and point k is Σ_j weights[k, j]·ΔW_j (K, N): every problem is asked
-    once per point, and a generate() call takes batch_size problems of every point (K·batch_size
-    rows) over the same base weights. K = 1 is the one-point path, the same arithmetic: a point's
-    greedy tokens do not depend on the others (batch-independent greedy decoding, DESIGN.md)."""
-    stop = sorted(stop_ids(tokenizer) if stop is None else stop)
-    weights = torch.as_tensor(weights, dtype=torch.float32)               # (K, N)
-    K, P = len(weights), len(problems)
-    prompts = [tokenizer.encode(format_prompt(p["question"], shots)) for p in problems]
-    completions, seconds = complete(model, tokenizer, prompts * K, max_new_tokens, batch_size * K, stop,
-                                    STOP_STRINGS, progress, weights=weights.repeat_interleave(P, 0))
-    # each point's summary carries its share of the pass's seconds
-    return [score(tokenizer, problems, completions[k * P:(k + 1) * P], stop, max_new_tokens, shots, seconds / K)
-            for k in range(K)]
-
-
-def points_per_pass(model, n_prompts, prompt_len, max_new_tokens, fraction=0.5, cpu_cap=4 * 2**30):
-    """How many points fit one pass of n_prompts rows each: per row, the KV cache of the whole
-    sequence and the prefill's activations (the larger of the MLP's and the attention scores'),
-    against `fraction` of the free memory (the GPU's, or MemAvailable up to cpu_cap on a CPU)."""
-    c, device = model.config, model.lm_head.weight.device
-    el, S = model.lm_head.weight.element_size(), prompt_len + max_new_tokens
-    kv = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * S * el
-    act = prompt_len * max(4 * c.intermediate_size * el, c.num_attention_heads * prompt_len * 4) + 2 * c.vocab_size * 4
-    if device.type == "cuda":
-        free = torch.cuda.mem_get_info(device)[0]
-    else:
-        meminfo = dict(l.split(":", 1) for l in open("/proc/meminfo")) if os.path.exists("/proc/meminfo") else {}
-        free = min(int(meminfo.get("MemAvailable", "0 kB").split()[0]) * 1024 or cpu_cap, cpu_cap)
-    return max(1, int(fraction * free // ((kv + act) * n_prompts)))
-
-
 def evaluate_lm_eval(model, tokenizer, problems, train, shots=LM_EVAL_SHOTS, batch_size=64,
                      max_new_tokens=LM_EVAL_MAX_NEW_TOKENS, progress=True):
     """lm-evaluation-harness's gsm8k task on `problems` (the test split, in its order), shots drawn
@@ -415,6 +381,44 @@ def eval_metrics(model, tokenizer, problems, stop, max_new_tokens, batch_size):
     model.train(was_training)
     return dict(eval_accuracy=s["accuracy"], eval_flexible_accuracy=s["flexible_accuracy"],
                 eval_format_rate=s["format_rate"], eval_n=s["n"], eval_seconds=round(s["seconds"], 2))
+
+
+# -----------------------------------------------------------------------------
+# Many adapters at once: K points of stacked factors side by side in every generate() call
+# (lora.set_stacked, lora.row_weights; geometry.py's plane, --adapter A B C)
+
+def evaluate_points(model, tokenizer, problems, weights, shots=(), batch_size=64, max_new_tokens=512,
+                    stop=None, progress=True):
+    """evaluate() of K points in one go -> a (summary, rows) per point. The model carries N stacked
+    adapters (lora.set_stacked) and point k is Σ_j weights[k, j]·ΔW_j (K, N): every problem is asked
+    once per point, and a generate() call takes batch_size problems of every point (K·batch_size
+    rows) over the same base weights. K = 1 is the one-point path, the same arithmetic: a point's
+    greedy tokens do not depend on the others (batch-independent greedy decoding, DESIGN.md)."""
+    stop = sorted(stop_ids(tokenizer) if stop is None else stop)
+    weights = torch.as_tensor(weights, dtype=torch.float32)               # (K, N)
+    K, P = len(weights), len(problems)
+    prompts = [tokenizer.encode(format_prompt(p["question"], shots)) for p in problems]
+    completions, seconds = complete(model, tokenizer, prompts * K, max_new_tokens, batch_size * K, stop,
+                                    STOP_STRINGS, progress, weights=weights.repeat_interleave(P, 0))
+    # each point's summary carries its share of the pass's seconds
+    return [score(tokenizer, problems, completions[k * P:(k + 1) * P], stop, max_new_tokens, shots, seconds / K)
+            for k in range(K)]
+
+
+def points_per_pass(model, n_prompts, prompt_len, max_new_tokens, fraction=0.5, cpu_cap=4 * 2**30):
+    """How many points fit one pass of n_prompts rows each: per row, the KV cache of the whole
+    sequence and the prefill's activations (the larger of the MLP's and the attention scores'),
+    against `fraction` of the free memory (the GPU's, or MemAvailable up to cpu_cap on a CPU)."""
+    c, device = model.config, model.lm_head.weight.device
+    el, S = model.lm_head.weight.element_size(), prompt_len + max_new_tokens
+    kv = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * S * el
+    act = prompt_len * max(4 * c.intermediate_size * el, c.num_attention_heads * prompt_len * 4) + 2 * c.vocab_size * 4
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        meminfo = dict(l.split(":", 1) for l in open("/proc/meminfo")) if os.path.exists("/proc/meminfo") else {}
+        free = min(int(meminfo.get("MemAvailable", "0 kB").split()[0]) * 1024 or cpu_cap, cpu_cap)
+    return max(1, int(fraction * free // ((kv + act) * n_prompts)))
 
 
 def print_summary(summary, title):

@@ -3,16 +3,21 @@ The geometry of LoRA training trajectories: PCA of effective updates, cosines, d
 exploration and rank truncation, from the run folders that grpo.py and sft.py write.
 
     python geometry.py runs/                                # runs/geometry/geometry.json + figures
-    python geometry.py runs/ --plane --grid 7 --eval-limit 100     # accuracy over the PC1-PC2 plane
-    python geometry.py runs/ --plane --truncate 1           # + rank-1 versions of the finals and best points
+    python geometry.py runs/ --plane --grid 15 --eval-limit 256    # accuracy over the PC1-PC2 plane, batched
+    python geometry.py runs/ --plane --truncate 1           # + rank-1 versions of the finals and plane samples
     python geometry.py --bench-scale 100                    # Gram of 100 rank-1 Qwen2.5-3B adapters: time, memory
+    python geometry.py --decode-bytes                       # what batching the plane saves at Qwen2.5-3B
 
 A checkpoint's effective update u = concat over adapted matrices of vec((α/r)·B·A) has the same
 length for every rank, so runs of different ranks live in one space. Nothing here forms a dense
 (out, in) update: inner products come from the factors, <B1A1, B2A2>_F = sum((B1ᵀB2) ⊙ (A1A2ᵀ)),
 PCA from the Gram matrix K[i, j] = <u_i, u_j> (kernel PCA: the eigenvectors of the centered Gram
 are the PC scores up to √λ), and a point of the PC plane is a linear combination of checkpoints,
-so it is itself a factored adapter (stacked factors, lora.combine) evaluated as is, unmerged.
+so it is itself a factored adapter (stacked factors, lora.combine) evaluated as is, unmerged. Many
+points share one generate() call: with every checkpoint stacked once (lora.set_stacked), each batch
+row carries its own weights over them (lora.row_weights), and the base weights are read once per
+decode step for all the points of the pass (--points-per-pass; 1 = one point at a time, the same
+arithmetic, so the same greedy tokens).
 
 Step 0: B = 0 at init (R = 0 for LoRA-XS, v = 0 for TinyLoRA), so every run starts at the origin
 ΔW = 0. A run with no step_000000 folder gets that origin as its first point, and it joins the PCA
@@ -168,6 +173,9 @@ def base_sq_norms(base, names):
             out[n] = f.get_tensor(f"{n}.weight").double().pow(2).sum().item()
     return out
 
+
+# -----------------------------------------------------------------------------
+# Many points in one pass, and the seed's open questions
 
 
 def accuracies(net, tok, problems, factor_sets, W, per_pass, max_new_tokens, batch_size, stop, desc="eval"):

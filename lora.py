@@ -840,6 +840,16 @@ if __name__ == "__main__":
         best_err = sum((torch.linalg.svdvals(W)[k:] ** 2).sum().item() for W in dense_W)  # Eckart-Young
         print(f"rank-{k} truncation error {trunc_err:.6e} vs dense SVD optimum {best_err:.6e}")
         assert abs(trunc_err - best_err) <= 1e-9 * best_err, (trunc_err, best_err)
+        # --- many adapters in one batch: row b carries the point w_b of the stacked updates
+        W = torch.tensor([[1.0, -0.5], [0.3, 0.7]])
+        with torch.no_grad():
+            set_stacked(model, [factors, half])
+            with row_weights(model, W):
+                rows = model(ids)                                         # (B, T, V), row b at W[b]
+            err = max(((rows[b] - set_factors(model, combine([factors, half], W[b].tolist()))(ids[b:b + 1])[0]).abs().max()
+                       / rows[b].abs().max()).item() for b in range(len(W)))
+        print(f"per-row adapter weights vs each point installed alone: max relative error {err:.1e}")
+        assert err < 1e-5, err
         # --- below rank 1: TinyLoRA (u = 13, fully tied: 13 parameters) and LoRA-XS (rank 2)
         for kind, apply in (("tinylora", lambda m: apply_tinylora(m, 13, 2, tie=1.0, verbose=False)),
                             ("loraxs", lambda m: apply_loraxs(m, 2, verbose=False))):

@@ -208,7 +208,6 @@ def test_batched_plane_equals_one_point_per_pass(tmp_path):
     problems, stop = eval_gsm8k.toy_problems("test")[:16], eval_gsm8k.stop_ids(tok)
     one = geometry.accuracies(net, tok, problems, factor_sets, W, 1, 32, 16, stop)
     batched = geometry.accuracies(net, tok, problems, factor_sets, W, len(W), 32, 16, stop)
-    print(one)
     np.testing.assert_array_equal(batched, one)
     assert len(set(one.tolist())) >= 3, one                            # the grid is not flat: the test means something
     tokens = lambda res: [[r["completion"] for r in rows] for _, rows in res]
