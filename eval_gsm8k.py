@@ -547,8 +547,8 @@ if __name__ == "__main__":
         lora.set_stacked(model, factor_sets)
         prompt_len = max(len(tokenizer.encode(format_prompt(p["question"], shots))) for p in problems)
         K = args.points_per_pass or points_per_pass(model, min(args.batch_size, len(problems)), prompt_len, max_new_tokens)
-        K = min(K, len(args.adapter))
-        print(f"{len(args.adapter)} adapters stacked (rank {max(m.rank for m in lora.lora_modules(model).values())}), "
+        K = -(-len(args.adapter) // -(-len(args.adapter) // K))  # as many passes, evenly filled
+        print(f"{len(args.adapter)} adapters stacked (stacked rank {max(m.rank for m in lora.lora_modules(model).values())}), "
               f"{K} per pass of {args.batch_size} prompts each")
         results, eye = [], torch.eye(len(args.adapter))
         for k in range(0, len(args.adapter), K):

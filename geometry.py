@@ -182,6 +182,7 @@ def accuracies(net, tok, problems, factor_sets, W, per_pass, max_new_tokens, bat
     """Strict accuracy of each point Σ_j W[k, j]·ΔW_j (W (K, N)) of the base model plus the stacked,
     unmerged factor sets, per_pass points per generate() call (lora.set_stacked, eval_gsm8k.evaluate_points)."""
     lora.set_stacked(net, factor_sets)
+    per_pass = -(-len(W) // -(-len(W) // per_pass))  # as many passes, evenly filled (52 at 51 a pass: 26 + 26)
     out = []
     for k in tqdm(range(0, len(W), per_pass), desc=desc, unit="pass"):
         out += [s["accuracy"] for s, _ in eval_gsm8k.evaluate_points(
@@ -363,7 +364,7 @@ if __name__ == "__main__":
     # plane exploration and truncation (these load the base model and evaluate)
     parser.add_argument("--plane", action="store_true", help="evaluate a grid over the PC1-PC2 plane")
     parser.add_argument("--grid", type=int, default=5, help="grid points per axis (grid x grid evaluations; 15 or more finds the good region's edge)")
-    parser.add_argument("--margin", type=float, default=1.0, help="grid beyond the trajectories on each side, as a fraction of "
+    parser.add_argument("--margin", type=float, default=1.5, help="grid beyond the trajectories on each side, as a fraction of "
                         "their span (far enough that accuracy falls below the base; a note says when it does not)")
     parser.add_argument("--points-per-pass", type=int, default=0, help="plane points (or adapters) scored side by side in "
                         "one generate() call, batch-size prompts each; 0 = as many as memory allows, 1 = one point per pass")
