@@ -342,6 +342,7 @@ def test_several_adapters_each_get_their_own_accuracy(tmp_path, monkeypatch, cap
     from model import TOY_BASE
     dirs = []
     for k, std in enumerate([0.0, 0.02, 0.05]):  # the base itself, a nudge, a shove
+        torch.manual_seed(k)                       # A's init: the same adapters whatever ran before
         net = lora.apply_lora(load_model(TOY_BASE, device="cpu", verbose=False), rank=2, alpha=4, verbose=False)
         with torch.no_grad():
             for m in lora.lora_modules(net).values():
