@@ -6,6 +6,7 @@ GSM8K: the data, the prompt, answer extraction and reward, batched evaluation, a
     python eval_gsm8k.py --model Qwen/Qwen2.5-3B --limit 200      # zero-shot, greedy
     python eval_gsm8k.py --model Qwen/Qwen2.5-3B --shots 4 --out runs/eval.jsonl
     python eval_gsm8k.py --model Qwen/Qwen2.5-3B --adapter runs/r1/step_000100
+    python eval_gsm8k.py --toy --adapter runs/r1/step_*          # a whole run's curve, one batched pass
     python eval_gsm8k.py --model Qwen/Qwen2.5-3B --harness lm-eval  # scored as lm-evaluation-harness does
 
 The prompt, one for SFT, GRPO and evaluation, written for a base model (no chat template):
@@ -39,10 +40,13 @@ import re
 import time
 import urllib.request
 import zlib
+from contextlib import nullcontext
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
+import lora
 from model import TOY_BASE, UserError, exit_on_user_error, generate, load_model, load_tokenizer, user_exit
 
 GSM8K_URL = "https://raw.githubusercontent.com/openai/grade-school-math/master/grade_school_math/data/{split}.jsonl"
@@ -283,8 +287,11 @@ def wilson(k, n, z=1.96):
     return (max(0.0, center - half), min(1.0, center + half))
 
 
-def complete(model, tokenizer, prompts, max_new_tokens, batch_size, stop_ids, stop_strings, progress=True):
-    """Greedy completions (token ids) of the encoded prompts, in their order, and the seconds taken."""
+def complete(model, tokenizer, prompts, max_new_tokens, batch_size, stop_ids, stop_strings, progress=True,
+             weights=None):
+    """Greedy completions (token ids) of the encoded prompts, in their order, and the seconds taken.
+    weights (len(prompts), N): prompt i runs as the point Σ_j weights[i, j]·ΔW_j of the model's
+    stacked adapters (lora.set_stacked); None = the model as it is."""
     # longest first: similar lengths share a batch (less padding), and an out-of-memory comes
     # at once. Safe because greedy output never depends on the rest of the batch (DESIGN.md).
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
@@ -294,8 +301,10 @@ def complete(model, tokenizer, prompts, max_new_tokens, batch_size, stop_ids, st
     with tqdm(total=len(prompts), desc="eval", disable=not progress) as bar:
         for s in range(0, len(order), batch_size):
             idx = order[s:s + batch_size]
-            outs = generate(model, [prompts[i] for i in idx], max_new_tokens, temperature=0.0,
-                            stop_ids=stop_ids, stop_strings=stop_strings, tokenizer=tokenizer)
+            with lora.row_weights(model, weights[idx]) if weights is not None else nullcontext() as rows:
+                per_row = dict(row_state=[rows]) if rows is not None else {}  # each row's point follows it
+                outs = generate(model, [prompts[i] for i in idx], max_new_tokens, temperature=0.0,
+                                stop_ids=stop_ids, stop_strings=stop_strings, tokenizer=tokenizer, **per_row)
             for i, ids in zip(idx, outs):
                 completions[i] = ids
             bar.update(len(idx))
@@ -309,6 +318,11 @@ def evaluate(model, tokenizer, problems, shots=(), batch_size=64, max_new_tokens
     prompts = [tokenizer.encode(format_prompt(p["question"], shots)) for p in problems]
     completions, seconds = complete(model, tokenizer, prompts, max_new_tokens, batch_size, stop,
                                     STOP_STRINGS, progress)
+    return score(tokenizer, problems, completions, stop, max_new_tokens, shots, seconds)
+
+
+def score(tokenizer, problems, completions, stop, max_new_tokens, shots=(), seconds=0.0):
+    """(summary, rows) of greedy completions (token ids) of `problems`, in order."""
     rows = []
     for i, (p, ids) in enumerate(zip(problems, completions)):
         text = tokenizer.decode(ids)
@@ -367,6 +381,44 @@ def eval_metrics(model, tokenizer, problems, stop, max_new_tokens, batch_size):
     model.train(was_training)
     return dict(eval_accuracy=s["accuracy"], eval_flexible_accuracy=s["flexible_accuracy"],
                 eval_format_rate=s["format_rate"], eval_n=s["n"], eval_seconds=round(s["seconds"], 2))
+
+
+# -----------------------------------------------------------------------------
+# Many adapters at once: K points of stacked factors side by side in every generate() call
+# (lora.set_stacked, lora.row_weights; geometry.py's plane, --adapter A B C)
+
+def evaluate_points(model, tokenizer, problems, weights, shots=(), batch_size=64, max_new_tokens=512,
+                    stop=None, progress=True):
+    """evaluate() of K points in one go -> a (summary, rows) per point. The model carries N stacked
+    adapters (lora.set_stacked) and point k is Σ_j weights[k, j]·ΔW_j (K, N): every problem is asked
+    once per point, and a generate() call takes batch_size problems of every point (K·batch_size
+    rows) over the same base weights. K = 1 is the one-point path, the same arithmetic: a point's
+    greedy tokens do not depend on the others (batch-independent greedy decoding, DESIGN.md)."""
+    stop = sorted(stop_ids(tokenizer) if stop is None else stop)
+    weights = torch.as_tensor(weights, dtype=torch.float32)               # (K, N)
+    K, P = len(weights), len(problems)
+    prompts = [tokenizer.encode(format_prompt(p["question"], shots)) for p in problems]
+    completions, seconds = complete(model, tokenizer, prompts * K, max_new_tokens, batch_size * K, stop,
+                                    STOP_STRINGS, progress, weights=weights.repeat_interleave(P, 0))
+    # each point's summary carries its share of the pass's seconds
+    return [score(tokenizer, problems, completions[k * P:(k + 1) * P], stop, max_new_tokens, shots, seconds / K)
+            for k in range(K)]
+
+
+def points_per_pass(model, n_prompts, prompt_len, max_new_tokens, fraction=0.5, cpu_cap=4 * 2**30):
+    """How many points fit one pass of n_prompts rows each: per row, the KV cache of the whole
+    sequence and the prefill's activations (the larger of the MLP's and the attention scores'),
+    against `fraction` of the free memory (the GPU's, or MemAvailable up to cpu_cap on a CPU)."""
+    c, device = model.config, model.lm_head.weight.device
+    el, S = model.lm_head.weight.element_size(), prompt_len + max_new_tokens
+    kv = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * S * el
+    act = prompt_len * max(4 * c.intermediate_size * el, c.num_attention_heads * prompt_len * 4) + 2 * c.vocab_size * 4
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        meminfo = dict(l.split(":", 1) for l in open("/proc/meminfo")) if os.path.exists("/proc/meminfo") else {}
+        free = min(int(meminfo.get("MemAvailable", "0 kB").split()[0]) * 1024 or cpu_cap, cpu_cap)
+    return max(1, int(fraction * free // ((kv + act) * n_prompts)))
 
 
 def print_summary(summary, title):
@@ -434,7 +486,10 @@ if __name__ == "__main__":
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     # what to evaluate
     parser.add_argument("--model", default=None, help="hub id or local folder (default with --toy: the shipped toy_base/)")
-    parser.add_argument("--adapter", default=None, help="LoRA adapter folder (PEFT format) to apply; none = the base model")
+    parser.add_argument("--adapter", nargs="+", default=None, help="adapter folder(s) (PEFT format) to apply; several "
+                        "(runs/r1/step_*) are scored side by side in one batched pass, each its own accuracy; none = the base model")
+    parser.add_argument("--points-per-pass", type=int, default=0, help="with several adapters: how many share one "
+                        "generate() call (batch-size prompts each); 0 = as many as memory allows, 1 = one at a time")
     parser.add_argument("--toy", action="store_true", help="the toy task (and the toy base model unless --model)")
     # on which problems
     parser.add_argument("--data", default=None, help="GSM8K data: a folder holding {split}.jsonl (and train.jsonl for the shots), or the JSONL file of --split; none = ~/.cache/rank1/gsm8k, downloaded once")
@@ -485,10 +540,36 @@ if __name__ == "__main__":
 
     model = load_model(args.model, device=args.device)
     tokenizer = load_tokenizer(args.model)
+    if args.adapter and len(args.adapter) > 1:  # a whole run's checkpoints: stacked, one per batch row
+        if lm_eval:
+            raise user_exit("--harness lm-eval scores one adapter at a time; pass one --adapter")
+        factor_sets = [lora.load_factors(a) for a in args.adapter]
+        lora.set_stacked(model, factor_sets)
+        prompt_len = max(len(tokenizer.encode(format_prompt(p["question"], shots))) for p in problems)
+        K = args.points_per_pass or points_per_pass(model, min(args.batch_size, len(problems)), prompt_len, max_new_tokens)
+        K = -(-len(args.adapter) // -(-len(args.adapter) // K))  # as many passes, evenly filled
+        print(f"{len(args.adapter)} adapters stacked (stacked rank {max(m.rank for m in lora.lora_modules(model).values())}), "
+              f"{K} per pass of {args.batch_size} prompts each")
+        results, eye = [], torch.eye(len(args.adapter))
+        for k in range(0, len(args.adapter), K):
+            results += evaluate_points(model, tokenizer, problems, eye[k:k + K], shots, args.batch_size, max_new_tokens)
+        print(f"{args.model} on {task} {args.split} ({len(problems)} problems, {len(shots)}-shot, greedy, "
+              f"{sum(s['seconds'] for s, _ in results):.1f} s in all)")
+        print(f"{'adapter':<40} | {'accuracy':>8} | {'95% CI':>14} | {'flexible':>8} | {'format':>6}")
+        for a, (s, _) in zip(args.adapter, results):
+            print(f"{a:<40} | {s['accuracy']:8.3f} | [{s['accuracy_ci'][0]:.3f}, {s['accuracy_ci'][1]:.3f}] | "
+                  f"{s['flexible_accuracy']:8.3f} | {s['format_rate']:6.3f}")
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            with open(args.out, "w") as f:
+                for a, (_, rows) in zip(args.adapter, results):
+                    for r in rows:
+                        f.write(json.dumps(dict(adapter=a, **r)) + "\n")
+            print(f"wrote {len(problems) * len(results)} rows to {args.out}")
+        raise SystemExit
     if args.adapter:
-        import lora  # only needed here
-        lora.load_adapter(model, args.adapter)
-    title = f"{args.model}" + (f" + {args.adapter}" if args.adapter else "") + f" on {task} {args.split}"
+        lora.load_adapter(model, args.adapter[0])
+    title = f"{args.model}" + (f" + {args.adapter[0]}" if args.adapter else "") + f" on {task} {args.split}"
     if lm_eval:
         summary, rows = evaluate_lm_eval(model, tokenizer, problems, train, n_shots, args.batch_size, max_new_tokens)
         print_lm_eval_summary(summary, title)

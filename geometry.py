@@ -3,16 +3,21 @@ The geometry of LoRA training trajectories: PCA of effective updates, cosines, d
 exploration and rank truncation, from the run folders that grpo.py and sft.py write.
 
     python geometry.py runs/                                # runs/geometry/geometry.json + figures
-    python geometry.py runs/ --plane --grid 7 --eval-limit 100     # accuracy over the PC1-PC2 plane
-    python geometry.py runs/ --plane --truncate 1           # + rank-1 versions of the finals and best points
+    python geometry.py runs/ --plane --grid 15 --eval-limit 256    # accuracy over the PC1-PC2 plane, batched
+    python geometry.py runs/ --plane --truncate 1           # + rank-1 versions of the finals and plane samples
     python geometry.py --bench-scale 100                    # Gram of 100 rank-1 Qwen2.5-3B adapters: time, memory
+    python geometry.py --decode-bytes                       # what batching the plane saves at Qwen2.5-3B
 
 A checkpoint's effective update u = concat over adapted matrices of vec((α/r)·B·A) has the same
 length for every rank, so runs of different ranks live in one space. Nothing here forms a dense
 (out, in) update: inner products come from the factors, <B1A1, B2A2>_F = sum((B1ᵀB2) ⊙ (A1A2ᵀ)),
 PCA from the Gram matrix K[i, j] = <u_i, u_j> (kernel PCA: the eigenvectors of the centered Gram
 are the PC scores up to √λ), and a point of the PC plane is a linear combination of checkpoints,
-so it is itself a factored adapter (stacked factors, lora.combine) evaluated as is, unmerged.
+so it is itself a factored adapter (stacked factors, lora.combine) evaluated as is, unmerged. Many
+points share one generate() call: with every checkpoint stacked once (lora.set_stacked), each batch
+row carries its own weights over them (lora.row_weights), and the base weights are read once per
+decode step for all the points of the pass (--points-per-pass; 1 = one point at a time, the same
+arithmetic, so the same greedy tokens).
 
 Step 0: B = 0 at init (R = 0 for LoRA-XS, v = 0 for TinyLoRA), so every run starts at the origin
 ΔW = 0. A run with no step_000000 folder gets that origin as its first point, and it joins the PCA
@@ -169,12 +174,51 @@ def base_sq_norms(base, names):
     return out
 
 
+# -----------------------------------------------------------------------------
+# Many points in one pass, and the seed's open questions
 
-def accuracy(net, tok, problems, factors, max_new_tokens, batch_size, stop):
-    """Strict accuracy of the base model plus `factors`, installed unmerged whatever their rank."""
-    lora.set_factors(net, factors)
-    return eval_gsm8k.evaluate(net, tok, problems, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                               stop=stop, progress=False)[0]["accuracy"]
+
+def accuracies(net, tok, problems, factor_sets, W, per_pass, max_new_tokens, batch_size, stop, desc="eval"):
+    """Strict accuracy of each point Σ_j W[k, j]·ΔW_j (W (K, N)) of the base model plus the stacked,
+    unmerged factor sets, per_pass points per generate() call (lora.set_stacked, eval_gsm8k.evaluate_points)."""
+    lora.set_stacked(net, factor_sets)
+    per_pass = -(-len(W) // -(-len(W) // per_pass))  # as many passes, evenly filled (52 at 51 a pass: 26 + 26)
+    out = []
+    for k in tqdm(range(0, len(W), per_pass), desc=desc, unit="pass"):
+        out += [s["accuracy"] for s, _ in eval_gsm8k.evaluate_points(
+            net, tok, problems, W[k:k + per_pass], batch_size=batch_size, max_new_tokens=max_new_tokens,
+            stop=stop, progress=False)]
+    return np.array(out)
+
+
+def pcs_to(evr, share=0.9):
+    """How many leading components hold `share` of the variance."""
+    return int(min(np.searchsorted(np.cumsum(evr), share - 1e-12) + 1, len(evr)))
+
+
+def reward_reach(rows, share=0.9, window=5):
+    """(step, final) where a run's training reward, averaged over `window` steps, first gets `share`
+    of the way from its first to its final value (study.py's definition); (None, None) without rewards."""
+    pts = [(r["step"], r["reward"]) for r in rows if isinstance(r.get("reward"), (int, float))]
+    if len(pts) < window:
+        return None, None
+    steps, rewards = np.array(pts).T
+    smooth = np.convolve(rewards, np.ones(window) / window, mode="valid")       # smooth[j]: steps j..j+window-1
+    centre = steps[window // 2: window // 2 + len(smooth)]
+    target = smooth[0] + share * (smooth[-1] - smooth[0])
+    hit = smooth >= target if smooth[-1] >= smooth[0] else smooth <= target
+    return int(centre[np.argmax(hit)]), float(smooth[-1])
+
+
+def decode_bytes(config, rows, context, stacked_rank, weight_bytes=2, kv_bytes=2):
+    """Bytes one decode step reads: the base weights once (embeddings as lm_head, tied or not), the
+    stacked adapter factors (float32) once, and every row's KV cache over `context` tokens."""
+    C, I, L, V = config.hidden_size, config.intermediate_size, config.num_hidden_layers, config.vocab_size
+    shapes = lora.projection_shapes(config).values()
+    weights = (L * sum(o * i for o, i in shapes) + V * C) * weight_bytes
+    factors = L * stacked_rank * sum(o + i for o, i in shapes) * 4
+    kv = rows * context * 2 * L * config.num_key_value_heads * config.head_dim * kv_bytes
+    return weights, factors, kv
 
 # -----------------------------------------------------------------------------
 # Figures (matplotlib, Agg: files only)
@@ -227,16 +271,23 @@ def save_figures(out, traj, colors, origin, evr, per_run_evr, dist, runs, cos_fi
     plt.close("all")
 
 
-def save_plane_figure(out, traj, colors, origin, a, b, acc, best):
+def save_plane_figure(out, traj, colors, origin, a, b, acc, best, levels=(), samples=()):
+    """levels: (value, label, style) contours, drawn between the grid points' centres."""
     fig, ax = plt.subplots(figsize=(7, 5.5))
     da, db = (a[1] - a[0]) / 2 if len(a) > 1 else 1, (b[1] - b[0]) / 2 if len(b) > 1 else 1
     im = ax.imshow(acc, origin="lower", extent=(a[0] - da, a[-1] + da, b[0] - db, b[-1] + db),
                    aspect="auto", cmap="viridis", vmin=0, vmax=1)
     fig.colorbar(im, ax=ax, label="accuracy")
+    for value, label, style in levels:
+        if len(a) > 1 and len(b) > 1 and acc.min() < value < acc.max():
+            ax.contour(a, b, acc, levels=[value], colors=style[0], linestyles=style[1], linewidths=1.5)
+            ax.plot([], [], color=style[0], ls=style[1], label=label)  # contour sets have no legend entry
     draw_trajectories(ax, traj, colors, origin)
+    if samples:
+        ax.plot([p["a"] for p in samples], [p["b"] for p in samples], "wo", ms=5, mfc="none", label="truncated samples")
     ax.plot([p["a"] for p in best], [p["b"] for p in best], "r*", ms=12, label="best")
-    ax.legend(fontsize=8)
-    ax.set_title("accuracy over the PC1-PC2 plane")
+    ax.legend(fontsize=7)
+    ax.set_title(f"accuracy over the PC1-PC2 plane ({len(a)}x{len(b)} grid)")
     fig.savefig(out / "plane.png", dpi=120, bbox_inches="tight")
     plt.close("all")
 
@@ -285,6 +336,23 @@ def bench_scale(n, device, rank=1, seed=0):
           f"(+{peak[0] - before:.0f}); peak RSS with the mmapped files' pages {maxrss:.0f} MiB. The dense updates "
           f"would take {n * dense * 4 / 2**30:,.0f} GiB in float32. K[0, -1] equals lora.factored_inner.")
 
+
+
+def print_decode_bytes(batch, max_new_tokens, prompt=150, stacked_rank=150, ks=(1, 4, 16, 64, 226)):
+    """The plane at Qwen2.5-3B (Qwen2Config's defaults, bf16): what one decode step reads with K points
+    per pass of `batch` prompts each, against one point per pass. Decoding reads every weight once
+    per step whatever the batch, so bytes per generated token fall as K·batch rows share them, until
+    the rows' own KV caches dominate. The context is the prompt plus half the budget (a mean)."""
+    config, ctx = qwen.Qwen2Config(), prompt + max_new_tokens // 2
+    per = lambda k: (lambda w, f, kv: (w + f + kv) / (k * batch))(*decode_bytes(config, k * batch, ctx, stacked_rank))
+    w, f, kv1 = decode_bytes(config, batch, ctx, stacked_rank)
+    print(f"Qwen2.5-3B decode step, bf16 weights {w / 1e9:.2f} GB, stacked rank-{stacked_rank} factors (fp32) {f / 1e9:.2f} GB, "
+          f"KV cache {kv1 / batch / 1e6:.1f} MB a row at {ctx} tokens; {batch} prompts per point per pass")
+    print(f"{'points per pass':>15} | {'rows':>6} | {'GB read a step':>14} | {'MB per generated token':>22} | {'gain':>5}")
+    for k in ks:
+        total = sum(decode_bytes(config, k * batch, ctx, stacked_rank))
+        print(f"{k:>15} | {k * batch:>6} | {total / 1e9:>14.1f} | {per(k) / 1e6:>22.1f} | {per(1) / per(k):>5.2f}x")
+
 # -----------------------------------------------------------------------------
 
 if __name__ == "__main__":
@@ -295,10 +363,16 @@ if __name__ == "__main__":
     parser.add_argument("--model", default=None, help="base model (folder or hub id); default: the adapters' base_model_name_or_path")
     # plane exploration and truncation (these load the base model and evaluate)
     parser.add_argument("--plane", action="store_true", help="evaluate a grid over the PC1-PC2 plane")
-    parser.add_argument("--grid", type=int, default=5, help="grid points per axis (grid x grid evaluations)")
-    parser.add_argument("--margin", type=float, default=0.25, help="grid beyond the trajectories, as a fraction of their span")
+    parser.add_argument("--grid", type=int, default=5, help="grid points per axis (grid x grid evaluations; 15 or more finds the good region's edge)")
+    parser.add_argument("--margin", type=float, default=1.5, help="grid beyond the trajectories on each side, as a fraction of "
+                        "their span (far enough that accuracy falls below the base; a note says when it does not)")
+    parser.add_argument("--points-per-pass", type=int, default=0, help="plane points (or adapters) scored side by side in "
+                        "one generate() call, batch-size prompts each; 0 = as many as memory allows, 1 = one point per pass")
     parser.add_argument("--truncate", type=int, default=0, help="evaluate best rank-K versions of the final checkpoints "
-                        "(and of the best plane point with --plane); 0 = no truncation")
+                        "(and of the plane samples with --plane); 0 = no truncation")
+    parser.add_argument("--samples", type=int, default=5, help="plane samples to truncate: the N best points and N drawn at "
+                        "random from the rest of the good region")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random plane samples")
     parser.add_argument("--eval-limit", type=int, default=50, help="test problems per evaluation (toy or gsm8k, per the runs' args.json)")
     parser.add_argument("--data", default=None, help="GSM8K test data: a folder holding test.jsonl, or a JSONL file; default the runs' args.json --data, else the cached download")
     parser.add_argument("--max-new-tokens", type=int, default=0, help="completion budget; 0 = the runs' args.json, else 64 (toy) / 512")
@@ -306,12 +380,17 @@ if __name__ == "__main__":
     parser.add_argument("--device", default=None, help="cuda, mps or cpu; none = the best available")
     parser.add_argument("--bench-scale", type=int, default=0, help="benchmark only: Gram of N synthetic rank-1 "
                         "Qwen2.5-3B adapters (time, peak memory); 0 = off")
+    parser.add_argument("--decode-bytes", action="store_true", help="print only: the bytes a decode step reads at "
+                        "Qwen2.5-3B, one plane point per pass vs K, and the projected gain")
     args = parser.parse_args()
     qwen.exit_on_user_error()
     # float64 Gram on a CUDA GPU when there is one (MPS has no float64), else the CPU
     gram_device = torch.device("cuda") if qwen.pick_device(args.device).type == "cuda" else torch.device("cpu")
     if args.bench_scale:
         bench_scale(args.bench_scale, gram_device)
+        raise SystemExit
+    if args.decode_bytes:
+        print_decode_bytes(args.batch_size, args.max_new_tokens or 512)
         raise SystemExit
     args.runs_dir = args.runs_dir or "runs"
     if not os.path.isdir(args.runs_dir):
@@ -355,6 +434,29 @@ if __name__ == "__main__":
         pairs = [(i, at[ckpts[i][1]]) for i in index[r1] if ckpts[i][1] in at]
         cos_time[f"{r1} vs {r2}"] = [[ckpts[i][1], cosine(K, i, j)] for i, j in pairs if K[i, i] > 0 and K[j, j] > 0]
     cos_to_final = {run: [[ckpts[i][1], cosine(K, i, last[run])] for i in ix if K[i, i] > 0] for run, ix in index.items()}
+    # --- the seed's open questions: how many PCs hold 90% of the variance (over all runs, per run, per
+    # rank), and how direct each path is (length over displacement) beside when its reward got there
+    rank_of = {run: updates[last[run]].config["r"] for run in runs}
+    by_rank = {r: [i for run in runs if rank_of[run] == r for i in index[run]] for r in sorted(set(rank_of.values()))}
+    run_args = {run: run_folders.read_args(d) if os.path.exists(os.path.join(d := os.path.join(args.runs_dir, run), "args.json"))
+                else {} for run in runs}
+    pcs_90 = dict(all=pcs_to(evr), per_run={run: pcs_to(v) for run, v in per_run.items()},
+                  per_rank={str(r): pcs_to(pca(K[np.ix_(ix, ix)])[1]) for r, ix in by_rank.items()})
+    d = lambda i, j: math.sqrt(max(K[i, i] - 2 * K[i, j] + K[j, j], 0.0))
+    directness = {}
+    for run, ix in index.items():
+        length, disp = sum(d(i, j) for i, j in zip(ix, ix[1:])), d(ix[0], ix[-1])
+        metrics = os.path.join(args.runs_dir, run, "metrics.jsonl")
+        reach, final = reward_reach(run_folders.read_metrics(os.path.join(args.runs_dir, run))) if os.path.exists(metrics) else (None, None)
+        directness[run] = dict(path_length=length, displacement=disp, path_over_displacement=length / max(disp, 1e-300),
+                               step_to_90pct_reward=reach, final_reward=final, last_step=ckpts[ix[-1]][1])
+    print(f"PCs to 90% of the variance: {pcs_90['all']} over all runs; per rank "
+          + ", ".join(f"{r}: {k}" for r, k in pcs_90["per_rank"].items()) + "; per run "
+          + ", ".join(f"{r}: {k}" for r, k in pcs_90["per_run"].items()))
+    for run, v in directness.items():
+        print(f"{run}: path length / displacement {v['path_over_displacement']:.3f}; reward 90% of the way to "
+              f"{v['final_reward'] if v['final_reward'] is None else round(v['final_reward'], 3)} at step {v['step_to_90pct_reward']} "
+              f"(of {v['last_step']})")
     print(f"explained variance ratio: " + " ".join(f"{v:.3f}" for v in evr[:6])
           + f"  (PC1+PC2 = {sum(evr[:2]):.3f})")
     for r1, row in zip(runs, cos_final):
@@ -383,7 +485,7 @@ if __name__ == "__main__":
               # beyond DESIGN.md's keys
               "explained_variance_ratio_per_run": {run: v.tolist() for run, v in per_run.items()},
               "distance_from_start": dist, "cosine_over_time": cos_time, "cosine_to_final": cos_to_final,
-              "gram": K.tolist(), "origin_added": origins,
+              "gram": K.tolist(), "origin_added": origins, "pcs_to_90": pcs_90, "directness": directness,
               "notes": notes}
     out.mkdir(parents=True, exist_ok=True)
     origin = -(K.mean(0) @ np.pad(coef, ((0, 0), (0, max(0, 2 - coef.shape[1]))))[:, :2])  # <0 - mean, pc1, pc2>
@@ -394,63 +496,96 @@ if __name__ == "__main__":
     if args.plane or args.truncate:
         if len(set(bases.values())) != 1:
             raise qwen.user_exit(f"--plane/--truncate need runs of one base model, got {bases} (pass --model or fewer runs)")
-        run_a = [run_folders.read_args(d) if os.path.exists(os.path.join(d := os.path.join(args.runs_dir, run), "args.json"))
-                 else {} for run in runs]
-        tasks = {a.get("task") or ("toy" if a.get("toy") else "gsm8k") for a in run_a}
+        tasks = {a.get("task") or ("toy" if a.get("toy") else "gsm8k") for a in run_args.values()}
         if len(tasks) != 1:
             raise qwen.user_exit(f"--plane/--truncate need runs of one task, got {sorted(tasks)}")
         task = tasks.pop()
-        data = args.data or run_a[0].get("data")  # what every script's --data means: a folder or a file
+        first_args = run_args[runs[0]]
+        data = args.data or first_args.get("data")  # what every script's --data means: a folder or a file
         problems = eval_gsm8k.load_task(task, "test", eval_gsm8k.data_path(data, "test") if task == "gsm8k" else None)
         problems = problems[:args.eval_limit]
-        max_new = args.max_new_tokens or run_a[0].get("max_new_tokens") or (64 if task == "toy" else 512)
+        max_new = args.max_new_tokens or first_args.get("max_new_tokens") or (64 if task == "toy" else 512)
         net, tok = qwen.load_model(bases[runs[0]], device=args.device), qwen.load_tokenizer(bases[runs[0]])
         stop = eval_gsm8k.stop_ids(tok)
-        evaluate = lambda f: accuracy(net, tok, problems, f, max_new, args.batch_size, stop)
-        print(f"evaluating on {len(problems)} {task} test problems, {max_new} new tokens, greedy")
-        base_acc = evaluate({})
-        print(f"base model (the origin): accuracy {base_acc:.3f}")
+        prompt_len = max(len(tok.encode(eval_gsm8k.format_prompt(p["question"]))) for p in problems)
+        per_pass = args.points_per_pass or eval_gsm8k.points_per_pass(net, min(args.batch_size, len(problems)), prompt_len, max_new)
+        print(f"evaluating on {len(problems)} {task} test problems, {max_new} new tokens, greedy, "
+              f"{per_pass} point(s) per pass of {args.batch_size} prompts each"
+              + (" (as many as memory allows)" if not args.points_per_pass else ""))
         factor_sets = [dict(u) for u in updates]  # in memory now: every plane point reads them all
-        best = []
+        N = len(factor_sets)
+        # Exact, no truncation: a point's stacked rank R is the total rank of all checkpoints, and
+        # its LoRA path costs R·(in + out) multiply-adds per token per matrix beside the base's
+        # in·out (rank-1 3B runs, 150 checkpoints: ~10% more). Merging instead would round a
+        # small ΔW into bf16 weights (8 bits of mantissa), and the stacked factors stay float32.
+        shape = {n: (f[n][1].shape[0], f[n][2].shape[1]) for f in factor_sets for n in f}   # (out, in)
+        rank = {n: sum(f[n][2].shape[0] for f in factor_sets if n in f) for n in shape}       # stacked R
+        R, extra = max(rank.values()), sum(rank[n] * sum(shape[n]) for n in shape) / sum(o * i for o, i in shape.values())
+        # the points, as weights on the N checkpoints: the base (w = 0), each run's final, the grid
+        finals = np.eye(N)[[last[run] for run in runs]]
         if args.plane:
-            # Exact, no truncation: a point's stacked rank R is the total rank of all checkpoints, and
-            # its LoRA path costs R·(in + out) multiply-adds per token per matrix beside the base's
-            # in·out (rank-1 3B runs, 150 checkpoints: ~10% more). Merging instead would round a
-            # small ΔW into bf16 weights (8 bits of mantissa), and set_factors keeps it in float32.
-            shape = {n: (f[n][1].shape[0], f[n][2].shape[1]) for f in factor_sets for n in f}   # (out, in)
-            rank = {n: sum(f[n][2].shape[0] for f in factor_sets if n in f) for n in shape}       # stacked R
-            R, extra = max(rank.values()), sum(rank[n] * sum(shape[n]) for n in shape) / sum(o * i for o, i in shape.values())
-            print(f"plane: {args.grid}x{args.grid} points, each a stacked adapter of rank up to {R} (exact, unmerged): "
-                  f"its LoRA path adds {100 * extra:.0f}% to the adapted matrices' multiply-adds")
             lo, hi = scores2.min(0), scores2.max(0)
             pad = args.margin * np.maximum(hi - lo, 1e-12)
             a_ax, b_ax = (np.linspace(lo[k] - pad[k], hi[k] + pad[k], args.grid) for k in range(2))
-            acc = np.zeros((args.grid, args.grid))  # [b, a]
-            t0 = time.perf_counter()
-            for p in tqdm(range(args.grid ** 2), desc="plane"):
-                ib, ia = divmod(p, args.grid)
-                acc[ib, ia] = evaluate(lora.combine(factor_sets, plane_weights(coef, a_ax[ia], b_ax[ib])))
+            grid = np.array([plane_weights(coef, a_ax[p % args.grid], b_ax[p // args.grid]) for p in range(args.grid ** 2)])
+            print(f"plane: {args.grid}x{args.grid} points, each a stacked adapter of rank up to {R} (exact, unmerged): "
+                  f"its LoRA path adds {100 * extra:.0f}% to the adapted matrices' multiply-adds")
+        else:
+            grid = np.zeros((0, N))
+        W = np.concatenate([np.zeros((1, N)), finals, grid])
+        t0 = time.perf_counter()
+        acc_all = accuracies(net, tok, problems, factor_sets, W, per_pass, max_new, args.batch_size, stop, desc="points")
+        seconds = time.perf_counter() - t0
+        base_acc, acc_final = float(acc_all[0]), dict(zip(runs, acc_all[1:1 + len(runs)].tolist()))
+        print(f"base model (the origin): accuracy {base_acc:.3f}; {len(W)} points in {seconds:.1f} s "
+              f"({seconds / len(W):.2f} s a point, {-(-len(W) // per_pass)} passes)")
+        samples, best = [], []
+        if args.plane:
+            acc = acc_all[1 + len(runs):].reshape(args.grid, args.grid)  # [b, a]
             # the best point (ties: the one nearest the mean, a = b = 0); "good" = within 90% of it (none if it is 0)
-            top = acc.max()
-            ib, ia = min(zip(*np.nonzero(acc == top)), key=lambda p: math.hypot(a_ax[p[1]], b_ax[p[0]]))
-            best = [dict(a=float(a_ax[ia]), b=float(b_ax[ib]), accuracy=float(top))]
+            top, n = acc.max(), len(problems)
+            order = sorted(zip(*np.nonzero(acc >= 0)), key=lambda p: (-acc[p], math.hypot(a_ax[p[1]], b_ax[p[0]])))
+            point = lambda p, kind: dict(a=float(a_ax[p[1]]), b=float(b_ax[p[0]]), accuracy=float(acc[p]), kind=kind)
+            best = [point(order[0], "best")]
+            good = acc >= 0.9 * top if top > 0 else np.zeros_like(acc, dtype=bool)
+            above = acc > base_acc
+            # truncation samples: the best few, and a few drawn at random from the rest of the good region
+            samples = [point(p, "best") for p in order[:args.samples]]
+            rest = [p for p in order[args.samples:] if good[p]]
+            pick = np.random.default_rng(args.seed).permutation(len(rest))[:args.samples]
+            samples += [point(rest[k], "good") for k in sorted(pick)]
+            cell = (a_ax[1] - a_ax[0]) * (b_ax[1] - b_ax[0]) if args.grid > 1 else float("nan")
+            border = np.ones_like(above)
+            border[1:-1, 1:-1] = False
             report["plane"] = dict(a=a_ax.tolist(), b=b_ax.tolist(), accuracy=acc.tolist(), best=best, task=task,
-                                   eval_limit=len(problems), base_accuracy=base_acc, stacked_rank=R,
-                                   good_fraction=float((acc >= 0.9 * top).mean()) if top > 0 else 0.0,
-                                   above_base_fraction=float((acc > base_acc).mean()), seconds=time.perf_counter() - t0)
+                                   eval_limit=n, base_accuracy=base_acc, stacked_rank=R,
+                                   good_fraction=float(good.mean()), above_base_fraction=float(above.mean()),
+                                   # areas in PC units (a cell per grid point), beside the shares of the grid above
+                                   good_area=float(good.sum() * cell), above_base_area=float(above.sum() * cell),
+                                   grid_area=float(acc.size * cell), cell_area=float(cell),
+                                   # the region above the base reaches the grid's edge: the grid does not enclose it
+                                   above_base_at_edge=bool((above & border).any()),
+                                   final_accuracy=acc_final, samples=samples, points_per_pass=per_pass,
+                                   seconds=seconds, seconds_per_point=seconds / len(W), points=len(W))
             print(f"plane: best accuracy {top:.3f} at (a, b) = ({best[0]['a']:.3g}, {best[0]['b']:.3g}); "
-                  f"{100 * report['plane']['good_fraction']:.0f}% of the grid within 90% of it")
-            save_plane_figure(out, traj, colors, origin, a_ax, b_ax, acc, best)
+                  f"good (>= 90% of it): {100 * good.mean():.0f}% of the grid, area {good.sum() * cell:.4g}; above the base "
+                  f"({base_acc:.3f}): {100 * above.mean():.0f}%, area {above.sum() * cell:.4g} (PC units; grid {acc.size * cell:.4g})")
+            if report["plane"]["above_base_at_edge"]:
+                print("note: the region above the base reaches the grid's edge; widen --margin to find where it ends")
+            levels = [(base_acc + 0.5 / n, f"above the base ({base_acc:.3f})", ("w", "--"))]
+            if top > 0:
+                levels.append((0.9 * top - 0.5 / n, f"good: >= 90% of the best ({0.9 * top:.3f})", ("r", "-")))
+            save_plane_figure(out, traj, colors, origin, a_ax, b_ax, acc, best, levels, samples)
         if args.truncate:
-            rows = []
-            targets = [(f"{run} final (step {ckpts[last[run]][1]})", factor_sets[last[run]], None) for run in runs]
-            targets += [(f"plane best ({p['a']:.3g}, {p['b']:.3g})",
-                         lora.combine(factor_sets, plane_weights(coef, p["a"], p["b"])), p["accuracy"]) for p in best]
-            for name, f, acc_full in tqdm(targets, desc=f"rank-{args.truncate}"):
-                acc_full = evaluate(f) if acc_full is None else acc_full
-                trunc, kept, cos = truncation(f, args.truncate)
-                rows.append(dict(name=name, rank=args.truncate, accuracy=acc_full, accuracy_truncated=evaluate(trunc),
-                                 energy_kept=kept, cosine=cos))
+            # rank-k versions of the finals and the plane samples, stacked in their turn: one batched pass
+            targets = [(f"{run} final (step {ckpts[last[run]][1]})", factor_sets[last[run]], acc_final[run]) for run in runs]
+            targets += [(f"plane {p['kind']} ({p['a']:.3g}, {p['b']:.3g})",
+                         lora.combine(factor_sets, plane_weights(coef, p["a"], p["b"])), p["accuracy"]) for p in samples]
+            cut = [truncation(f, args.truncate) for _, f, _ in tqdm(targets, desc=f"rank-{args.truncate} SVDs")]
+            acc_cut = accuracies(net, tok, problems, [t for t, _, _ in cut], np.eye(len(cut)), per_pass, max_new,
+                                 args.batch_size, stop, desc=f"rank-{args.truncate}")
+            rows = [dict(name=name, rank=args.truncate, accuracy=acc_full, accuracy_truncated=float(a_cut),
+                         energy_kept=kept, cosine=cos) for (name, _, acc_full), (_, kept, cos), a_cut in zip(targets, cut, acc_cut)]
             print(f"{'':40} | {'accuracy':>8} | {f'rank-{args.truncate}':>8} | {'||ΔW_k||²/||ΔW||²':>17} | cos")
             for r in rows:
                 print(f"{r['name']:40} | {r['accuracy']:8.3f} | {r['accuracy_truncated']:8.3f} | {r['energy_kept']:17.4f} | {r['cosine']:.4f}")

@@ -68,6 +68,9 @@ class LoRALinear(nn.Module):
         self.lora_A = nn.Parameter(A.to(device))                                 # (r, in)
         self.lora_B = nn.Parameter(torch.zeros(out_f, rank, device=device))      # (out, r)
         self.enabled = True
+        # many adapters in one batch (set_stacked, row_weights): which update each rank belongs to,
+        # and the batch rows' weights on those updates; None = one adapter for every row
+        self.owner, self.rows = None, None
 
     def forward(self, x):                                                  # x (B, T, in)
         y = self.base(x)                                                   # (B, T, out)
@@ -75,7 +78,13 @@ class LoRALinear(nn.Module):
             return y
         # The adapter path runs in float32, as PEFT does (it casts x to lora_A's dtype): exact small
         # updates and gradients, at the price of a float32 copy of x kept for backward.
-        z = x.to(self.lora_A.dtype) @ self.lora_A.T @ self.lora_B.T * self.scale   # (B, T, r) -> (B, T, out)
+        x = x.to(self.lora_A.dtype)
+        if self.rows is None:
+            z = x @ self.lora_A.T @ self.lora_B.T * self.scale                 # (B, T, r) -> (B, T, out)
+        else:  # row b is the point Σ_i w[b, i]·ΔW_i: z = ((x Aᵀ) ⊙ w_b) Bᵀ, w_b spread over each update's ranks
+            w = self.rows.w[:, self.owner]                                     # (B, N) -> (B, r)
+            assert w.shape[0] == x.shape[0], f"{w.shape[0]} rows of adapter weights for a batch of {x.shape[0]}"
+            z = ((x @ self.lora_A.T) * w[:, None, :]) @ self.lora_B.T * self.scale  # (B, T, r) -> (B, T, out)
         return y + z.to(y.dtype)
 
     def delta_weight(self):
@@ -707,11 +716,58 @@ def set_factors(model, factors):
             with torch.random.fork_rng(devices=[]):  # A's init is overwritten; leave the RNG stream alone
                 m = LoRALinear(m.base if isinstance(m, LoRALinear) else m, r, s * r)
             _replace(model, name, m)
-        m.alpha, m.scale, m.rslora = s * r, s, False
+        m.alpha, m.scale, m.rslora, m.owner = s * r, s, False, None
         m.lora_A.copy_(A)
         m.lora_B.copy_(B)
     _freeze_base(model)
     return model
+
+# -----------------------------------------------------------------------------
+# Many adapters in one batch: every row of a batch its own point Σ_i w_i·ΔW_i
+#
+# With the stacked factors B = [s1·B1 | s2·B2 | ...] (out, R) and A = [A1; A2; ...] (R, in), the
+# point with weights w has ΔW(w) = B·diag(w ⊗ 1_r)·A, so a row that carries w gets its own update:
+# z = ((x Aᵀ) ⊙ w) Bᵀ. The base weights, and the stacked factors, are then read once per forward
+# for every point in the batch (geometry.py's plane, every checkpoint of a run in eval_gsm8k.py).
+
+
+class RowWeights:
+    """w (rows, N): each batch row's weights on the N stacked updates. generate() selects its rows
+    as it selects the KV cache's (the n samples of a prompt, finished rows leaving the batch)."""
+
+    def __init__(self, w):
+        self.w = w
+
+    def select(self, rows):
+        self.w = self.w[rows]
+
+
+def set_stacked(model, factor_sets):
+    """Install the N factor sets side by side (lora.combine with weights 1, scale 1) and record which
+    update each stacked rank belongs to; row_weights() then weighs them per batch row. Returns N."""
+    set_factors(model, combine(factor_sets, [1.0] * len(factor_sets)))
+    for name, m in lora_modules(model).items():
+        owner = [i for i, f in enumerate(factor_sets) if name in f for _ in range(f[name][2].shape[0])]
+        m.owner = torch.tensor(owner, dtype=torch.long, device=m.lora_A.device)  # (R,), combine's order
+    return len(factor_sets)
+
+
+@contextmanager
+def row_weights(model, w):
+    """Row b of the batches run inside is the point Σ_i w[b, i]·ΔW_i of the set_stacked updates;
+    yields the RowWeights to hand to generate(row_state=...). w (rows, N)."""
+    mods = list(lora_modules(model).values())
+    assert mods and all(m.owner is not None for m in mods), "row_weights needs set_stacked(model, ...) first"
+    rows = RowWeights(torch.as_tensor(w, dtype=mods[0].lora_A.dtype, device=mods[0].lora_A.device))
+    n = max(int(m.owner.max()) for m in mods) + 1
+    assert rows.w.ndim == 2 and rows.w.shape[1] >= n, f"weights {tuple(rows.w.shape)} for {n} stacked updates"
+    for m in mods:
+        m.rows = rows
+    try:
+        yield rows
+    finally:
+        for m in mods:
+            m.rows = None
 
 # -----------------------------------------------------------------------------
 # Self-check: python lora.py
@@ -784,6 +840,16 @@ if __name__ == "__main__":
         best_err = sum((torch.linalg.svdvals(W)[k:] ** 2).sum().item() for W in dense_W)  # Eckart-Young
         print(f"rank-{k} truncation error {trunc_err:.6e} vs dense SVD optimum {best_err:.6e}")
         assert abs(trunc_err - best_err) <= 1e-9 * best_err, (trunc_err, best_err)
+        # --- many adapters in one batch: row b carries the point w_b of the stacked updates
+        W = torch.tensor([[1.0, -0.5], [0.3, 0.7]])
+        with torch.no_grad():
+            set_stacked(model, [factors, half])
+            with row_weights(model, W):
+                rows = model(ids)                                         # (B, T, V), row b at W[b]
+            err = max(((rows[b] - set_factors(model, combine([factors, half], W[b].tolist()))(ids[b:b + 1])[0]).abs().max()
+                       / rows[b].abs().max()).item() for b in range(len(W)))
+        print(f"per-row adapter weights vs each point installed alone: max relative error {err:.1e}")
+        assert err < 1e-5, err
         # --- below rank 1: TinyLoRA (u = 13, fully tied: 13 parameters) and LoRA-XS (rank 2)
         for kind, apply in (("tinylora", lambda m: apply_tinylora(m, 13, 2, tie=1.0, verbose=False)),
                             ("loraxs", lambda m: apply_loraxs(m, 2, verbose=False))):

@@ -592,7 +592,7 @@ def decode_step(model, tok, cache):
 @torch.inference_mode()
 def generate(model, prompts, max_new_tokens, temperature=1.0, top_p=1.0, stop_ids=(), stop_strings=(),
              tokenizer=None, generator=None, keys=None, n=1, return_logprobs=False, compile=False,
-             check_every=8):
+             check_every=8, row_state=()):
     """Complete each prompt (a list of token ids); returns completions without the prompt, each cut
     after its first stop token or after the token that completes its first stop string. n samples
     per prompt share one prefill; output i*n + j is prompt i's sample j. temperature=0 is greedy.
@@ -610,7 +610,11 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_p=1.0, stop_id
 
     compile=True runs the decode step with static shapes (KVCache.make_static) under torch.compile,
     with CUDA graphs on a GPU ("reduce-overhead"): the first call of a shape compiles (slow), later
-    calls replay."""
+    calls replay.
+
+    row_state: objects with .select(rows) that hold per-row state the model reads besides the KV
+    cache (lora.RowWeights: each row's adapter weights, one per prompt); they follow the batch's
+    rows as the cache does, fanned out to the n samples and dropped as rows finish."""
     assert prompts and all(len(p) > 0 for p in prompts), "every prompt needs at least one token"
     assert tokenizer is not None or not stop_strings, "stop_strings need a tokenizer to decode with"
     device = model.lm_head.weight.device
@@ -634,7 +638,8 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_p=1.0, stop_id
     logits = model.lm_head(h[:, -1])                                        # (B, V)
     if n > 1:  # fan each prefilled prompt out to its n samples
         fan = torch.arange(B, device=device).repeat_interleave(n)
-        cache.select(fan)
+        for c in (cache, *row_state):
+            c.select(fan)
         logits = logits[fan]
     stop = torch.tensor(list(stop_ids), dtype=torch.long, device=device)
     window = max((len(s.encode()) for s in stop_strings), default=0)       # in tokens: each is >= 1 byte
@@ -674,7 +679,8 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_p=1.0, stop_id
             elif compile and done.sum() * 2 >= len(rows):  # halve the batch, live rows first: few shapes
                 keep = done.int().argsort(stable=True)[:len(rows) // 2]
             if keep is not None:
-                cache.select(keep)
+                for c in (cache, *row_state):
+                    c.select(keep)
                 rows, tok = rows[keep], tok[keep]
         if compile:
             torch.compiler.cudagraph_mark_step_begin()  # a new step: the graph may reuse its outputs' memory

@@ -333,3 +333,36 @@ def test_cli(tmp_path, monkeypatch, capsys):
     assert f"+ {tmp_path / 'adapter'} on toy test" in capsys.readouterr().out
     rows2 = [json.loads(l) for l in (tmp_path / "rows2.jsonl").read_text().splitlines()]
     assert [r["completion"] for r in rows2] != [r["completion"] for r in rows]
+
+
+def test_several_adapters_each_get_their_own_accuracy(tmp_path, monkeypatch, capsys):
+    """eval_gsm8k.py --adapter A B C: one batched pass over the stacked adapters, and each adapter's
+    accuracy and completions equal those of evaluating it alone (lora.load_adapter)."""
+    import runpy
+    from model import TOY_BASE
+    dirs = []
+    for k, std in enumerate([0.0, 0.02, 0.05]):  # the base itself, a nudge, a shove
+        torch.manual_seed(k)                       # A's init: the same adapters whatever ran before
+        net = lora.apply_lora(load_model(TOY_BASE, device="cpu", verbose=False), rank=2, alpha=4, verbose=False)
+        with torch.no_grad():
+            for m in lora.lora_modules(net).values():
+                m.lora_B.normal_(0, std, generator=torch.Generator().manual_seed(k)) if std else None
+        lora.save_adapter(net, tmp_path / f"step_{k:06d}")
+        dirs.append(str(tmp_path / f"step_{k:06d}"))
+    monkeypatch.setattr(sys, "argv", ["eval_gsm8k.py", "--toy", "--adapter", *dirs, "--limit", "16", "--batch-size", "16",
+                                      "--max-new-tokens", "32", "--device", "cpu", "--out", str(tmp_path / "rows.jsonl")])
+    with pytest.raises(SystemExit):
+        runpy.run_path(str(ROOT / "eval_gsm8k.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "3 adapters stacked" in out and "3 per pass" in out, out
+    rows = [json.loads(l) for l in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    tok, problems = load_tokenizer(TOY_BASE), E.toy_problems("test")[:16]
+    accs = []
+    for d in dirs:
+        mine = [r for r in rows if r["adapter"] == d]
+        net = lora.load_adapter(load_model(TOY_BASE, device="cpu", verbose=False), d, verbose=False)
+        summary, alone = E.evaluate(net, tok, problems, batch_size=16, max_new_tokens=32, progress=False)
+        assert [r["completion"] for r in mine] == [r["completion"] for r in alone], d
+        accs.append(summary["accuracy"])
+        assert f"{d:<40} | {summary['accuracy']:8.3f}" in out, (d, out)
+    assert len(set(accs)) > 1, accs                                    # the adapters differ: the test means something

@@ -185,7 +185,33 @@ def test_cli_plane_and_truncation_run(runs_dir, tmp_path, monkeypatch):
     assert np.array(plane["accuracy"]).shape == (2, 2) and plane["eval_limit"] == 2
     assert plane["stacked_rank"] == 4 * 1 + 3 * 4 + 3 * 2           # every checkpoint's rank, stacked
     rows = rep["truncation"]["rows"]
-    assert [r["name"].split()[0] for r in rows] == ["r1", "r2attn", "r4", "plane"]
+    names = [r["name"].split()[0] for r in rows]
+    assert names[:3] == ["r1", "r2attn", "r4"] and set(names[3:]) == {"plane"} and len(names) == 3 + 4  # 2x2: all 4 "best"
+    assert len(plane["samples"]) == 4 and plane["points"] == 1 + 3 + 4  # base, finals, grid in one batched pass
     assert math.isclose(rows[0]["energy_kept"], 1.0, rel_tol=1e-9)  # a rank-1 run is its own rank-1 truncation
     assert rows[2]["energy_kept"] < 1.0
     assert (out / "plane.png").exists()
+
+
+def test_batched_plane_equals_one_point_per_pass(tmp_path):
+    """The shipped toy base plus small adapters: a 3x3 grid of plane points and the base scored all in
+    one pass and one point per pass give the same accuracies, and the same tokens, point by point."""
+    import eval_gsm8k
+    from model import TOY_BASE, load_model, load_tokenizer
+    write_run(tmp_path, "r1", 1, 0.4, [10, 20], seed=1, base=TOY_BASE)
+    write_run(tmp_path, "r2", 2, 0.4, [10, 20], seed=2, base=TOY_BASE, targets=lora.MLP)
+    ckpts, updates, _ = load_all(tmp_path)
+    factor_sets = [dict(u) for u in updates]
+    _, _, coef = geometry.pca(geometry.gram(updates, progress=False))
+    W = np.array([np.zeros(len(ckpts))] + [geometry.plane_weights(coef, a, b) for a in (-30, 0, 30) for b in (-30, 0, 30)])
+    net, tok = load_model(TOY_BASE, device="cpu", verbose=False), load_tokenizer(TOY_BASE)
+    problems, stop = eval_gsm8k.toy_problems("test")[:16], eval_gsm8k.stop_ids(tok)
+    one = geometry.accuracies(net, tok, problems, factor_sets, W, 1, 32, 16, stop)
+    batched = geometry.accuracies(net, tok, problems, factor_sets, W, len(W), 32, 16, stop)
+    np.testing.assert_array_equal(batched, one)
+    assert len(set(one.tolist())) >= 3, one                            # the grid is not flat: the test means something
+    tokens = lambda res: [[r["completion"] for r in rows] for _, rows in res]
+    pick = W[[0, 3, 7]]
+    assert tokens(eval_gsm8k.evaluate_points(net, tok, problems, pick, batch_size=16, max_new_tokens=32, progress=False)) == \
+        [tokens(eval_gsm8k.evaluate_points(net, tok, problems, w[None], batch_size=16, max_new_tokens=32, progress=False))[0]
+         for w in pick]

@@ -385,3 +385,50 @@ def test_alpha_over_r_makes_early_training_rank_free():
           f"ratios {res[4][1] / res[1][1]:.2f}, {res[16][1] / res[1][1]:.2f}; fixed scale r16/r1 = {fixed16:.2f}")
     assert all(0.75 < x < 1.33 for x in ratios), ratios
     assert fixed16 > 4, fixed16
+
+
+# -----------------------------------------------------------------------------
+# Many adapters in one batch: per-row weights over stacked factors
+
+
+def test_row_weights_equal_separate_adapters(toy_dir):
+    """Row b of a batch under row_weights is the adapter Σ_i w[b, i]·ΔW_i installed alone (set_factors
+    of lora.combine), to float rounding: on a forward, and through generate() while rows finish
+    early and leave the batch, and fan out to n samples."""
+    from model import generate
+    sets = []
+    torch.manual_seed(0)  # A's init: the same adapters whatever ran before
+    for k, (r, targets) in enumerate([(1, "all"), (3, "all"), (2, "attn")]):  # the last adapts 4 of 7 matrices
+        m = apply_lora(toy(toy_dir), r, 16, targets, verbose=False)
+        randomize_B(m, std=0.2, seed=k)
+        sets.append(lora_factors(m))
+    W = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.3, -1.7, 0.61], [0.0, 0.0, 0.0], [0.0, 0.0, 1.3]])
+    net, ids = toy(toy_dir), ids_for(TOY_CONFIG.vocab_size, B=len(W), T=12)
+    with torch.no_grad():
+        base = net(ids)
+        lora.set_stacked(net, sets)
+        with lora.row_weights(net, W):
+            batched = net(ids)
+        assert all(m.rows is None for m in lora_modules(net).values())  # the weights last one context
+        for b, w in enumerate(W):
+            alone = set_factors(toy(toy_dir), combine(sets, w.tolist()))(ids[b:b + 1])
+            assert rel_err(batched[b], alone[0]) < 1e-5, b
+            assert rel_err(alone[0], base[b]) > 1e-2 or b == 3, b   # the adapters do change the logits
+        assert torch.equal(batched[3], base[3])                         # w = 0 is the base model exactly
+    # generate(): rows leave the batch as they stop (a stop token that some rows hit early), and n > 1
+    prompts = [[5, 6, 7], [40, 41, 42, 43], [100], [9, 9, 9, 9, 9], [17, 3]]
+    def alone(stop):
+        out = []
+        for p, w in zip(prompts, W):
+            with lora.row_weights(net, w[None]) as rows:
+                out.append(generate(net, [p], 12, temperature=0, stop_ids=stop, row_state=[rows])[0])
+        return out
+    free = alone([])
+    stop = [free[1][0], free[2][5]]                    # tokens we know will appear: some rows stop early
+    with lora.row_weights(net, W) as rows:
+        together = generate(net, prompts, 12, temperature=0, stop_ids=stop, row_state=[rows])
+    with lora.row_weights(net, W) as rows:
+        fanned = generate(net, prompts, 12, temperature=0, stop_ids=stop, row_state=[rows], n=2)
+    alone = alone(stop)
+    assert together == alone and fanned[::2] == alone and fanned[1::2] == alone
+    assert len({len(c) for c in alone}) > 1 and len(set(map(tuple, alone))) == len(alone), alone  # not trivial
