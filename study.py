@@ -160,7 +160,7 @@ def followup_plan(mode, best):
 def geometry_plan(root, best_runs, mode):
     """Phase 3: the trajectory geometry of the best-LR LoRA runs (geometry.py over links to them)."""
     src = root / "geometry_runs"
-    grid = 7 if mode == "toy" else 11
+    grid = 9 if mode == "toy" else 15  # 3.5 CPU-s a point on the toy (256 problems)
     return Run("geometry", "geometry.py", [str(src), "--plane", "--grid", str(grid), "--truncate", "1", "--eval-limit", "256"],
                "geometry", meta=dict(runs=best_runs, src=str(src)))
 
@@ -189,12 +189,15 @@ def estimate(run):
     return run.steps * per_step + 2 * SECONDS["eval"]
 
 
-def launch(plan, root, jobs, dry_run=False):
-    """Run what is not finished yet, `jobs` at a time. Returns {name: error} for the runs that failed."""
+def launch(plan, root, jobs, dry_run=False, skip=False):
+    """Run what is not finished yet, `jobs` at a time. Returns {name: error} for the runs that failed
+    (or, with skip, that were not run)."""
     todo = [r for r in plan if not finished(r, root)]
     total = sum(map(estimate, todo))
     print(f"{len(plan)} runs, {len(plan) - len(todo)} already finished; {len(todo)} to run, about "
           f"{total / 60:.1f} min of one thread ({total / 60 / max(jobs, 1):.1f} min on {jobs} jobs)")
+    if skip:
+        return {r.name: "not run (--no-train)" for r in todo}
     if dry_run:
         for r in todo:
             print(f"  {estimate(r):6.0f} s  {r.name:38} {' '.join(r.command(root)[1:])}")
@@ -572,7 +575,7 @@ def write_report(out, rows, best, extra, wall, mode, failed):
                   "| run | path length / displacement | steps to 90% of the final reward |", "|---|---|---|"]
         lines += [f"| {k} | {v['path_over_displacement']:.2f} | {v['steps_to_90pct_reward']} |" for k, v in extra["directness"].items()]
     if failed:
-        lines += ["", "## Runs that failed", ""] + [f"- {k}: {v}" for k, v in failed.items()]
+        lines += ["", "## Runs that failed or did not run", ""] + [f"- {k}: {v}" for k, v in failed.items()]
     lines += ["", "Figures: lr_sweep.png, reward_best_lr.png, and geometry/*.png."]
     (out / "report.md").write_text("\n".join(lines) + "\n")
 
@@ -610,6 +613,8 @@ if __name__ == "__main__":
     parser.add_argument("--jobs", type=int, default=os.cpu_count(), help="runs at a time, one thread each; default the CPU count")
     parser.add_argument("--out", default="runs/study", help="the study's root: run folders, logs, report.md, claims.json, figures")
     parser.add_argument("--dry-run", action="store_true", help="print every run it would launch and its estimated time; run nothing")
+    parser.add_argument("--no-train", action="store_true", help="launch no training run: analyze the finished ones "
+                        "(geometry included) and write the report, listing what did not run")
     parser.add_argument("--figures", default=None, help="also copy every figure here (the README's: figures/)")
     args = parser.parse_args()
     exit_on_user_error()
@@ -627,7 +632,7 @@ if __name__ == "__main__":
     # SFT sweep and ranks 4 and 16 (a study cut short has the central claims first); phase 3: --full's extras
     sweep = sweep_plan(mode)
     first = [r for r in sweep if r.claim == "rl_sweep" and r.meta["method"] in ("r1", "full")]
-    failed |= launch(first, root, args.jobs, args.dry_run)
+    failed |= launch(first, root, args.jobs, args.dry_run, skip=args.no_train)
     if args.dry_run:  # the later phases depend on the sweep's best LRs: planned at the grid's middle
         guess = {m: GRID[mode]["lora" if m != "full" else "full"][1] for m in ("r1", "r4", "r16", "full")}
         guess |= {"sft_r1": SFT_GRID["lora"][1], "sft_full": SFT_GRID["full"][1]}
@@ -636,18 +641,21 @@ if __name__ == "__main__":
             launch(extras_plan(guess), root, args.jobs, dry_run=True)
         print(f"  {estimate(geometry_plan(root, [], mode)):6.0f} s  geometry")
         raise SystemExit
-    lr1 = best_lrs(by_method(first, root, "rl_sweep"))["r1"]
+    found = best_lrs(by_method(first, root, "rl_sweep"))
+    if "r1" not in found:
+        raise user_exit(f"no finished rank-1 run under {root}: the rest of the study needs rank 1's best LR")
+    lr1 = found["r1"]
     plan = sweep + rank1_plan(lr1)
-    failed |= launch(plan[len(sweep):] + [r for r in sweep if r not in first], root, args.jobs)
+    failed |= launch(plan[len(sweep):] + [r for r in sweep if r not in first], root, args.jobs, skip=args.no_train)
     best = best_lrs(by_method(plan, root, "rl_sweep"))
     best |= {f"sft_{m}": lr for m, lr in best_lrs(by_method(plan, root, "sft_sweep")).items()}
     print("best LRs: " + ", ".join(f"{k} {v:g}" for k, v in sorted(best.items())))
     if mode == "full":
         more = extras_plan(best)
-        failed |= launch(more, root, args.jobs)
+        failed |= launch(more, root, args.jobs, skip=args.no_train)
         plan += more
 
-    best_runs = [r.name for r in plan if r.claim == "rl_sweep" and r.meta["rank"] and r.meta["lr"] == best[r.meta["method"]]
+    best_runs = [r.name for r in plan if r.claim == "rl_sweep" and r.meta["rank"] and r.meta["lr"] == best.get(r.meta["method"])
                  and finished(r, root)]
     geo = geometry_plan(root, best_runs, mode)
     src = Path(geo.meta["src"])

@@ -146,3 +146,21 @@ def test_shipped_toy_base_is_the_documented_one():
     m, tok = load_model(TOY_BASE, device="cpu", verbose=False), load_tokenizer(TOY_BASE)
     summary, _ = eval_gsm8k.evaluate(m, tok, problems, batch_size=256, max_new_tokens=48, progress=False)
     assert abs(summary["accuracy"] * n - k) <= 1, (summary["accuracy"], k / n)
+
+
+def test_no_train_reports_what_finished(tmp_path):
+    """--no-train launches no training run: the report holds the claims of the finished runs and names
+    the ones that did not run."""
+    plan = [r for r in study.sweep_plan("toy") if r.meta["method"] in ("r1", "full") and r.script == "grpo.py"]
+    for r in plan:
+        write_run(tmp_path, r, 0.7 if r.meta["lr"] in (1e-3, 1e-4) else 0.6)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "study.py", "--toy", "--no-train", "--out", str(tmp_path)], cwd=ROOT,
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = (tmp_path / "report.md").read_text()
+    assert "rank 1 matches full fine-tuning" in report and "**holds**" in report
+    assert "grpo_r4_lr1e-3_s0: not run (--no-train)" in report and "grpo_r1_attn_lr1e-3_s0: not run" in report
+    claims = json.loads((tmp_path / "claims.json").read_text())
+    assert claims["best_lr"]["r1"] == 1e-3 and claims["best_lr"]["full"] == 1e-4
+    assert not (tmp_path / "grpo_r4_lr1e-3_s0").exists(), "--no-train must not start a run"
