@@ -561,21 +561,29 @@ def figures(plan, root, best, out):
         plt.close(fig)
 
 
-def write_report(out, rows, best, extra, wall, mode, failed):
+def run_seconds(plan, root):
+    """(runs finished, seconds of one thread they took): sampling + training + evaluation from their metrics."""
+    done = [r for r in plan if r.script != "geometry.py" and finished(r, root)]
+    keys = ("t_sample", "t_train", "seconds", "eval_seconds")
+    return len(done), sum(row.get(k, 0) for r in done for row in runs.read_metrics(root / r.name) for k in keys)
+
+
+def write_report(out, rows, best, extra, wall, mode, failed, spent):
     lines = [f"# rank1 study ({mode})", "",
-             f"`python study.py --{mode}`: {wall / 60:.1f} min wall (runs reused from an earlier invocation count as 0). "
+             f"`python study.py --{mode}`: {spent[0]} runs took {spent[1] / 60:.0f} min of one thread (their own "
+             f"sampling, training and evaluation time); this invocation {wall / 60:.1f} min wall. "
              f"Margin for 'matches': {MARGIN}. Best LRs: " + ", ".join(f"{k} {v:g}" for k, v in sorted(best.items())), "",
              "| claim | source | measured | 95% interval | verdict |", "|---|---|---|---|---|"]
     for r in rows:
         iv = f"[{r['interval'][0]:+.3g}, {r['interval'][1]:+.3g}]" if r["interval"] else ""
         lines.append(f"| {r['claim']} | {r['source']} | {r['measured']} | {iv} | **{r['verdict']}** |")
     if extra:
-        lines += ["", "## Open questions", "", "PCs to reach 90% of the variance: "
+        lines += ["", "**Open questions.** PCs to reach 90% of the variance: "
                   + ", ".join(f"{k} {v}" for k, v in extra["pcs_to_90"].items()), "",
                   "| run | path length / displacement | steps to 90% of the final reward |", "|---|---|---|"]
         lines += [f"| {k} | {v['path_over_displacement']:.2f} | {v['steps_to_90pct_reward']} |" for k, v in extra["directness"].items()]
     if failed:
-        lines += ["", "## Runs that failed or did not run", ""] + [f"- {k}: {v}" for k, v in failed.items()]
+        lines += ["", "**Runs that failed or did not run:**", ""] + [f"- {k}: {v}" for k, v in failed.items()]
     lines += ["", "Figures: lr_sweep.png, reward_best_lr.png, and geometry/*.png."]
     (out / "report.md").write_text("\n".join(lines) + "\n")
 
@@ -616,6 +624,8 @@ if __name__ == "__main__":
     parser.add_argument("--no-train", action="store_true", help="launch no training run: analyze the finished ones "
                         "(geometry included) and write the report, listing what did not run")
     parser.add_argument("--figures", default=None, help="also copy every figure here (the README's: figures/)")
+    parser.add_argument("--readme", default=None, help="also write the report into this file, between its "
+                        "<!-- study --> and <!-- /study --> lines (the README's results)")
     args = parser.parse_args()
     exit_on_user_error()
     if args.model:
@@ -670,11 +680,17 @@ if __name__ == "__main__":
     extra = open_questions(geometry, plan, root) if geometry else None
     figures(plan, root, {k: v for k, v in best.items() if not k.startswith("sft_")}, root)
     wall = time.time() - t0
-    write_report(root, rows, best, extra, wall, mode, failed)
-    (root / "claims.json").write_text(json.dumps(dict(mode=mode, wall_seconds=wall, best_lr=best, claims=rows,
+    spent = run_seconds(plan, root)
+    write_report(root, rows, best, extra, wall, mode, failed, spent)
+    (root / "claims.json").write_text(json.dumps(dict(mode=mode, wall_seconds=wall, run_seconds=spent[1], best_lr=best, claims=rows,
                                                       open_questions=extra, failed=failed), indent=1))
     if args.figures:
         Path(args.figures).mkdir(parents=True, exist_ok=True)
         for png in [*root.glob("*.png"), *(root / "geometry").glob("*.png")]:
             shutil.copy(png, Path(args.figures) / png.name)
+    if args.readme:  # the README's results are the report, verbatim
+        text = Path(args.readme).read_text()
+        a, b = text.index("<!-- study -->\n") + len("<!-- study -->\n"), text.index("<!-- /study -->")
+        body = (root / "report.md").read_text().split("\n", 2)[2]  # without its title line
+        Path(args.readme).write_text(text[:a] + body + text[b:])
     print((root / "report.md").read_text())
