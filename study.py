@@ -304,7 +304,8 @@ def lr_ratio_claim(table, lora, full, source, what):
     (tl, bl), (tf, bf) = tied(table[lora]), tied(table[full])
     half = math.sqrt(math.sqrt(10))
     lo, hi = min(tl) / max(tf) / half, max(tl) / min(tf) * half
-    v = "does not hold" if not lo <= 10 <= hi else "holds" if lo > 1 else "inconclusive"
+    # holds: the grid's best ratio is within half a step of 10; consistent but off the grid point: inconclusive
+    v = "does not hold" if not lo <= 10 <= hi else "holds" if 10 / half <= bl / bf <= 10 * half else "inconclusive"
     return dict(claim=f"{what}: LoRA's best LR is ~10x full fine-tuning's", source=source,
                 measured=f"{bl / bf:.3g}x (best {bl:g} vs {bf:g}; tied within noise: {sorted(tl)} vs {sorted(tf)})",
                 interval=[lo, hi], verdict=v)
@@ -424,7 +425,8 @@ def flops_claim(plan, root, best):
             t[m] = float(np.mean([row["t_train"] for row in result(r, root)["train"] if "t_train" in row]))
     measured = f"flops.py: {ratio['3B']:.3f} at Qwen2.5-3B, {ratio['toy']:.3f} at the toy"
     if len(t) == 2:
-        measured += f"; measured toy training time per step {t['r1']:.2f} s vs {t['full']:.2f} s ({t['r1'] / t['full']:.2f})"
+        measured += (f"; measured toy training time per step {t['r1']:.2f} s vs {t['full']:.2f} s ({t['r1'] / t['full']:.2f}; "
+                     f"wall times of runs made at different machine loads, and the toy is bound by overhead, not FLOPs)")
     return [dict(claim="LoRA costs ~2/3 of full fine-tuning's training FLOPs", source="LoRA Without Regret",
                  measured=measured, interval=None, verdict="holds" if 0.6 <= ratio["3B"] <= 0.72 else "does not hold")]
 
@@ -444,11 +446,14 @@ def capacity_claim(plan, root, est):
         return []
     fills, gaps = np.array([p[1] for p in pts]), np.array([p[2] for p in pts])
     corr = float(np.corrcoef(fills, gaps)[0, 1]) if gaps.std() > 0 else float("nan")
+    half = 1.96 * math.hypot(est["full"][1], est[pts[0][0]][1])  # the 95% half-width of one gap
+    resolved = gaps.max() - gaps.min() > 2 * half                  # else the gaps are equal at this noise
     return [dict(claim="a run carries ≤ 1 bit per episode; if rank 1 trails, the gap tracks the fill (bits/capacity)",
                  source="LoRA Without Regret (capacity argument)",
                  measured=f"{bits:,.0f} bits per 60-step run; " + ", ".join(f"{m} fill {f:.2f} gap {g:+.3f}" for m, f, g in pts)
-                 + f"; correlation {corr:+.2f}", interval=None,
-                 verdict="inconclusive" if len(pts) < 3 or not math.isfinite(corr) else "holds" if corr > 0.8 else "does not hold")]
+                 + f" (one gap ±{half:.3f}); correlation {corr:+.2f}", interval=None,
+                 verdict="inconclusive" if len(pts) < 3 or not math.isfinite(corr) or not resolved
+                 else "holds" if corr > 0.8 else "does not hold")]
 
 
 def geometry_claims(g):
