@@ -213,7 +213,7 @@ def reward_reach(rows, share=0.9, window=5):
 def decode_bytes(config, rows, context, stacked_rank, weight_bytes=2, kv_bytes=2):
     """Bytes one decode step reads: the base weights once (embeddings as lm_head, tied or not), the
     stacked adapter factors (float32) once, and every row's KV cache over `context` tokens."""
-    C, I, L, V = config.hidden_size, config.intermediate_size, config.num_hidden_layers, config.vocab_size
+    C, L, V = config.hidden_size, config.num_hidden_layers, config.vocab_size
     shapes = lora.projection_shapes(config).values()
     weights = (L * sum(o * i for o, i in shapes) + V * C) * weight_bytes
     factors = L * stacked_rank * sum(o + i for o, i in shapes) * 4
@@ -447,17 +447,19 @@ if __name__ == "__main__":
     for run, ix in index.items():
         length, disp = sum(d(i, j) for i, j in zip(ix, ix[1:])), d(ix[0], ix[-1])
         metrics = os.path.join(args.runs_dir, run, "metrics.jsonl")
-        reach, final = reward_reach(run_folders.read_metrics(os.path.join(args.runs_dir, run))) if os.path.exists(metrics) else (None, None)
+        rows = run_folders.read_metrics(os.path.join(args.runs_dir, run)) if os.path.exists(metrics) else []
+        (half, _), (reach, final) = reward_reach(rows, 0.5), reward_reach(rows, 0.9)
         directness[run] = dict(path_length=length, displacement=disp, path_over_displacement=length / max(disp, 1e-300),
-                               step_to_90pct_reward=reach, final_reward=final, last_step=ckpts[ix[-1]][1])
+                               step_to_50pct_reward=half, step_to_90pct_reward=reach, final_reward=final, last_step=ckpts[ix[-1]][1])
     print(f"PCs to 90% of the variance: {pcs_90['all']} over all runs; per rank "
           + ", ".join(f"{r}: {k}" for r, k in pcs_90["per_rank"].items()) + "; per run "
           + ", ".join(f"{r}: {k}" for r, k in pcs_90["per_run"].items()))
     for run, v in directness.items():
-        print(f"{run}: path length / displacement {v['path_over_displacement']:.3f}; reward 90% of the way to "
-              f"{v['final_reward'] if v['final_reward'] is None else round(v['final_reward'], 3)} at step {v['step_to_90pct_reward']} "
+        print(f"{run}: path length / displacement {v['path_over_displacement']:.3f}; reward half / 90% of the way to "
+              f"{v['final_reward'] if v['final_reward'] is None else round(v['final_reward'], 3)} at steps "
+              f"{v['step_to_50pct_reward']} / {v['step_to_90pct_reward']} "
               f"(of {v['last_step']})")
-    print(f"explained variance ratio: " + " ".join(f"{v:.3f}" for v in evr[:6])
+    print("explained variance ratio: " + " ".join(f"{v:.3f}" for v in evr[:6])
           + f"  (PC1+PC2 = {sum(evr[:2]):.3f})")
     for r1, row in zip(runs, cos_final):
         print(f"cosine of final updates  {r1:>12}: " + " ".join(f"{c:+.3f}" for c in row))

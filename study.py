@@ -152,16 +152,26 @@ def extras_plan(best):
     return plan
 
 
-def followup_plan(mode, best):
-    """Everything that depends on the sweep's best LRs."""
-    return rank1_plan(best["r1"]) + (extras_plan(best) if mode == "full" else [])
+def link_runs(root, geo, best_runs):
+    """geometry.py reads every run under a folder: fill geo's with links to the chosen runs. A link to
+    another run (the best LRs changed since) is refused rather than silently mixed in."""
+    src = Path(geo.meta["src"])
+    src.mkdir(parents=True, exist_ok=True)
+    for link in src.iterdir():
+        if link.name not in best_runs:
+            raise user_exit(f"{link} is not one of the best-LR runs {best_runs}: remove {src} (and {root / geo.name}) "
+                            f"to redo the geometry with the runs chosen now")
+    for name in best_runs:
+        if not (src / name).exists():
+            (src / name).symlink_to((root / name).resolve())
 
 
 def geometry_plan(root, best_runs, mode):
     """Phase 3: the trajectory geometry of the best-LR LoRA runs (geometry.py over links to them)."""
-    src = root / "geometry_runs"
+    name = "geometry" if mode == "toy" else "geometry_full"  # --full's best runs and grid differ: its own folder
+    src = root / f"{name}_runs"
     grid = 9 if mode == "toy" else 15  # 3.5 CPU-s a point on the toy (256 problems)
-    return Run("geometry", "geometry.py", [str(src), "--plane", "--grid", str(grid), "--truncate", "1", "--eval-limit", "256"],
+    return Run(name, "geometry.py", [str(src), "--plane", "--grid", str(grid), "--truncate", "1", "--eval-limit", "256"],
                "geometry", meta=dict(runs=best_runs, src=str(src)))
 
 
@@ -203,7 +213,8 @@ def launch(plan, root, jobs, dry_run=False, skip=False):
             print(f"  {estimate(r):6.0f} s  {r.name:38} {' '.join(r.command(root)[1:])}")
         return {}
     (root / "logs").mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    threads = str(max(1, (os.cpu_count() or 1) // jobs))  # one each when the jobs fill the cores; geometry gets them all
+    env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
 
     def one(run):
         with open(root / "logs" / f"{run.name}.log", "w") as log:
@@ -499,28 +510,11 @@ def geometry_claims(g):
 # The open questions, figures and the report
 
 
-def open_questions(g, plan, root):
-    """How many PCs reach 90% of the variance (per run, over all); how direct each path is (path length
-    over displacement, from the Gram matrix) beside the step at which it reached 90% of its final reward."""
-    out = dict(pcs_to_90={})
-    per_run = g.get("explained_variance_ratio_per_run", {})
-    for name, evr in list(per_run.items()) + [("all runs", g["explained_variance_ratio"])]:
-        out["pcs_to_90"][name] = int(np.searchsorted(np.cumsum(evr), 0.9) + 1)
-    K = np.array(g["gram"])
-    idx = {}
-    for i, c in enumerate(g["checkpoints"]):
-        idx.setdefault(c["run"], []).append(i)
-    path = {}
-    by_name = {r.name: r for r in plan}
-    for run, ix in idx.items():
-        d = lambda i, j: math.sqrt(max(K[i, i] - 2 * K[i, j] + K[j, j], 0.0))
-        length = sum(d(i, j) for i, j in zip(ix, ix[1:]))
-        rewards = np.array(curve(by_name[run], root)) if run in by_name else np.array([])
-        smooth = np.convolve(rewards, np.ones(5) / 5, mode="valid") if len(rewards) >= 5 else rewards
-        reach = int(np.argmax(smooth >= smooth[0] + 0.9 * (smooth[-1] - smooth[0])) + 3) if len(smooth) else None
-        path[run] = dict(path_over_displacement=length / max(d(ix[0], ix[-1]), 1e-12), steps_to_90pct_reward=reach)
-    out["directness"] = path
-    return out
+def open_questions(g):
+    """geometry.py's answers: how many PCs reach 90% of the variance (over all runs, per rank, per run),
+    and how direct each path is (path length over displacement) beside how fast its reward rose."""
+    return dict(pcs_to_90={"all runs": g["pcs_to_90"]["all"], **{f"rank {r}": k for r, k in g["pcs_to_90"]["per_rank"].items()},
+                           **g["pcs_to_90"]["per_run"]}, directness=g["directness"])
 
 
 def figures(plan, root, best, out):
@@ -585,11 +579,14 @@ def write_report(out, rows, best, extra, wall, mode, failed, spent):
     if extra:
         lines += ["", "**Open questions.** PCs to reach 90% of the variance: "
                   + ", ".join(f"{k} {v}" for k, v in extra["pcs_to_90"].items()), "",
-                  "| run | path length / displacement | steps to 90% of the final reward |", "|---|---|---|"]
-        lines += [f"| {k} | {v['path_over_displacement']:.2f} | {v['steps_to_90pct_reward']} |" for k, v in extra["directness"].items()]
+                  "| run | path length / displacement | step at half the reward gain | step at 90% of it | final reward |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {k} | {v['path_over_displacement']:.2f} | {v['step_to_50pct_reward']} | {v['step_to_90pct_reward']} | "
+                  f"{'' if v['final_reward'] is None else round(v['final_reward'], 3)} |" for k, v in extra["directness"].items()]
     if failed:
         lines += ["", "**Runs that failed or did not run:**", ""] + [f"- {k}: {v}" for k, v in failed.items()]
-    lines += ["", "Figures: lr_sweep.png, reward_best_lr.png, and geometry/*.png."]
+    lines += ["", f"Figures: lr_sweep.png, reward_best_lr.png{', params.png' if mode == 'full' else ''}, "
+              f"and {'geometry' if mode == 'toy' else 'geometry_full'}/*.png."]
     (out / "report.md").write_text("\n".join(lines) + "\n")
 
 
@@ -623,7 +620,7 @@ if __name__ == "__main__":
     parser.add_argument("--toy", action="store_true", help="the toy study on a CPU (default when neither --full nor --model)")
     parser.add_argument("--full", action="store_true", help="the complete toy study: + 2 seeds at every best LR, batch size, more LRs")
     parser.add_argument("--model", default=None, help="print the plan at GPU scale for this model (e.g. Qwen/Qwen2.5-3B); needs --dry-run here")
-    parser.add_argument("--jobs", type=int, default=os.cpu_count(), help="runs at a time, one thread each; default the CPU count")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count(), help="runs at a time, CPU count // jobs threads each (geometry, run alone, gets every core); default the CPU count")
     parser.add_argument("--out", default="runs/study", help="the study's root: run folders, logs, report.md, claims.json, figures")
     parser.add_argument("--dry-run", action="store_true", help="print every run it would launch and its estimated time; run nothing")
     parser.add_argument("--no-train", action="store_true", help="launch no training run: analyze the finished ones "
@@ -673,16 +670,12 @@ if __name__ == "__main__":
     best_runs = [r.name for r in plan if r.claim == "rl_sweep" and r.meta["rank"] and r.meta["lr"] == best.get(r.meta["method"])
                  and finished(r, root)]
     geo = geometry_plan(root, best_runs, mode)
-    src = Path(geo.meta["src"])
-    src.mkdir(parents=True, exist_ok=True)
-    for name in best_runs:  # geometry.py reads every run under a folder: links to the chosen ones
-        if not (src / name).exists():
-            (src / name).symlink_to((root / name).resolve())
+    link_runs(root, geo, best_runs)
     failed |= launch([geo], root, 1)
-    geometry = json.loads((root / "geometry" / "geometry.json").read_text()) if finished(geo, root) else None
+    geometry = json.loads((root / geo.name / "geometry.json").read_text()) if finished(geo, root) else None
 
     rows = claims(plan, root, mode, geometry, best)
-    extra = open_questions(geometry, plan, root) if geometry else None
+    extra = open_questions(geometry) if geometry else None
     figures(plan, root, {k: v for k, v in best.items() if not k.startswith("sft_")}, root)
     wall = time.time() - t0
     spent = run_seconds(plan, root)
@@ -691,7 +684,7 @@ if __name__ == "__main__":
                                                       open_questions=extra, failed=failed), indent=1))
     if args.figures:
         Path(args.figures).mkdir(parents=True, exist_ok=True)
-        for png in [*root.glob("*.png"), *(root / "geometry").glob("*.png")]:
+        for png in [*root.glob("*.png"), *(root / geo.name).glob("*.png")]:
             shutil.copy(png, Path(args.figures) / png.name)
     if args.readme:  # the README's results are the report, verbatim
         text = Path(args.readme).read_text()

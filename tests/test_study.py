@@ -34,7 +34,7 @@ def test_sweep_plan_spans_the_grid():
         assert r.args[r.args.index("--eval-limit") + 1] == "0"
         assert "--toy" in r.args
     best = {"r1": 1e-3, "r4": 1e-3, "r16": 1e-3, "full": 1e-4, "sft_r1": 1e-3, "sft_full": 1e-4}
-    more = study.followup_plan("full", best)
+    more = study.rank1_plan(best["r1"]) + study.extras_plan(best)
     seeds = [r for r in more if r.claim == "rl_sweep"]
     assert {(r.meta["method"], r.meta["seed"]) for r in seeds} == {(m, s) for m in ("r1", "r4", "r16", "full") for s in (1, 2)}
     assert all(r.meta["lr"] == best[r.meta["method"]] for r in seeds), "seeds go to each method's best LR"
@@ -85,7 +85,7 @@ def test_claims_from_synthetic_runs(tmp_path):
         key = r.meta["method"] if r.script == "grpo.py" else "sft_" + r.meta["method"]
         at_best = r.meta["lr"] == best[key]
         write_run(tmp_path, r, acc[key] if at_best else acc[key] - 0.15)
-    more = study.followup_plan("toy", best)
+    more = study.rank1_plan(best["r1"])
     for r in more:
         write_run(tmp_path, r, 0.45 if r.meta["method"] == "r1_attn" else 0.70,
                   rewards=[0.3] * 10 + [0.6] * 20 if r.meta["method"] == "r1_adamalpha" else [0.3] * 30)
@@ -164,3 +164,31 @@ def test_no_train_reports_what_finished(tmp_path):
     claims = json.loads((tmp_path / "claims.json").read_text())
     assert claims["best_lr"]["r1"] == 1e-3 and claims["best_lr"]["full"] == 1e-4
     assert not (tmp_path / "grpo_r4_lr1e-3_s0").exists(), "--no-train must not start a run"
+
+
+def test_geometry_folders_and_links(tmp_path):
+    """--toy and --full keep their geometry apart (grid 9 and 15, maybe other best runs); the links
+    folder holds exactly the chosen runs, and a stale link stops the study with a user error."""
+    toy, full = study.geometry_plan(tmp_path, [], "toy"), study.geometry_plan(tmp_path, [], "full")
+    assert (toy.name, full.name) == ("geometry", "geometry_full") and toy.meta["src"] != full.meta["src"]
+    assert toy.args[toy.args.index("--grid") + 1] == "9" and full.args[full.args.index("--grid") + 1] == "15"
+    for name in ("run_a", "run_b"):
+        (tmp_path / name).mkdir()
+    study.link_runs(tmp_path, toy, ["run_a"])
+    study.link_runs(tmp_path, toy, ["run_a"])                               # again: nothing to do
+    assert sorted(p.name for p in Path(toy.meta["src"]).iterdir()) == ["run_a"]
+    assert Path(toy.meta["src"], "run_a").resolve() == (tmp_path / "run_a").resolve()
+    with pytest.raises(SystemExit, match="run_a is not one of the best-LR runs"):
+        study.link_runs(tmp_path, toy, ["run_b"])
+
+
+def test_report_answers_the_open_questions(tmp_path):
+    """The report's open questions are geometry.py's: PCs to 90% (all, per rank, per run) and each run's
+    directness beside the steps at which its reward got half and 90% of the way."""
+    g = dict(pcs_to_90=dict(all=3, per_rank={"1": 2}, per_run={"grpo_r1_lr1e-3_s0": 2}),
+             directness={"grpo_r1_lr1e-3_s0": dict(path_over_displacement=1.6, step_to_50pct_reward=21,
+                                                    step_to_90pct_reward=48, final_reward=0.64)})
+    study.write_report(tmp_path, [], {"r1": 1e-3}, study.open_questions(g), 60.0, "toy", {}, (1, 60.0))
+    report = (tmp_path / "report.md").read_text()
+    assert "all runs 3, rank 1 2, grpo_r1_lr1e-3_s0 2" in report
+    assert "| grpo_r1_lr1e-3_s0 | 1.60 | 21 | 48 | 0.64 |" in report
