@@ -167,8 +167,11 @@ def _linear(rows, name, n, d_in, d_out, grad_in, train_w, rank, adapter="lora"):
     return grad_in or train_w or rank > 0
 
 
-def step_flops(cfg, batch, seq_len, rank=0, targets="all", adapter="lora"):
+def step_flops(cfg, batch, seq_len, rank=0, targets="all", adapter="lora", kv_len=None, head_tokens=None):
     """{row: [forward, input-gradient, weight-gradient]} FLOPs of one step; rank 0 = full fine-tuning.
+    kv_len: keys each query reads (default seq_len; more when a cache holds a prompt before them);
+    head_tokens: positions through the lm_head (default all B·T; token_logprobs scores T - 1 a
+    sequence, and a prompt pass that only fills the cache none).
 
     Autograd computes a gradient only for tensors that need one. In full fine-tuning the
     embedding trains, so every activation does. Under LoRA the embedding is frozen: the stream
@@ -183,7 +186,7 @@ def step_flops(cfg, batch, seq_len, rank=0, targets="all", adapter="lora"):
         return _linear(rows, name, n, *shapes[name], grad_in, full, 0 if full or name not in adapted else rank, adapter)
 
     grad = full  # does the residual stream need a gradient?
-    att = 2 * B * H * T * T * D  # one (T×D)@(D×T) per head and sequence; K/V heads are shared (GQA), not the work
+    att = 2 * B * H * T * (kv_len or T) * D  # one (T×D)@(D×S) per head and sequence; K/V heads are shared (GQA), not the work
     for _ in range(cfg.num_hidden_layers):
         gq, gk, gv = linear("q_proj", grad), linear("k_proj", grad), linear("v_proj", grad)
         rows["attn_scores"][0] += att                          # S = Q·Kᵀ
@@ -194,7 +197,7 @@ def step_flops(cfg, batch, seq_len, rank=0, targets="all", adapter="lora"):
         g_act = linear("gate_proj", grad) | linear("up_proj", grad)  # both always run: | not or
         grad = linear("down_proj", g_act) or grad              # h + mlp(h)
     # lm_head on every position; tied or not, its weight trains only in full fine-tuning
-    _linear(rows, "lm_head", n, cfg.hidden_size, cfg.vocab_size, grad, full, 0)
+    _linear(rows, "lm_head", n if head_tokens is None else head_tokens, cfg.hidden_size, cfg.vocab_size, grad, full, 0)
     return rows
 
 
@@ -224,18 +227,25 @@ def sampling_flops(cfg, prompts, samples, prompt_len, new_tokens):
     return {"prefill": prefill, "decode": decode, "total": prefill + decode}
 
 
-def grpo_step_flops(cfg, prompts, samples, prompt_len, new_tokens, rank, targets, adapter="lora"):
-    """Sampling + one training step on the B·G prompt+completion sequences (KL off, the default:
-    the sampler's log-probs serve as the old policy, so no extra forward). model.token_logprobs
-    makes the head's input gradient in forward when the head is frozen (LoRA: no extra work); when
-    it trains (rank 0), backward recomputes the head once more for its weight gradient: counted here.
-    These are whole-sequence counts (token_logprobs on every prompt + completion). grpo.py trains with
-    model.completion_logprobs, which runs each prompt once for its G samples: for it they are an
-    upper bound, by about the share of prompt tokens (3/4 in the toy, ~1/5 for GSM8K at 3B)."""
-    n_seq, T = prompts * samples, prompt_len + new_tokens
-    sample = sampling_flops(cfg, prompts, samples, prompt_len, new_tokens)["total"]
-    recompute = 2 * n_seq * T * cfg.hidden_size * cfg.vocab_size if rank == 0 else 0
-    train = total(step_flops(cfg, n_seq, T, rank, targets, adapter)) + recompute
+def grpo_step_flops(cfg, prompts, samples, prompt_len, new_tokens, rank, targets, adapter="lora", shared_prompt=True):
+    """Sampling + one training step on B prompts × G samples (KL off, the default: the sampler's
+    log-probs serve as the old policy, so no extra forward). The trainer is model.completion_logprobs:
+    each prompt runs once (no head: it fills the cache), then the B·G completions run attending to
+    prompt + completion slots, the head on every completion position. shared_prompt=False counts
+    token_logprobs on the B·G whole sequences instead (grpo.py's path under --grad-checkpoint).
+    logprobs_from_hidden makes the head's input gradient in forward when the head is frozen (LoRA: no
+    extra work); when it trains (rank 0), backward recomputes the head once more for its weight
+    gradient: counted here. A micro-batch that splits a group runs its prompt once more: not counted."""
+    B, G, P, N = prompts, samples, prompt_len, new_tokens
+    sample = sampling_flops(cfg, B, G, P, N)["total"]
+    if shared_prompt:
+        head = B * G * N
+        train = total(step_flops(cfg, B, P, rank, targets, adapter, head_tokens=0))
+        train += total(step_flops(cfg, B * G, N, rank, targets, adapter, kv_len=P + N, head_tokens=head))
+    else:  # token_logprobs scores positions 0..T-2 of each sequence (the last one predicts nothing)
+        head = B * G * (P + N - 1)
+        train = total(step_flops(cfg, B * G, P + N, rank, targets, adapter, head_tokens=head))
+    train += 2 * head * cfg.hidden_size * cfg.vocab_size if rank == 0 else 0  # the recompute
     return {"sampling": sample, "training": train, "total": sample + train}
 
 

@@ -19,7 +19,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import flops
 from flops import count_lora_params, count_params, get_config, step_flops, total
-from model import Qwen2, Qwen2Config, generate, token_logprobs
+from lora import apply_lora
+from model import Qwen2, Qwen2Config, completion_logprobs, generate, token_logprobs
 
 SMALL = dict(vocab_size=96, hidden_size=64, intermediate_size=112, num_hidden_layers=3,
              num_attention_heads=4, num_key_value_heads=2)
@@ -129,15 +130,27 @@ def test_sampling_matches_counter():
     assert close(measured, analytic), (measured, analytic)
 
 
-def test_grpo_training_matches_counter():
-    """The trainer's pass: token_logprobs (the lm_head recomputed in backward) on B·G sequences."""
+@pytest.mark.parametrize("rank", [0, 1])
+def test_grpo_training_matches_counter(rank):
+    """The trainer's pass, both ways: completion_logprobs (each prompt once, the G completions reading
+    its cache) as grpo.py trains, and token_logprobs on the whole sequences (its --grad-checkpoint path)."""
     torch.manual_seed(0)
     cfg = Qwen2Config(**dict(SMALL, vocab_size=512))  # a head big enough that its count matters
-    m, (prompts, samples, P, N) = Qwen2(cfg), (2, 2, 10, 30)
-    ids = torch.randint(0, cfg.vocab_size, (prompts * samples, P + N))
-    measured = measure(lambda: token_logprobs(m, ids, chunk_size=16).sum().backward())
-    analytic = flops.grpo_step_flops(cfg, prompts, samples, P, N, 0, "all")["training"]
-    assert close(measured, analytic), (measured, analytic)
+    m, (prompts, samples, P, N) = Qwen2(cfg), (2, 3, 10, 30)
+    if rank:
+        apply_lora(m, rank, 32.0, verbose=False)
+    m.train()
+    ids_p = torch.randint(0, cfg.vocab_size, (prompts, P)).tolist()
+    ids_c = torch.randint(0, cfg.vocab_size, (prompts * samples, N)).tolist()
+    owner = [k // samples for k in range(prompts * samples)]
+    shared = measure(lambda: completion_logprobs(m, ids_p, ids_c, owner, chunk_size=16)[0].sum().backward())
+    analytic = flops.grpo_step_flops(cfg, prompts, samples, P, N, rank, "all")["training"]
+    assert shared == analytic, (shared, analytic)  # every matmul counted, to the FLOP
+    whole = torch.tensor([ids_p[o] + c for o, c in zip(owner, ids_c)])
+    measured = measure(lambda: token_logprobs(m, whole, chunk_size=16).sum().backward())
+    analytic = flops.grpo_step_flops(cfg, prompts, samples, P, N, rank, "all", shared_prompt=False)["training"]
+    assert measured == analytic, (measured, analytic)
+    assert shared < 0.85 * measured  # a quarter of every sequence is its prompt, run once for 3 samples
 
 
 # -----------------------------------------------------------------------------
