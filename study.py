@@ -535,13 +535,21 @@ def figures(plan, root, best, out):
     fig.savefig(out / "lr_sweep.png", dpi=120)
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(6, 4))
+    w = 5
     for m, lr in sorted(best.items()):
-        for r in plan:
-            if r.claim == "rl_sweep" and r.meta["method"] == m and r.meta["lr"] == lr and r.meta["seed"] == 0 and finished(r, root):
-                y = np.array(curve(r, root))
-                ax.plot(np.arange(1, len(y) + 1), np.convolve(y, np.ones(5) / 5, mode="same"),
-                        label=f"{'full' if m == 'full' else 'rank ' + m[1:]} (LR {lr:g})")
-    ax.set(xlabel="step", ylabel="training reward (5-step mean)", title="GRPO reward at each method's best LR")
+        ys = [np.array(curve(r, root)) for r in plan if r.claim == "rl_sweep" and r.meta["method"] == m
+              and r.meta["lr"] == lr and finished(r, root)]
+        if not ys:
+            continue
+        n = min(map(len, ys))
+        ys = np.stack([np.convolve(y[:n], np.ones(w) / w, mode="valid") for y in ys])   # (seeds, n - w + 1)
+        x = np.arange(1, n - w + 2) + w // 2                                            # each window's middle step
+        line, = ax.plot(x, ys.mean(0), label=f"{'full' if m == 'full' else 'rank ' + m[1:]} (LR {lr:g}, {len(ys)} "
+                        f"seed{'s' if len(ys) > 1 else ''})")
+        if len(ys) > 1:
+            ax.fill_between(x, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.15, lw=0)
+    ax.set(xlabel="step", ylabel=f"training reward ({w}-step mean; band: the seeds' range)",
+           title="GRPO reward at each method's best LR")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "reward_best_lr.png", dpi=120)

@@ -101,7 +101,7 @@ def test_claims_from_synthetic_runs(tmp_path):
     rl_ratio = next(r for r in rows if r["claim"].startswith("RL: LoRA's best LR"))
     assert rl_ratio["measured"].startswith("10x") and rl_ratio["verdict"] == "holds"
     study.figures(plan, tmp_path, {k: v for k, v in best.items() if not k.startswith("sft")}, tmp_path)
-    assert (tmp_path / "lr_sweep.png").stat().st_size > 10_000
+    assert (tmp_path / "lr_sweep.png").stat().st_size > 10_000 and (tmp_path / "reward_best_lr.png").stat().st_size > 10_000
 
 
 def test_intervals():
