@@ -355,6 +355,7 @@ def claims(plan, root, mode, geometry, best):
             rows.append(dict(claim=f"{statement} (rank 1){note}", source="LoRA Without Regret" if claim == "targets"
                              else "the trajectory study's footnote", measured=f"{e[0]:.3f} vs {est['r1'][0]:.3f}; "
                              f"difference {fmt_ci(*d)}", interval=interval(*d), verdict=check(d)))
+    rows += batch_claim(plan, root, best)
     rows += params_claims(plan, root, best)
     rows += adam_claim(plan, root)
     rows += flops_claim(plan, root, best)
@@ -403,6 +404,28 @@ def params_claims(plan, root, best):
                          f"{b:,} in SFT ({ratio:.3g}x)", interval=None,
                          verdict="holds" if ratio >= 100 else "does not hold" if ratio < 10 else "inconclusive"))
     return rows
+
+
+def batch_claim(plan, root, best):
+    """LoRA's penalty at large batch (LoRA Without Regret, SFT): full fine-tuning's lead over rank 1 at
+    batch 256 against batch 32, the same 3,840 examples each, every run at its method's batch-64 best LR."""
+    acc = {}
+    for r in plan:
+        b = r.meta.get("batch")
+        if r.script == "sft.py" and r.meta["rank"] in (0, 1) and r.meta["seed"] == 0 and finished(r, root) and (
+                r.claim == "batch" or (r.claim == "sft_sweep" and r.meta["lr"] == best.get(f"sft_{method_name(r.meta['rank'])}"))):
+            acc[(r.meta["rank"], b)] = result(r, root)["acc"]
+    if not all((k, b) in acc for k in (0, 1) for b in (32, 256)):
+        return []
+    gap = {b: acc[(0, b)] - acc[(1, b)] for b in (32, 64, 256) if (0, b) in acc and (1, b) in acc}
+    d = gap[256] - gap[32]
+    se = math.sqrt(sum(acc[(k, b)] * (1 - acc[(k, b)]) for k in (0, 1) for b in (32, 256)) / TOY_TEST)
+    lo, hi = d - 1.96 * se, d + 1.96 * se
+    return [dict(claim="LoRA pays more than full fine-tuning for a large batch (SFT, same examples)", source="LoRA Without Regret",
+                 measured="full minus rank 1: " + ", ".join(f"{g:+.3f} at batch {b}" for b, g in sorted(gap.items()))
+                 + f" (rank 1 {acc[(1, 32)]:.3f} -> {acc[(1, 256)]:.3f}, full {acc[(0, 32)]:.3f} -> {acc[(0, 256)]:.3f}); "
+                 f"growth of the gap {fmt_ci(d, se, 0)}", interval=[lo, hi],
+                 verdict="holds" if lo > 0 else "does not hold" if hi < 0 else "inconclusive")]
 
 
 def curve(run, root, key="reward"):

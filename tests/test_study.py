@@ -192,3 +192,22 @@ def test_report_answers_the_open_questions(tmp_path):
     report = (tmp_path / "report.md").read_text()
     assert "all runs 3, rank 1 2, grpo_r1_lr1e-3_s0 2" in report
     assert "| grpo_r1_lr1e-3_s0 | 1.60 | 21 | 48 | 0.64 |" in report
+
+
+def test_batch_claim(tmp_path):
+    """LoRA's large-batch penalty: full fine-tuning's lead over rank 1 growing from batch 32 to 256
+    holds; the same lead at both sizes is within the noise."""
+    best = {"r1": 1e-3, "r4": 1e-3, "r16": 1e-3, "full": 3e-4, "sft_r1": 1e-3, "sft_full": 3e-4}
+    plan = [r for r in study.sweep_plan("toy") + study.extras_plan(best) if r.script == "sft.py"]
+    batch = [r for r in plan if r.claim == "batch"]
+    assert sorted((r.meta["rank"], r.meta["batch"], r.steps * r.meta["batch"]) for r in batch) == \
+        [(0, 32, 3840), (0, 256, 3840), (1, 32, 3840), (1, 256, 3840)]
+    for grows, verdict in ((True, "holds"), (False, "inconclusive")):
+        for r in plan:
+            acc = 0.80 if r.meta["rank"] == 0 else 0.78
+            if grows and r.meta["rank"] == 1 and r.meta["batch"] == 256:
+                acc = 0.60
+            write_run(tmp_path / str(grows), r, acc)
+        (row,) = study.batch_claim(plan, tmp_path / str(grows), best)
+        assert row["verdict"] == verdict, row
+        assert ("+0.200 at batch 256" if grows else "+0.020 at batch 32, +0.020 at batch 64, +0.020 at batch 256") in row["measured"]
