@@ -368,14 +368,15 @@ def claims(plan, root, mode, geometry, best):
 
 
 def size_curve(plan, root, best, regime):
-    """{method: (trainable parameters, best final accuracy)} in RL or SFT: LoRA ranks and full
+    """{method: (trainable parameters, best final accuracy, its LR)} in RL or SFT: LoRA ranks and full
     fine-tuning from the sweeps, the adapters below rank 1 at their best of SMALL_GRID."""
     sweep, small = ("rl_sweep", "params_rl") if regime == "rl" else ("sft_sweep", "params_sft")
     out = {}
     for claim in (sweep, small):
         for m, lrs in by_method(plan, root, claim).items():
             meta = next(r.meta for r in plan if r.claim == claim and r.meta["method"] == m)
-            out[m] = (params_of(meta), max(float(np.mean(v)) for v in lrs.values()))
+            lr = max(lrs, key=lambda x: np.mean(lrs[x]))
+            out[m] = (params_of(meta), float(np.mean(lrs[lr])), lr)
     return out
 
 
@@ -394,7 +395,7 @@ def params_claims(plan, root, best):
 
     def smallest(curve):  # the fewest parameters that reach half of full fine-tuning's gain
         target = base + 0.5 * (curve["full"][1] - base)
-        ok = [p for p, acc in curve.values() if acc >= target]
+        ok = [p for p, acc, _ in curve.values() if acc >= target]
         return min(ok) if ok else None
     a, b = smallest(rl), smallest(sft)
     if a and b:
@@ -581,8 +582,10 @@ def figures(plan, root, best, out):
     if len(rl) > 4:  # the adapters below rank 1 ran (--full)
         fig, ax = plt.subplots(figsize=(6, 4))
         for curve_, label, style in ((rl, "GRPO (RL)", "o-"), (sft, "SFT", "s--")):
-            pts = sorted(curve_.values())
+            pts = sorted(v[:2] for v in curve_.values())
             ax.plot([p for p, _ in pts], [a for _, a in pts], style, label=label)
+        if base is not None:
+            ax.axhline(base, color="gray", ls=":", label="base")
         ax.set(xscale="log", xlabel="trainable parameters", ylabel=f"final accuracy ({TOY_TEST} toy test problems)",
                title="How few parameters teach the skill (best LR each)")
         ax.legend(fontsize=8)
@@ -598,7 +601,19 @@ def run_seconds(plan, root):
     return len(done), sum(row.get(k, 0) for r in done for row in runs.read_metrics(root / r.name) for k in keys)
 
 
-def write_report(out, rows, best, extra, wall, mode, failed, spent):
+def size_label(method):
+    """'r2_tiny_u13_tie1' -> 'TinyLoRA u=13, tie 1'; 'r16_xs16' -> 'LoRA-XS r=16'; 'r4' -> 'LoRA r=4'."""
+    if method == "full":
+        return "full fine-tuning"
+    if "_tiny_" in method:
+        u, tie = method.split("_u")[1].split("_tie")
+        return f"TinyLoRA u={u}, tie {tie}"
+    if "_xs" in method:
+        return f"LoRA-XS r={method.split('_xs')[1]}"
+    return f"LoRA r={method[1:]}"
+
+
+def write_report(out, rows, best, extra, wall, mode, failed, spent, sizes=None):
     lines = [f"# rank1 study ({mode})", "",
              f"`python study.py --{mode}`: {spent[0]} runs took {spent[1] / 60:.0f} min of one thread (their own "
              f"sampling, training and evaluation time); this invocation {wall / 60:.1f} min wall. "
@@ -614,6 +629,14 @@ def write_report(out, rows, best, extra, wall, mode, failed, spent):
                   "|---|---|---|---|---|"]
         lines += [f"| {k} | {v['path_over_displacement']:.2f} | {v['step_to_50pct_reward']} | {v['step_to_90pct_reward']} | "
                   f"{'' if v['final_reward'] is None else round(v['final_reward'], 3)} |" for k, v in extra["directness"].items()]
+    if sizes and len(sizes[0]) > 4:  # --full: the adapters below rank 1 ran
+        rl, sft = sizes
+        lines += ["", "**Accuracy against trainable parameters** (each at its best LR; LoRA ranks and full fine-tuning "
+                  "from the sweeps, the adapters below rank 1 from LRs " + ", ".join(f"{x:g}" for x in SMALL_GRID) + "):", "",
+                  "| adapter | trainable parameters | GRPO: accuracy (LR) | SFT: accuracy (LR) |", "|---|---:|---|---|"]
+        for m in sorted(set(rl) | set(sft), key=lambda m: (rl.get(m) or sft.get(m))[0]):
+            cell = lambda c: f"{c[m][1]:.3f} ({c[m][2]:g})" if m in c else ""
+            lines.append(f"| {size_label(m)} | {(rl.get(m) or sft.get(m))[0]:,} | {cell(rl)} | {cell(sft)} |")
     if failed:
         lines += ["", "**Runs that failed or did not run:**", ""] + [f"- {k}: {v}" for k, v in failed.items()]
     lines += ["", f"Figures: lr_sweep.png, reward_best_lr.png{', params.png' if mode == 'full' else ''}, "
@@ -710,9 +733,11 @@ if __name__ == "__main__":
     figures(plan, root, {k: v for k, v in best.items() if not k.startswith("sft_")}, root)
     wall = time.time() - t0
     spent = run_seconds(plan, root)
-    write_report(root, rows, best, extra, wall, mode, failed, spent)
+    sizes = (size_curve(plan, root, best, "rl"), size_curve(plan, root, best, "sft"))
+    write_report(root, rows, best, extra, wall, mode, failed, spent, sizes)
     (root / "claims.json").write_text(json.dumps(dict(mode=mode, wall_seconds=wall, run_seconds=spent[1], best_lr=best, claims=rows,
-                                                      open_questions=extra, failed=failed), indent=1))
+                                                      open_questions=extra, failed=failed,
+                                                      params={"rl": sizes[0], "sft": sizes[1]}), indent=1))
     if args.figures:
         Path(args.figures).mkdir(parents=True, exist_ok=True)
         for png in [*root.glob("*.png"), *(root / geo.name).glob("*.png")]:

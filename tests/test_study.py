@@ -211,3 +211,23 @@ def test_batch_claim(tmp_path):
         (row,) = study.batch_claim(plan, tmp_path / str(grows), best)
         assert row["verdict"] == verdict, row
         assert ("+0.200 at batch 256" if grows else "+0.020 at batch 32, +0.020 at batch 64, +0.020 at batch 256") in row["measured"]
+
+
+def test_params_table_and_figure(tmp_path):
+    """--full's accuracy-vs-parameters: each adapter at its best LR in RL and SFT, a table row per size
+    from 1 parameter to full fine-tuning, and the figure."""
+    best = {"r1": 1e-3, "r4": 1e-3, "r16": 1e-3, "full": 3e-4, "sft_r1": 1e-3, "sft_full": 3e-4}
+    plan = study.sweep_plan("full") + study.extras_plan(best)
+    for r in plan:
+        n = study.params_of(r.meta)
+        write_run(tmp_path, r, 0.5 + 0.02 * len(str(n)) + (0.01 if r.meta["lr"] == 1e-3 else 0.0))
+    rl, sft = study.size_curve(plan, tmp_path, best, "rl"), study.size_curve(plan, tmp_path, best, "sft")
+    assert rl["r2_tiny_u13_tie1"] == (13, pytest.approx(0.55), 1e-3) and rl["full"][0] == 624_384
+    study.write_report(tmp_path, [], best, None, 1.0, "full", {}, (1, 1.0), (rl, sft))
+    report = (tmp_path / "report.md").read_text()
+    assert "| TinyLoRA u=1, tie 1 | 1 | 0.530 (0.001) | 0.530 (0.001) |" in report
+    assert "| LoRA-XS r=16 | 5,376 |" in report and "| full fine-tuning | 624,384 |" in report
+    rows = [line for line in report.splitlines() if line.startswith("| ") and "(0.001)" in line]
+    assert len(rows) == 9  # 1, 13, 84, 273, 5,376, ranks 1, 4, 16 and full: every best LR is 1e-3 here
+    study.figures(plan, tmp_path, {k: v for k, v in best.items() if not k.startswith("sft")}, tmp_path)
+    assert (tmp_path / "params.png").stat().st_size > 10_000
