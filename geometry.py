@@ -27,6 +27,7 @@ Full fine-tuning runs (no adapter) are skipped with a note: their update is dens
 TinyLoRA runs join as rank-r factored updates (lora.py), beside LoRA runs of any rank.
 """
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -194,6 +195,27 @@ def accuracies(net, tok, problems, factor_sets, W, per_pass, max_new_tokens, bat
 def pcs_to(evr, share=0.9):
     """How many leading components hold `share` of the variance."""
     return int(min(np.searchsorted(np.cumsum(evr), share - 1e-12) + 1, len(evr)))
+
+
+def one_base(paths):
+    """Do these base models (hub ids or folders) name one model? The same id or folder; or folders whose
+    config and weights are byte-identical (a run folder copied from another checkout names its base there)."""
+    def ident(p):
+        return os.path.realpath(p) if os.path.isdir(p) else p
+    names = {ident(p) for p in paths}
+    if len(names) <= 1:
+        return True
+    if not all(os.path.isdir(p) for p in names):
+        return False
+
+    def fingerprint(folder):
+        h = hashlib.sha256()
+        for f in sorted(Path(folder).glob("*.safetensors")) + [Path(folder) / "config.json"]:
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 24), b""):
+                    h.update(block)
+        return h.hexdigest()
+    return len({fingerprint(p) for p in names}) == 1
 
 
 def reward_reach(rows, share=0.9, window=5):
@@ -496,7 +518,7 @@ if __name__ == "__main__":
 
     # --- plane exploration and truncation: the base model plus factored adapters, evaluated
     if args.plane or args.truncate:
-        if len(set(bases.values())) != 1:
+        if not one_base(bases.values()):
             raise qwen.user_exit(f"--plane/--truncate need runs of one base model, got {bases} (pass --model or fewer runs)")
         tasks = {a.get("task") or ("toy" if a.get("toy") else "gsm8k") for a in run_args.values()}
         if len(tasks) != 1:

@@ -215,3 +215,19 @@ def test_batched_plane_equals_one_point_per_pass(tmp_path):
     assert tokens(eval_gsm8k.evaluate_points(net, tok, problems, pick, batch_size=16, max_new_tokens=32, progress=False)) == \
         [tokens(eval_gsm8k.evaluate_points(net, tok, problems, w[None], batch_size=16, max_new_tokens=32, progress=False))[0]
          for w in pick]
+
+
+def test_one_base_by_content(tmp_path):
+    """Runs name their base by path: the same folder under two names, or a byte-identical copy (a run
+    folder copied from another checkout) is one base; other weights, or another hub id, are not."""
+    import geometry
+    a, b, c = (tmp_path / n for n in "abc")
+    for folder, w in ((a, 1.0), (b, 1.0), (c, 2.0)):
+        folder.mkdir()
+        save_file({"w": torch.full((4,), w)}, str(folder / "model.safetensors"))
+        (folder / "config.json").write_text('{"hidden_size": 4}')
+    (tmp_path / "link").symlink_to(a)
+    assert geometry.one_base([str(a), str(tmp_path / "link")])
+    assert geometry.one_base([str(a), str(b), str(a)])
+    assert not geometry.one_base([str(a), str(c)])
+    assert not geometry.one_base([str(a), "Qwen/Qwen2.5-3B"]) and geometry.one_base(["Qwen/Qwen2.5-3B"] * 2)
