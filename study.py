@@ -119,10 +119,14 @@ def sweep_plan(mode):
     return plan
 
 
-def rank1_plan(lr1):
-    """Phase 2, at rank 1's best LR: targets, layers, Adam's invariance."""
-    plan = [grpo_run("targets", 1, lr1, 0, 60, ["--targets", t], tag=f"_{t}") for t in ("attn", "mlp")]
-    plan += [grpo_run("layers", 1, lr1, 0, 60, ["--layers", third], tag=f"_{third}") for third in ("first", "middle", "last")]
+def rank1_plan(lr1, seeds=(0,)):
+    """Phase 2, at rank 1's best LR: targets and layers for each seed, Adam's invariance (seed 0: the
+    comparison is step by step within one seed)."""
+    plan = [grpo_run("targets", 1, lr1, s, 60, ["--targets", t], tag=f"_{t}") for s in seeds for t in ("attn", "mlp")]
+    plan += [grpo_run("layers", 1, lr1, s, 60, ["--layers", third], tag=f"_{third}") for s in seeds
+             for third in ("first", "middle", "last")]
+    if 0 not in seeds:
+        return plan
     # Adam with ε ≈ 0 and no clipping (the clip factor depends on the gradient's norm, which the
     # reparametrization changes): the two runs should match step for step; α alone should not
     adam = ["--adam-eps", "1e-30", "--grad-clip", "0"]
@@ -138,6 +142,7 @@ def extras_plan(best):
     """Phase 3 (--full), at every method's best LR: seeds, adapters below rank 1, SFT ranks 4/16, batch size."""
     plan = []
     plan += [grpo_run("rl_sweep", r, best[method_name(r)], s, 60) for r in RANKS for s in (1, 2)]
+    plan += rank1_plan(best["r1"], seeds=(1, 2))  # targets and layers: 3 seeds each side, as the sweep's best
     # how few parameters teach the skill, in RL and in SFT: each size at its best of a small sweep
     for tag, flags, meta in SMALL:
         for lr in SMALL_GRID:

@@ -38,6 +38,9 @@ def test_sweep_plan_spans_the_grid():
     seeds = [r for r in more if r.claim == "rl_sweep"]
     assert {(r.meta["method"], r.meta["seed"]) for r in seeds} == {(m, s) for m in ("r1", "r4", "r16", "full") for s in (1, 2)}
     assert all(r.meta["lr"] == best[r.meta["method"]] for r in seeds), "seeds go to each method's best LR"
+    follow = {(r.meta["method"], r.meta["seed"]) for r in more if r.claim in ("targets", "layers", "adam")}
+    assert follow == {(f"r1_{t}", s) for t in ("attn", "mlp", "first", "middle", "last") for s in (0, 1, 2)} | \
+        {(f"r1_{a}", 0) for a in ("adam", "adampq", "adamalpha")}, "targets and layers get 3 seeds, Adam's trio one"
     sizes = {r.meta["method"]: study.params_of(r.meta) for r in more + study.sweep_plan("toy")}
     assert sizes["r2_tiny_u13_tie1"] == 13 and sizes["r2_tiny_u1_tie1"] == 1 and sizes["r1"] == 7296
     assert sizes["full"] == 624_384 and sizes["r2_xs2"] == 84, sizes
