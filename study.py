@@ -183,8 +183,10 @@ def geometry_plan(root, best_runs, mode):
 # -----------------------------------------------------------------------------
 # Running: subprocesses, one thread each; a finished run is reused, an interrupted one resumes
 
-# seconds on one thread of the 2-core development machine (toy, measured; refined from finished runs)
-SECONDS = {"grpo.py": 1.3, "sft.py": 0.35, "eval": 12.0, "geometry.py": 150.0}
+# seconds per step (SFT: at batch 64), per evaluation of the whole toy split, and per plane point
+# (256 problems, nine runs stacked, both cores): measured on the 2-core development machine with
+# two jobs at a time (2026-12-01, a CPU with a 0.07 TFLOP/s float32 matmul on 2 threads)
+SECONDS = {"grpo.py": 3.1, "sft.py": 1.35, "eval": 10.0, "geometry point": 5.0}
 
 
 def finished(run, root):
@@ -198,8 +200,8 @@ def finished(run, root):
 
 
 def estimate(run):
-    if run.script == "geometry.py":
-        return SECONDS["geometry.py"]
+    if run.script == "geometry.py":  # the grid, the base, the finals, the truncations
+        return (int(run.args[run.args.index("--grid") + 1]) ** 2 + 20) * SECONDS["geometry point"]
     per_step = SECONDS.get(run.script, 1.0) * (run.meta.get("batch", 64) / 64 if run.script == "sft.py" else 1)
     return run.steps * per_step + 2 * SECONDS["eval"]
 
