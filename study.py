@@ -548,6 +548,16 @@ def open_questions(g):
                            **g["pcs_to_90"]["per_run"]}, directness=g["directness"])
 
 
+def save_figure(fig, ax, path, base=None):
+    """The base model's accuracy as a dotted line (when given), the legend, and the file."""
+    if base is not None:
+        ax.axhline(base, color="gray", ls=":", label="base")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def figures(plan, root, best, out):
     rl = by_method(plan, root, "rl_sweep")
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -557,14 +567,9 @@ def figures(plan, root, best, out):
         es = [1.96 * estimate_mean(lrs[x], TOY_TEST)[1] for x in xs]
         ax.errorbar(xs, ms, yerr=es, marker="o", capsize=3, label="full fine-tuning" if m == "full" else f"LoRA rank {m[1:]}")
     base = next((result(r, root)["base"] for r in plan if r.claim == "rl_sweep" and finished(r, root)), None)
-    if base is not None:
-        ax.axhline(base, color="gray", ls=":", label="base")
     ax.set(xscale="log", xlabel="learning rate", ylabel=f"final accuracy ({TOY_TEST} toy test problems)",
            title="GRPO on the toy: accuracy vs LR")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "lr_sweep.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, ax, out / "lr_sweep.png", base)
     fig, ax = plt.subplots(figsize=(6, 4))
     w = 5
     for m, lr in sorted(best.items()):
@@ -581,24 +586,16 @@ def figures(plan, root, best, out):
             ax.fill_between(x, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.15, lw=0)
     ax.set(xlabel="step", ylabel=f"training reward ({w}-step mean; band: the seeds' range)",
            title="GRPO reward at each method's best LR")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "reward_best_lr.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, ax, out / "reward_best_lr.png")
     rl, sft = size_curve(plan, root, best, "rl"), size_curve(plan, root, best, "sft")
     if len(rl) > 4:  # the adapters below rank 1 ran (--full)
         fig, ax = plt.subplots(figsize=(6, 4))
         for curve_, label, style in ((rl, "GRPO (RL)", "o-"), (sft, "SFT", "s--")):
             pts = sorted(v[:2] for v in curve_.values())
             ax.plot([p for p, _ in pts], [a for _, a in pts], style, label=label)
-        if base is not None:
-            ax.axhline(base, color="gray", ls=":", label="base")
         ax.set(xscale="log", xlabel="trainable parameters", ylabel=f"final accuracy ({TOY_TEST} toy test problems)",
                title="How few parameters teach the skill (best LR each)")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "params.png", dpi=120)
-        plt.close(fig)
+        save_figure(fig, ax, out / "params.png", base)
 
 
 def run_seconds(plan, root):
