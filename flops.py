@@ -30,7 +30,8 @@ import json
 import math
 import os
 
-from model import Qwen2Config, UserError, exit_on_user_error
+from errors import UserError, exit_on_user_error
+from model import Qwen2Config
 
 
 def parse_args(argv=None):

@@ -1,26 +1,26 @@
 """
 The run folder, read and written in one place: args.json, metrics.jsonl, atomic checkpoints, resume,
 and finding the runs under a folder. sft.py and grpo.py write run folders, geometry.py and study.py
-read them; all of them go through here (DESIGN.md, "Files on disk").
+read them; all of them go through here (docs/formats.md).
 
-    python runs.py runs/             # every run under runs/: checkpoints, metrics rows, last evaluation
-    python runs.py --check           # self-check on a temporary run: torn line, interrupted save, resume
-    torchrun --nproc_per_node 8 grpo.py --rank 1   # data parallel: the helpers at the end of this file
+    python runs.py runs/             # every run under runs/: checkpoints, rows, last evaluation
+    python runs.py --check           # self-check on a temporary run: torn line, cut save, resume
 
     runs/<name>/args.json            the resolved arguments, written first
     runs/<name>/metrics.jsonl        one JSON object per line: {"step": 12, "reward": 0.41, ...}
-    runs/<name>/step_000010/         adapter_config.json + adapter_model.safetensors (LoRA), or config.json +
-                                     model.safetensors + tokenizer.json (full), and trainer_state.{safetensors,json}
+    runs/<name>/step_000010/         adapter_config.json + adapter_model.safetensors (an adapter),
+                                     or config.json + model.safetensors + tokenizer.json (full),
+                                     and trainer_state.{safetensors,json}
 
 What a crash leaves behind, and what reading does with it:
-- A checkpoint is written into step_N.tmp/ and renamed in one step, so a kill or a full disk during the
-  write leaves only step_N.tmp/, which nothing reads: the previous checkpoint stays the newest.
-- A metrics row is one write of one line, so a kill in the middle leaves a last line without its newline.
-  Reading drops that line with a note and --resume rewrites the file without it; any other bad line is
-  damage a crash of ours cannot cause, and stops with file:line.
-Every read names its file when it fails (model.UserError): with 150 checkpoints, the bad one.
-Under torchrun, rank 0 alone writes the run folder; the few data-parallel helpers live here, the
-lowest file both training scripts import that is about a run rather than a model.
+- A checkpoint is written into step_N.tmp/ and renamed in one step, so a kill or a full disk
+  during the write leaves only step_N.tmp/, which nothing reads: the previous checkpoint stays
+  the newest.
+- A metrics row is one write of one line, so a kill in the middle leaves a last line without its
+  newline. Reading drops that line with a note and --resume rewrites the file without it; any
+  other bad line is damage a crash of ours cannot cause, and stops with file:line.
+Every read names its file when it fails (errors.UserError): with 150 checkpoints, the bad one.
+Under torchrun, rank 0 alone writes the run folder (data_parallel.py).
 """
 import argparse
 import json
@@ -30,12 +30,11 @@ import shutil
 import sys
 import tempfile
 
-import torch
-import torch.distributed as dist
 from safetensors.torch import save_file
 
-from model import UserError, exit_on_user_error, load_safetensors, pick_device, read_json, save_model, user_exit
-from lora import save_adapter
+import adapters
+from errors import UserError, exit_on_user_error, load_safetensors, read_json, user_exit
+from model import save_model
 
 STEP = re.compile(r"step_(\d+)")  # step_000010; written as step_{step:06d}
 
@@ -65,9 +64,28 @@ def check_resume_args(run, args, free):
     """--resume must continue the run it resumes: every argument outside `free` (the step budget,
     device, evaluation, logging) equals the saved one, or the resumed run is some other run."""
     saved = read_args(run)
-    changed = {k: (saved.get(k), v) for k, v in vars(args).items() if k not in free and saved.get(k) != v}
+    changed = {k: (saved.get(k), v) for k, v in vars(args).items()
+               if k not in free and saved.get(k) != v}
     if changed:
-        raise UserError(f"--resume of {run} with arguments that change training (saved, now): {changed}")
+        raise UserError(f"--resume of {run} with arguments that change training (saved, now): "
+                        f"{changed}")
+
+def start_run(args, free, rank=0):
+    """The run folder of a training script, before anything trains: a folder that holds
+    checkpoints is continued only with --resume, and only with the arguments that made it (all but
+    `free`: the step budget, device, evaluation, logging); args.json is written (rank 0). Returns
+    the newest complete checkpoint to resume from, or None."""
+    ckpt = newest_checkpoint(args.out)
+    if ckpt and not args.resume:
+        raise user_exit(f"{args.out} already holds checkpoints ({os.path.basename(ckpt)}); pass "
+                        f"--resume to continue it, or another --out")
+    if args.resume and ckpt is None:
+        print(f"--resume: no complete checkpoint in {args.out}, starting from step 0")
+    if ckpt:
+        check_resume_args(args.out, args, free)
+    if rank == 0:
+        write_args(args.out, args)
+    return ckpt
 
 # -----------------------------------------------------------------------------
 # metrics.jsonl
@@ -84,8 +102,8 @@ def jsonl_rows(path):
     newline that does not parse is a write cut short: dropped, with a note on stderr. Any other line
     that is not a JSON object is a UserError naming file:line."""
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:  # a torn line may end mid-character
-            lines = f.read().split("\n")                          # "" last when the file ends in "\n"
+        with open(path, encoding="utf-8", errors="replace") as f:  # a torn line: mid-character
+            lines = f.read().split("\n")                      # "" last when the file ends in "\n"
     except FileNotFoundError:
         raise UserError(f"{path}: no such file") from None
     except OSError as e:
@@ -98,8 +116,8 @@ def jsonl_rows(path):
             row = json.loads(line)
         except json.JSONDecodeError as e:
             if n == len(lines):  # the last line, and no newline after it
-                print(f"note: {path}:{n}: dropped a torn last line {line[:40]!r} (a write cut short, "
-                      f"e.g. by a kill)", file=sys.stderr)
+                print(f"note: {path}:{n}: dropped a torn last line {line[:40]!r} (a write cut "
+                      f"short, e.g. by a kill)", file=sys.stderr)
                 break
             raise UserError(f"{path}:{n}: not valid JSON ({e.msg}, column {e.colno}); the file is "
                             f"damaged: fix or delete that line") from None
@@ -110,19 +128,21 @@ def jsonl_rows(path):
 
 
 def read_metrics(run) -> list:
-    """The rows of run/metrics.jsonl in order, [{"step": 0, "eval_accuracy": 0.4, ...}, {"step": 1, ...}];
-    every good row, a torn last line dropped (jsonl_rows). A missing file is a UserError."""
+    """The rows of run/metrics.jsonl in order, [{"step": 0, "eval_accuracy": 0.4, ...}, {"step": 1,
+    ...}]; every good row, a torn last line dropped (jsonl_rows). A missing file is a UserError."""
     path = os.path.join(run, "metrics.jsonl")
     rows = jsonl_rows(path)
     for n, row in rows:
         if not isinstance(row.get("step"), int):
-            raise UserError(f"{path}:{n}: a metrics row needs an integer \"step\", got {row.get('step')!r}")
+            raise UserError(f"{path}:{n}: a metrics row needs an integer \"step\", got "
+                            f"{row.get('step')!r}")
     return [row for _, row in rows]
 
 
 def trim_metrics(run, step):
     """--resume from `step`: keep the rows up to it, drop what the interrupted run wrote after its
-    last checkpoint (those steps run again) and a torn last line; rewritten under a temporary name."""
+    last checkpoint (those steps run again) and a torn last line; rewritten under a temporary
+    name."""
     path = os.path.join(run, "metrics.jsonl")
     if not os.path.exists(path):
         return
@@ -149,10 +169,12 @@ def newest_checkpoint(run):
     return found[-1] if found else None
 
 
-def save_checkpoint(path, model, optimizer, named, state, full=False, tokenizer=None, base_name=None, extra=None):
-    """Weights (full: config + safetensors + tokenizer.json; else the PEFT adapter), Adam's moments by
-    parameter name and `extra` tensors (RNG states) as safetensors, `state` as JSON; no pickle.
-    Written into path.tmp, then one rename: a crash never leaves half a checkpoint under the real name."""
+def save_checkpoint(path, model, optimizer, named, state, full=False, tokenizer=None,
+                    base_name=None, extra=None):
+    """Weights (full: config + safetensors + tokenizer.json; else the PEFT adapter), Adam's
+    moments by parameter name and `extra` tensors (RNG states) as safetensors, `state` as JSON; no
+    pickle. Written into path.tmp, then one rename: a crash never leaves half a checkpoint under
+    the real name."""
     tmp = path + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)  # what an earlier save cut short left
     if full:
@@ -160,7 +182,7 @@ def save_checkpoint(path, model, optimizer, named, state, full=False, tokenizer=
         if tokenizer is not None:
             tokenizer.tok.save(os.path.join(tmp, "tokenizer.json"))
     else:
-        save_adapter(model, tmp, base_model_name_or_path=base_name)
+        adapters.save(model, tmp, base_model_name_or_path=base_name)
     tensors = dict(extra or {})
     for name, p in named:
         for key, value in optimizer.state.get(p, {}).items():           # step, exp_avg, exp_avg_sq
@@ -177,7 +199,7 @@ def save_checkpoint(path, model, optimizer, named, state, full=False, tokenizer=
 
 
 def load_trainer_state(path, optimizer, named):
-    """Restore Adam's moments; return (trainer_state.json, every saved tensor, e.g. the RNG states)."""
+    """Restore Adam's moments; return (trainer_state.json, every saved tensor, e.g. RNG states)."""
     file = os.path.join(path, "trainer_state.safetensors")
     tensors = load_safetensors(file)
     for name, p in named:
@@ -187,7 +209,8 @@ def load_trainer_state(path, optimizer, named):
             raise UserError(f"{file}: no {missing[0]} ({len(missing)} missing; saved with other "
                             f"--rank/--targets/--layers?)")
         if tensors[keys[1]].shape != p.shape:
-            raise UserError(f"{file}: {keys[1]} has shape {tuple(tensors[keys[1]].shape)}, the parameter {tuple(p.shape)}")
+            raise UserError(f"{file}: {keys[1]} has shape {tuple(tensors[keys[1]].shape)}, the "
+                            f"parameter {tuple(p.shape)}")
         # Adam keeps `step` on the CPU (non-capturable path) and the moments beside the parameter
         optimizer.state[p] = {"step": tensors[keys[0]], "exp_avg": tensors[keys[1]].to(p.device),
                               "exp_avg_sq": tensors[keys[2]].to(p.device)}
@@ -201,10 +224,11 @@ def load_trainer_state(path, optimizer, named):
 
 
 def find_runs(root, adapters_only=False):
-    """({run name: [(step, checkpoint folder), ...]}, notes) for the run folders directly under root,
-    names sorted, steps ascending. A run is a folder with args.json or step_*/ checkpoints; a checkpoint
-    is a step_N/ folder holding weights (a save cut short is still step_N.tmp/, never listed).
-    adapters_only (geometry.py): LoRA checkpoints only; full fine-tuning runs are skipped with a note."""
+    """({run name: [(step, checkpoint folder), ...]}, notes) for the run folders directly under
+    root, names sorted, steps ascending. A run is a folder with args.json or step_*/ checkpoints;
+    a checkpoint is a step_N/ folder holding weights (a save cut short is still step_N.tmp/, never
+    listed). adapters_only (geometry.py): adapter checkpoints only; full fine-tuning runs are
+    skipped with a note."""
     if not os.path.isdir(root):
         raise UserError(f"{root}: no such folder")
     runs, notes = {}, []
@@ -212,7 +236,8 @@ def find_runs(root, adapters_only=False):
         run = os.path.join(root, name)
         steps = sorted((int(m[1]), os.path.join(run, d)) for d in os.listdir(run)
                        if (m := STEP.fullmatch(d)) and os.path.isdir(os.path.join(run, d)))
-        adapters = [(s, d) for s, d in steps if os.path.exists(os.path.join(d, "adapter_model.safetensors"))]
+        adapters = [(s, d) for s, d in steps
+                    if os.path.exists(os.path.join(d, "adapter_model.safetensors"))]
         if not steps and not os.path.exists(os.path.join(run, "args.json")):
             notes.append(f"{name}: no args.json nor step_* checkpoints, not a run")
         elif not adapters_only:
@@ -225,96 +250,9 @@ def find_runs(root, adapters_only=False):
         else:
             runs[name] = adapters
             if len(adapters) < len(steps):
-                notes.append(f"{name}: {len(steps) - len(adapters)} step folders without an adapter ignored")
+                notes.append(f"{name}: {len(steps) - len(adapters)} step folders without an "
+                             f"adapter ignored")
     return runs, notes
-
-# -----------------------------------------------------------------------------
-# Data parallel under torchrun: one process per device, the same run as one process
-#
-# `torchrun --nproc_per_node N grpo.py ...` starts N copies of the script. Each builds the same model
-# from the same seed (or checkpoint), takes its share of every step's batch, and adds its gradient to
-# the others' before clipping and Adam, so all N take the same step and stay equal; rank 0 alone
-# writes the run folder and prints. Without torchrun every helper below is the identity.
-
-
-def init_distributed(device=None):
-    """(rank, world size, device). Under torchrun (RANK, WORLD_SIZE, LOCAL_RANK set): a process group,
-    NCCL on CUDA and gloo on a CPU, this process's own GPU cuda:LOCAL_RANK, and stdout of every rank
-    but 0 sent to os.devnull, so one process prints (stderr stays: every rank's errors show).
-    Without torchrun: (0, 1, pick_device(device)), and nothing else happens."""
-    device = pick_device(device)
-    if "RANK" not in os.environ:
-        return 0, 1, device
-    rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
-    if device.type == "cuda":
-        device = torch.device("cuda", local)
-        torch.cuda.set_device(device)
-    elif device.type != "cpu":
-        raise user_exit(f"torchrun: data parallel runs on cuda (NCCL) or cpu (gloo), not {device.type}")
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None)
-    if rank:
-        sys.stdout = open(os.devnull, "w")
-    return rank, world, device
-
-
-def _comm_device():
-    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-
-
-def all_reduce(values, op="sum"):
-    """A list of numbers -> their sums (or "max") over the processes, as floats (float64, so counts
-    and sums of floats come back as one process would add them, to rounding)."""
-    if not dist.is_initialized():
-        return [float(v) for v in values]
-    t = torch.tensor(values, dtype=torch.float64, device=_comm_device())
-    dist.all_reduce(t, dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
-    return t.tolist()
-
-
-def all_gather(t):
-    """Every process's tensor (same shape), concatenated along dim 0 in rank order: with contiguous
-    shares, the whole batch in its order."""
-    if not dist.is_initialized():
-        return t
-    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, t.contiguous())
-    return torch.cat(parts)
-
-
-def sum_grads(params):
-    """Add up every process's gradients, in place. Each process's loss is its share of the batch's
-    loss, already divided by the *whole* batch's count (tokens), so the sum is the gradient of one
-    process on the whole batch, to rounding; it comes before clipping and Adam, so every process
-    takes the same step. One all-reduce per tensor: a few MB for LoRA, and what DDP does in buckets."""
-    if not dist.is_initialized():
-        return
-    for p in params:
-        assert p.grad is not None, f"a trainable parameter {tuple(p.shape)} got no gradient: the processes would disagree"
-        dist.all_reduce(p.grad)
-
-
-def reduce_eval(row):
-    """The evaluation row of one process's share (eval_set[rank::world]) -> the whole set's: the
-    rates are counts over eval_n, so the counts and n add up (the result is exactly one process's
-    k / n); eval_seconds is the slowest process's."""
-    if not dist.is_initialized():
-        return row
-    rates = ("eval_accuracy", "eval_flexible_accuracy", "eval_format_rate")
-    n = row["eval_n"]
-    *counts, n_all = all_reduce([round(row[k] * n) for k in rates] + [n])
-    seconds, = all_reduce([row["eval_seconds"]], op="max")
-    return {**row, **{k: c / max(n_all, 1) for k, c in zip(rates, counts)}, "eval_n": int(n_all),
-            "eval_seconds": round(seconds, 2)}
-
-
-def barrier():
-    if dist.is_initialized():
-        dist.barrier()
-
-
-def close_distributed():
-    if dist.is_initialized():
-        dist.destroy_process_group()
 
 # -----------------------------------------------------------------------------
 # python runs.py RUNS_DIR: what is there. --check: the crash cases on a temporary run
@@ -334,7 +272,8 @@ def self_check():
             model(torch.zeros(1, 4, dtype=torch.long)).sum().backward()
             opt.step()
             append_metrics(run, {"step": step, "loss": 1.0 / step})
-            save_checkpoint(os.path.join(run, f"step_{step:06d}"), model, opt, named, {"step": step})
+            folder = os.path.join(run, f"step_{step:06d}")
+            save_checkpoint(folder, model, opt, named, {"step": step})
         with open(os.path.join(run, "metrics.jsonl"), "a") as f:
             f.write('{"step": 3, "los')                                    # killed mid-write
         os.makedirs(os.path.join(run, "step_000003.tmp"))                  # killed mid-save
@@ -344,19 +283,24 @@ def self_check():
         trim_metrics(run, state["step"])
         append_metrics(run, {"step": 3, "loss": 0.3})
         assert [r["step"] for r in read_metrics(run)] == [1, 2, 3]
-        print("torn last line dropped with a note, step_000003.tmp ignored, resumed at step 2: rows 1, 2, 3")
+        print("torn last line dropped with a note, step_000003.tmp ignored, resumed at step 2: "
+              "rows 1, 2, 3")
     print("runs.py: all checks passed")
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs_dir", nargs="?", default="runs", help="folder of run folders; default runs/")
-    parser.add_argument("--check", action="store_true", help="self-check the crash cases on a temporary run instead")
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs_dir", nargs="?", default="runs",
+                        help="folder of run folders; default runs/")
+    parser.add_argument("--check", action="store_true",
+                        help="self-check the crash cases on a temporary run instead")
     args = parser.parse_args()
     exit_on_user_error()
     if args.check or not os.path.isdir(args.runs_dir):
         if not args.check:
-            print(f"no folder {args.runs_dir}/ (train a run first: python grpo.py --toy --rank 1); self-check instead")
+            print(f"no folder {args.runs_dir}/ (train a run first: python grpo.py --toy --rank 1);"
+                  f" self-check instead")
         self_check()
         raise SystemExit
     found, notes = find_runs(args.runs_dir)
@@ -368,4 +312,5 @@ if __name__ == "__main__":
         evals = [r for r in rows if "eval_accuracy" in r]
         newest = newest_checkpoint(run)
         last = f"{evals[-1]['eval_accuracy']:.3f} at step {evals[-1]['step']}" if evals else "-"
-        print(f"{name:24} | {len(steps):>11} | {os.path.basename(newest) if newest else '-':>11} | {len(rows):>5} | {last}")
+        newest = os.path.basename(newest) if newest else "-"
+        print(f"{name:24} | {len(steps):>11} | {newest:>11} | {len(rows):>5} | {last}")

@@ -1,31 +1,28 @@
 """
 Supervised fine-tuning on prompt/solution pairs, LoRA or full, and the toy world's base model.
 
-    python sft.py --toy                                       # train the toy base from scratch -> runs/toy_base
-    python sft.py --toy --model toy_base --rank 1             # LoRA SFT of the shipped toy base on the toy task
-    python sft.py --rank 1                                    # rank-1 LoRA, Qwen2.5-3B on GSM8K train
-    python sft.py --rank 0 --model Qwen/Qwen2.5-0.5B          # full fine-tuning
-    python sft.py --toy --model runs/toy_base --adapter tinylora --u 13 --tie 1   # 13 trainable parameters
+    python sft.py --toy                               # the toy base from scratch -> runs/toy_base
+    python sft.py --toy --model toy_base --rank 1     # LoRA SFT of the shipped toy base
+    python sft.py --rank 1                            # rank-1 LoRA, Qwen2.5-3B on GSM8K train
+    python sft.py --rank 0 --model Qwen/Qwen2.5-0.5B  # full fine-tuning
+    python sft.py --toy --model toy_base --adapter tinylora --u 13 --tie 1   # 13 parameters
     python sft.py --rank 1 --data ../shared/data/gsm8k --resume
-    torchrun --nproc_per_node 8 sft.py --rank 1             # data parallel on 8 GPUs: the same run, faster
+    torchrun --nproc_per_node 8 sft.py --rank 1       # data parallel on 8 GPUs: the same run
 
-The loss is the mean cross-entropy over solution tokens only: the prompt is given, not learned, and
-each solution ends in eos so the model learns to stop. Batches hold examples of similar length
-(--bucket: length-sorted windows of 16 batches, little padding on GSM8K); the toy task's lengths
-barely vary and length-homogeneous batches slowed its learning, so the toy uses shuffled batches.
-The batch of a step is a function of (seed, step), so resuming needs only the step.
-Default LR: Thinking Machines' fitted rule (DESIGN.md), LR = 5e-5 x (10 if LoRA) x (2000/hidden)^p;
-the toy world has its own preset. Training the toy base stops once held-out accuracy reaches
---target-acc and keeps the evaluated model whose accuracy is *closest* to it, evaluating every 25
-steps: how soon a small model "gets" arithmetic varies with the seed and even with the CPU (the
-curve jumps from ~0.3 to ~0.8 within 100 steps, DESIGN.md "The toy world"), so a rule "the first
-model past the target" lands anywhere above it, while "the closest" lands near it everywhere. A
-base with middling accuracy, whose errors are near misses, leaves RL something to do. The toy
-world's runs use the base shipped in toy_base/, made by this command.
-Simplified on purpose: no sequence packing, constant LR after a linear warmup.
-Under torchrun each process takes a contiguous share of every step's batch and the gradients are
-summed before clipping; the loss is divided by the whole batch's solution-token count, so N processes
-end where one does (runs.py's helpers; --batch-size stays the global batch).
+The loss is the mean cross-entropy over solution tokens only (sft_loss): the prompt is given, not
+learned, and each solution ends in eos so the model learns to stop. Batches hold examples of
+similar length (--bucket: length-sorted windows of 16 batches, little padding on GSM8K); the toy
+task's lengths barely vary and length-homogeneous batches slowed its learning, so the toy uses
+shuffled batches. The batch of a step is a function of (seed, step), so resuming needs only it.
+Default LR: Thinking Machines' fitted rule, LR = 5e-5 x (10 if LoRA) x (2000/hidden)^p
+(docs/design.md); the toy world has its own preset. Training the toy base stops once held-out
+accuracy reaches --target-acc and keeps the evaluated model whose accuracy is *closest* to it:
+how soon a small model "gets" arithmetic varies with the seed and even with the CPU, so "the
+first model past the target" lands anywhere above it, while "the closest" lands near it.
+Simplified on purpose: no sequence packing, constant LR after a linear warmup. Under torchrun
+each process takes a contiguous share of every step's batch and the gradients are summed before
+clipping; the loss is divided by the whole batch's solution-token count, so N processes end where
+one does (data_parallel.py; --batch-size stays the global batch).
 """
 import argparse
 import math
@@ -36,13 +33,17 @@ import time
 import torch
 from tqdm import tqdm
 
-from model import (TOY_CONFIG, Qwen2, Qwen2Config, exit_on_user_error, load_model, load_tokenizer,
-                   logprobs_from_hidden, resolve_path, save_model, toy_tokenizer, user_exit)
-from lora import apply_adapter, load_adapter, save_adapter
-from runs import (all_reduce, append_metrics, barrier, check_resume_args, close_distributed, init_distributed,
-                  load_trainer_state, newest_checkpoint, read_metrics, reduce_eval, save_checkpoint, sum_grads,
-                  trim_metrics, write_args)
-from eval_gsm8k import data_path, eval_metrics, format_prompt, format_solution, load_task, stop_ids
+import adapters
+from data_parallel import (all_reduce, barrier, close_distributed, init_distributed, reduce_eval,
+                           sum_grads)
+from errors import exit_on_user_error, user_exit
+from eval_gsm8k import eval_metrics
+from gsm8k import format_prompt, format_solution, load_splits, stop_ids
+from logprobs import logprobs_from_hidden
+from model import (TOY_CONFIG, Qwen2, Qwen2Config, load_model, load_tokenizer, resolve_path,
+                   save_model, toy_tokenizer)
+from runs import (append_metrics, load_trainer_state, read_metrics, save_checkpoint, start_run,
+                  trim_metrics)
 
 # -----------------------------------------------------------------------------
 # Data: tokenized examples, length-bucketed batches, the loss mask
@@ -57,9 +58,10 @@ def encode(tokenizer, problems):
 
 def epoch_batches(lengths, batch_size, seed, epoch, window=16):
     """One epoch's batches of example indices: shuffle, sort each window of `window` batches by
-    length, cut it into batches, shuffle the batches. Similar lengths share a batch (little padding)
-    while a batch still mixes problems; the remainder of batch_size is dropped (a new one each epoch)."""
-    rng = random.Random(f"{seed}-{epoch}")                                    # str seed: stable across Pythons
+    length, cut it into batches, shuffle the batches. Similar lengths share a batch (little
+    padding) while a batch still mixes problems; the remainder of batch_size is dropped (a new
+    one each epoch)."""
+    rng = random.Random(f"{seed}-{epoch}")                            # str seed: stable in Python
     idx = list(range(len(lengths)))
     rng.shuffle(idx)
     idx = idx[:len(idx) // batch_size * batch_size]
@@ -81,7 +83,7 @@ def collate(examples, pad_id, device):
     for i, (p, s) in enumerate(examples):
         ids = torch.tensor(p + s)
         inputs[i, :len(ids) - 1], targets[i, :len(ids) - 1] = ids[:-1], ids[1:]
-        mask[i, len(p) - 1:len(ids) - 1] = True                               # solution token j sits at P-1+j
+        mask[i, len(p) - 1:len(ids) - 1] = True                       # solution token j at P-1+j
     return inputs.to(device), targets.to(device), mask.to(device)
 
 # -----------------------------------------------------------------------------
@@ -89,27 +91,24 @@ def collate(examples, pad_id, device):
 
 
 def sft_loss(model, inputs, targets, mask, n_tokens=None, chunk_size=1024):
-    """Mean next-token cross-entropy over the masked positions. Only their hidden states reach the
-    lm_head, so prompt targets cost nothing and cannot leak into the loss; the logits (vocab 151,936
-    for Qwen) are made chunk_size tokens at a time by model.logprobs_from_hidden, never all stored,
-    and with a frozen head (LoRA) backward does not remake them.
+    """Mean next-token cross-entropy over the masked positions. Only their hidden states reach
+    the lm_head, so prompt targets cost nothing and cannot leak into the loss; the logits are
+    made chunk_size tokens at a time (logprobs.logprobs_from_hidden), never all stored.
     n_tokens: the whole batch's token count when it is split into micro-batches, so that their
     gradients add up to the batch's (every solution token weighs the same)."""
-    h = model(inputs, hidden_only=True)[mask]                                 # (N, C) masked positions only
-    t = targets[mask]                                                         # (N,)
+    h = model(inputs, hidden_only=True)[mask]                         # (N, C) masked positions
+    t = targets[mask]                                                 # (N,)
     assert len(t) > 0, "no solution tokens in this batch"
     logp = logprobs_from_hidden(h, model.lm_head.weight, t, chunk_size=chunk_size)  # (N,)
     return -logp.sum() / (n_tokens or len(t))
 
 
 def default_lr(config, lora):
-    """DESIGN.md's reference: Thinking Machines' rule fitted on SFT sweeps ("LoRA Without Regret")."""
-    p = 0.0775 if config.attention_bias else 0.781                            # Qwen has q/k/v biases, Llama none
+    """Thinking Machines' rule fitted on SFT sweeps ("LoRA Without Regret"; docs/design.md)."""
+    p = 0.0775 if config.attention_bias else 0.781                    # Qwen has q/k/v biases
+    family = "Qwen" if p < 0.5 else "Llama"
     return 5e-5 * (10 if lora else 1) * (2000 / config.hidden_size) ** p, \
-        f"5e-5 x {10 if lora else 1} x (2000/{config.hidden_size})^{p} (DESIGN.md, fitted for {'Qwen' if p < 0.5 else 'Llama'})"
-
-# -----------------------------------------------------------------------------
-# The kept model (checkpoints and metrics rows are runs.py's, evaluation is eval_gsm8k.py's)
+        f"5e-5 x {10 if lora else 1} x (2000/{config.hidden_size})^{p} (fitted for {family})"
 
 
 def save_weights(path, model, tokenizer, full, base_name):
@@ -118,125 +117,182 @@ def save_weights(path, model, tokenizer, full, base_name):
         save_model(model, path)
         tokenizer.tok.save(os.path.join(path, "tokenizer.json"))
     else:
-        save_adapter(model, path, base_model_name_or_path=base_name)
+        adapters.save(model, path, base_model_name_or_path=base_name)
+
+# -----------------------------------------------------------------------------
+# Arguments
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = p.add_argument
+    # model and adapter
+    add("--toy", action="store_true", help="toy world: the toy task and preset; without --model, "
+        "train the toy base from scratch (model.TOY_CONFIG) into runs/toy_base")
+    add("--model", default=None, help="hub id or local folder to fine-tune; default "
+        "Qwen/Qwen2.5-3B (none with --toy: from scratch)")
+    add("--adapter", default="lora", choices=adapters.KINDS, help="lora: B·A; loraxs: only R "
+        "(rank x rank) in U Σ R Vᵀ; tinylora: R = Σ v_i P_i, only v trains (tinylora.py)")
+    add("--rank", type=int, default=None, help="LoRA rank (LoRA-XS, TinyLoRA: the SVD rank r); "
+        "0 = full fine-tuning; default 1, 2 for tinylora, 0 when training from scratch")
+    add("--alpha", type=float, default=32.0, help="LoRA alpha; the update is scaled by "
+        "alpha/rank (LoRA only)")
+    add("--u", type=int, default=13, help="TinyLoRA: trainable parameters per group of modules")
+    add("--tie", type=float, default=0.0, help="TinyLoRA weight tying (PEFT's): 0 = one v per "
+        "module, 1 = one v for all")
+    add("--targets", default="all", help="LoRA targets: all, attn, mlp, or projections like "
+        "q_proj,v_proj")
+    add("--layers", default=None, help="LoRA layers: indices like 0,1,2 or first/middle/last "
+        "thirds; default all")
+    add("--dtype", default=None, help="float32 / bfloat16; default bf16 on a bf16 GPU (float32 "
+        "for --rank 0), else fp32")
+    add("--device", default=None, help="cuda / mps / cpu; default the best available")
+    # data
+    add("--task", default=None, help="gsm8k or toy; default gsm8k, toy with --toy")
+    add("--data", default=None, help="GSM8K data: a folder holding train.jsonl and test.jsonl, "
+        "or one JSONL file (training and evaluation then both read it); default "
+        "~/.cache/rank1/gsm8k (downloaded once)")
+    add("--bucket", type=int, default=None, help="batches per length-sorted window (less "
+        "padding, less mixing); 1 = plain shuffled batches; default 16, toy 1")
+    add("--max-len", type=int, default=1024, help="drop training examples longer than this many "
+        "tokens")
+    # optimization
+    add("--steps", type=int, default=None, help="optimizer steps; default 250 (one epoch of GSM8K "
+        "at batch 32); toy: 1500 (a budget; from scratch stops at --target-acc), 60 fine-tuning")
+    add("--batch-size", type=int, default=None, help="examples per step, all processes together "
+        "under torchrun; default 32, 64 with --toy")
+    add("--lr", type=float, default=None, help="AdamW LR; default the fitted rule (LoRA ~10x "
+        "full), toy: its preset")
+    add("--warmup", type=int, default=None, help="steps of linear LR warmup, then constant; "
+        "default 0 (toy from scratch: 50)")
+    add("--micro-batch", type=int, default=None, help="examples per forward/backward (gradients "
+        "accumulate), per process under torchrun; 0 = the whole batch (share); default 8, toy 0")
+    add("--weight-decay", type=float, default=0.0, help="AdamW decoupled weight decay; 0 = plain "
+        "Adam")
+    add("--grad-clip", type=float, default=1.0, help="clip the gradient's global norm to this; "
+        "0 = off")
+    add("--seed", type=int, default=0, help="seed of the init (LoRA's A, or the whole toy model) "
+        "and the data order")
+    # evaluation, logging, checkpoints
+    add("--eval-every", type=int, default=None, help="evaluate every N steps (also at step 0 and "
+        "at the end); 0 = start and end only; default 0, toy base 25")
+    add("--eval-limit", type=int, default=None, help="held-out test problems to evaluate on; 0 = "
+        "the whole split; default 200, toy 256")
+    add("--eval-batch-size", type=int, default=None, help="prompts per generate() call in "
+        "evaluation; default 64, toy 256")
+    add("--max-new-tokens", type=int, default=None, help="completion budget in evaluation; "
+        "default 512, 48 with --toy")
+    add("--target-acc", type=float, default=None, help="stop once eval accuracy reaches this, "
+        "keeping the evaluated model closest to it in --out; 0 = off; default 0 (0.5 for the "
+        "toy base)")
+    add("--log-every", type=int, default=10, help="print a progress line every N steps "
+        "(metrics.jsonl gets every step)")
+    add("--save-every", type=int, default=None, help="checkpoint every N steps (and at the end); "
+        "0 = only at the end; default 50, toy 0")
+    add("--out", default=None, help="run folder; default runs/sft[_toy]_r<rank> (_full for "
+        "--rank 0), runs/toy_base from scratch")
+    add("--resume", action="store_true", help="continue from the newest complete checkpoint in "
+        "--out (a fresh start if none)")
+    return resolve(p.parse_args(argv))
+
+
+def resolve(args):
+    """The presets (the toy base from scratch, toy fine-tuning, or the real run) and every check
+    of the arguments, in one place. Sets args.scratch, and args.lr_rule (where the LR came from)."""
+    args.scratch = scratch = args.toy and args.model is None
+    args.lr_rule = None  # None: the fitted rule, once the model's config is read
+    if args.rank is None and args.adapter == "tinylora":
+        args.rank = 2  # the paper's SVD rank, PEFT's default
+    if args.adapter != "lora" and (scratch or args.rank == 0):
+        raise user_exit(f"--adapter {args.adapter} adapts a base model: it needs --model and "
+                        f"--rank >= 1")
+    if args.u < 1 or not 0.0 <= args.tie <= 1.0:
+        raise user_exit(f"TinyLoRA needs --u >= 1 and --tie in [0, 1], got --u {args.u}, "
+                        f"--tie {args.tie}")
+    toy = dict(task="toy", micro_batch=0, bucket=1, eval_limit=256, eval_batch_size=256,
+               max_new_tokens=48, save_every=0)
+    if scratch:
+        preset = dict(toy, rank=0, steps=1500, batch_size=64, lr=3e-3, warmup=50, eval_every=25,
+                      target_acc=0.5)
+    elif args.toy:
+        preset = dict(toy, rank=1, steps=60, batch_size=64, warmup=0, eval_every=0, target_acc=0,
+                      lr=3e-4 if args.rank == 0 else 1e-3)
+    else:
+        preset = dict(model="Qwen/Qwen2.5-3B", task="gsm8k", rank=1, steps=250, batch_size=32,
+                      micro_batch=8, bucket=16, warmup=0, eval_every=0, eval_limit=200,
+                      eval_batch_size=64, max_new_tokens=512, target_acc=0, save_every=50)
+    if args.lr is not None:
+        args.lr_rule = "--lr"
+    elif scratch:
+        args.lr_rule = "toy preset (from scratch)"
+    elif args.toy:
+        method = "LoRA" if args.rank != 0 else "full fine-tuning"
+        args.lr_rule = f"toy preset ({method}: best of 3 LRs in 60-step SFT of the toy base)"
+    for key, value in preset.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if not (args.rank >= 0 and args.steps > 0 and args.batch_size > 0):
+        raise user_exit(f"need --rank >= 0 ({args.rank}), --steps > 0 ({args.steps}), "
+                        f"--batch-size > 0 ({args.batch_size})")
+    if scratch and args.rank != 0:
+        raise user_exit(f"a model trained from scratch has no base to adapt: --rank {args.rank} "
+                        f"needs --model")
+    if args.out is None:
+        kind = {"lora": f"r{args.rank}", "loraxs": f"xs{args.rank}",
+                "tinylora": f"tiny_u{args.u}_tie{args.tie:g}"}[args.adapter]
+        method = "full" if args.rank == 0 else kind
+        args.out = "runs/toy_base" if scratch else f"runs/sft{'_toy' if args.toy else ''}_{method}"
+    return args
 
 # -----------------------------------------------------------------------------
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    # model and adapter
-    parser.add_argument("--toy", action="store_true", help="toy world: the toy task and preset; without --model, train the toy base from scratch (model.TOY_CONFIG) into runs/toy_base")
-    parser.add_argument("--model", default=None, help="hub id or local folder to fine-tune; default Qwen/Qwen2.5-3B (none with --toy: from scratch)")
-    parser.add_argument("--adapter", default="lora", choices=("lora", "loraxs", "tinylora"), help="lora: B·A; loraxs: "
-                        "only R (rank x rank) in U Σ R Vᵀ; tinylora: R = Σ v_i P_i, only v trains (lora.py)")
-    parser.add_argument("--rank", type=int, default=None, help="LoRA rank (LoRA-XS, TinyLoRA: the SVD rank r); 0 = full fine-tuning; "
-                        "default 1, 2 for tinylora (the paper's), 0 when training from scratch")
-    parser.add_argument("--alpha", type=float, default=32.0, help="LoRA alpha; the update is scaled by alpha/rank (LoRA only)")
-    parser.add_argument("--u", type=int, default=13, help="TinyLoRA: trainable parameters per group of modules")
-    parser.add_argument("--tie", type=float, default=0.0, help="TinyLoRA weight tying (PEFT's): 0 = one v per module, 1 = one v for all")
-    parser.add_argument("--targets", default="all", help="LoRA targets: all, attn, mlp, or projections like q_proj,v_proj")
-    parser.add_argument("--layers", default=None, help="LoRA layers: indices like 0,1,2 or first/middle/last thirds; default all")
-    parser.add_argument("--dtype", default=None, help="float32 / bfloat16; default bf16 on a bf16 GPU (float32 for --rank 0), else fp32")
-    parser.add_argument("--device", default=None, help="cuda / mps / cpu; default the best available")
-    # data
-    parser.add_argument("--task", default=None, help="gsm8k or toy; default gsm8k, toy with --toy")
-    parser.add_argument("--data", default=None, help="GSM8K data: a folder holding train.jsonl and test.jsonl, or one JSONL file (training and evaluation then both read it); default ~/.cache/rank1/gsm8k (downloaded once)")
-    parser.add_argument("--bucket", type=int, default=None, help="batches per length-sorted window (less padding, less mixing); 1 = plain shuffled batches; default 16, toy 1")
-    parser.add_argument("--max-len", type=int, default=1024, help="drop training examples longer than this many tokens")
-    # optimization
-    parser.add_argument("--steps", type=int, default=None, help="optimizer steps; default 250 (one epoch of GSM8K at batch 32); toy: 1500 (a budget; from scratch stops at --target-acc), 60 fine-tuning")
-    parser.add_argument("--batch-size", type=int, default=None, help="examples per step, all processes together under torchrun; default 32, 64 with --toy")
-    parser.add_argument("--lr", type=float, default=None, help="AdamW LR; default DESIGN.md's rule (LoRA ~10x full), toy: its preset")
-    parser.add_argument("--warmup", type=int, default=None, help="steps of linear LR warmup, then constant; default 0 (toy from scratch: 50)")
-    parser.add_argument("--micro-batch", type=int, default=None, help="examples per forward/backward (gradients accumulate), per process under torchrun; 0 = the whole batch (share); default 8, toy 0")
-    parser.add_argument("--weight-decay", type=float, default=0.0, help="AdamW decoupled weight decay; 0 = plain Adam")
-    parser.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient's global norm to this; 0 = off")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the init (LoRA's A, or the whole toy model) and the data order")
-    # evaluation, logging, checkpoints
-    parser.add_argument("--eval-every", type=int, default=None, help="evaluate every N steps (also at step 0 and at the end); 0 = start and end only; default 0, toy base 100")
-    parser.add_argument("--eval-limit", type=int, default=None, help="held-out test problems to evaluate on; 0 = the whole split; default 200, toy 256")
-    parser.add_argument("--eval-batch-size", type=int, default=None, help="prompts per generate() call in evaluation; default 64, toy 256")
-    parser.add_argument("--max-new-tokens", type=int, default=None, help="completion budget in evaluation; default 512, 48 with --toy")
-    parser.add_argument("--target-acc", type=float, default=None, help="stop once eval accuracy reaches this, keeping the evaluated model closest to it in --out; 0 = off; default 0 (0.5 for the toy base)")
-    parser.add_argument("--log-every", type=int, default=10, help="print a progress line every N steps (metrics.jsonl gets every step)")
-    parser.add_argument("--save-every", type=int, default=None, help="checkpoint every N steps (and at the end); 0 = only at the end; default 50, toy 0")
-    parser.add_argument("--out", default=None, help="run folder; default runs/sft[_toy]_r<rank> (_full for --rank 0), runs/toy_base from scratch")
-    parser.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --out (a fresh start if none)")
-    args = parser.parse_args()
     exit_on_user_error()
-
-    # --- resolve the presets: the toy base from scratch, toy fine-tuning, or the real run
-    scratch = args.toy and args.model is None
-    if args.rank is None and args.adapter == "tinylora":
-        args.rank = 2  # the paper's SVD rank, PEFT's default
-    if args.adapter != "lora" and (scratch or args.rank == 0):
-        raise user_exit(f"--adapter {args.adapter} adapts a base model: it needs --model and --rank >= 1")
-    if args.u < 1 or not 0.0 <= args.tie <= 1.0:
-        raise user_exit(f"TinyLoRA needs --u >= 1 and --tie in [0, 1], got --u {args.u}, --tie {args.tie}")
-    if scratch:
-        preset = dict(task="toy", rank=0, steps=1500, batch_size=64, micro_batch=0, bucket=1, lr=3e-3, warmup=50, eval_every=25,
-                      eval_limit=256, eval_batch_size=256, max_new_tokens=48, target_acc=0.5, save_every=0)
-    elif args.toy:
-        preset = dict(task="toy", rank=1, steps=60, batch_size=64, micro_batch=0, bucket=1, lr=3e-4 if args.rank == 0 else 1e-3,
-                      warmup=0, eval_every=0, eval_limit=256, eval_batch_size=256, max_new_tokens=48,
-                      target_acc=0, save_every=0)
-    else:
-        preset = dict(model="Qwen/Qwen2.5-3B", task="gsm8k", rank=1, steps=250, batch_size=32, micro_batch=8, bucket=16, warmup=0,
-                      eval_every=0, eval_limit=200, eval_batch_size=64, max_new_tokens=512, target_acc=0, save_every=50)
-    lr_rule = "--lr" if args.lr is not None else None if not args.toy else "toy preset (from scratch)" if scratch \
-        else f"toy preset ({'LoRA' if args.rank != 0 else 'full fine-tuning'}: best of 3 LRs in 60-step SFT of the toy base)"
-    for key, value in preset.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    full = args.rank == 0
-    if not (args.rank >= 0 and args.steps > 0 and args.batch_size > 0):
-        raise user_exit(f"need --rank >= 0 ({args.rank}), --steps > 0 ({args.steps}), --batch-size > 0 ({args.batch_size})")
-    if scratch and not full:
-        raise user_exit(f"a model trained from scratch has no base to adapt: --rank {args.rank} needs --model")
-    if args.out is None:
-        kind = {"lora": f"r{args.rank}", "loraxs": f"xs{args.rank}", "tinylora": f"tiny_u{args.u}_tie{args.tie:g}"}[args.adapter]
-        args.out = "runs/toy_base" if scratch else f"runs/sft{'_toy' if args.toy else ''}_{'full' if full else kind}"
-    config = TOY_CONFIG if scratch else Qwen2Config.from_json(os.path.join(resolve_path(args.model), "config.json"))
+    args = parse_args()
+    scratch, full, lr_rule = args.scratch, args.rank == 0, args.lr_rule
+    del args.scratch, args.lr_rule  # derived, not arguments: args.json holds what was asked
+    config = TOY_CONFIG if scratch else \
+        Qwen2Config.from_json(os.path.join(resolve_path(args.model), "config.json"))
     if args.lr is None:
         args.lr, lr_rule = default_lr(config, not full)
-    # one process per device under torchrun (rank 0 writes the run folder and prints), else rank 0 of 1
+    # one process per device under torchrun (rank 0 writes the run folder and prints)
     rank, world, device = init_distributed(args.device)
     if args.batch_size % world:
-        raise user_exit(f"--batch-size {args.batch_size} does not split evenly over {world} processes (torchrun --nproc_per_node)")
+        raise user_exit(f"--batch-size {args.batch_size} does not split evenly over {world} "
+                        f"processes")
     if full and args.dtype is None and device.type != "cpu":
-        args.dtype = "float32"  # Adam's steps (~LR relative to a weight) would vanish in bf16's 8-bit mantissa
+        args.dtype = "float32"  # Adam's steps (~LR relative to a weight) would vanish in bf16
         print("full fine-tuning: float32 weights (bf16 would drop Adam's small updates)")
-
-    # --- run folder: args.json first; --resume picks the newest complete checkpoint
-    ckpt = newest_checkpoint(args.out)
-    metrics_path = os.path.join(args.out, "metrics.jsonl")
-    if ckpt and not args.resume:
-        raise user_exit(f"{args.out} already holds checkpoints ({os.path.basename(ckpt)}); pass --resume to continue it, or another --out")
-    if ckpt:  # what changes training must stay; the step budget, device and evaluation may change
-        check_resume_args(args.out, args, free={"resume", "out", "steps", "device", "eval_every", "eval_limit",
-                                                "eval_batch_size", "log_every", "save_every"})
-    if rank == 0:
-        write_args(args.out, args)
+    free = {"resume", "out", "steps", "device", "eval_every", "eval_limit", "eval_batch_size",
+            "log_every", "save_every"}  # what a resume may change
+    ckpt = start_run(args, free, rank)
 
     # --- model, tokenizer, optimizer
     torch.manual_seed(args.seed)
     if scratch:
         tokenizer = toy_tokenizer()
-        model = Qwen2(config).to(device) if not ckpt else load_model(ckpt, device=device, dtype=args.dtype)
-        print(f"toy base from scratch: {sum(p.numel() for p in model.parameters()):,} parameters on {device}, float32")
+        if ckpt:
+            model = load_model(ckpt, device=device, dtype=args.dtype)
+        else:
+            model = Qwen2(config).to(device)
+        n = sum(p.numel() for p in model.parameters())
+        print(f"toy base from scratch: {n:,} parameters on {device}, float32")
     else:
         tokenizer = load_tokenizer(args.model)
         model = load_model(ckpt if (ckpt and full) else args.model, device=device, dtype=args.dtype)
     if full:
         model.requires_grad_(True)
     else:
-        apply_adapter(model, args.adapter, args.rank, args.alpha, args.u, args.tie, args.targets, args.layers)
+        adapters.apply(model, args.adapter, args.rank, args.alpha, args.u, args.tie, args.targets,
+                       args.layers)
         if ckpt:
-            load_adapter(model, ckpt)
+            adapters.load(model, ckpt)
     print(f"lr {args.lr:.2e} from {lr_rule}")
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     params = [p for _, p in named]
-    optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95),
+                                  weight_decay=args.weight_decay)
     start, kept = 0, None  # the kept model's accuracy
     if ckpt:
         state, _ = load_trainer_state(ckpt, optimizer, named)
@@ -244,42 +300,58 @@ if __name__ == "__main__":
         if rank == 0:
             trim_metrics(args.out, start)
         print(f"resumed from {ckpt} at step {start}")
-    elif rank == 0 and os.path.exists(metrics_path):
-        os.remove(metrics_path)
+    elif rank == 0 and os.path.exists(os.path.join(args.out, "metrics.jsonl")):
+        os.remove(os.path.join(args.out, "metrics.jsonl"))
 
     # --- data
-    paths = {split: data_path(args.data, split) for split in ("train", "test")}
-    if args.data and paths["train"] == paths["test"]:
-        print(f"note: --data {args.data} is one file: training and evaluation both read it (a folder with "
-              f"train.jsonl and test.jsonl holds the evaluation problems out)")
-    train = encode(tokenizer, load_task(args.task, "train", paths["train"]))
+    train_problems, eval_set = load_splits(args.task, args.data, args.eval_limit)
+    train = encode(tokenizer, train_problems)
     n_all = len(train)
     train = [ex for ex in train if len(ex[0]) + len(ex[1]) <= args.max_len]
-    eval_set = load_task(args.task, "test", paths["test"])[:args.eval_limit or None]
-    eval_share = eval_set[rank::world]                                        # evaluation split by stride
+    eval_share = eval_set[rank::world]                                # evaluation by stride
     lengths = [len(p) + len(s) for p, s in train]
-    stop = stop_ids(tokenizer)
     n_batches = len(train) // args.batch_size
     if n_batches == 0:
-        raise user_exit(f"{len(train)} training examples are fewer than one batch of {args.batch_size} (--batch-size)")
-    print(f"{args.task}: {len(train)} train examples ({n_all - len(train)} longer than {args.max_len} dropped), "
-          f"{len(eval_set)} held out | batch {args.batch_size}, {args.steps} steps = {args.steps / n_batches:.2f} epochs | "
-          f"{'full fine-tuning' if full else f'{args.adapter} rank {args.rank}'}, {sum(p.numel() for p in params):,} "
-          f"trainable parameters -> {args.out}" + (f" | {world} processes, {args.batch_size // world} examples each" if world > 1 else ""))
+        raise user_exit(f"{len(train)} training examples are fewer than one batch of "
+                        f"{args.batch_size} (--batch-size)")
+    what = "full fine-tuning" if full else f"{args.adapter} rank {args.rank}"
+    print(f"{args.task}: {len(train)} train examples ({n_all - len(train)} longer than "
+          f"{args.max_len} dropped), {len(eval_set)} held out | batch {args.batch_size}, "
+          f"{args.steps} steps = {args.steps / n_batches:.2f} epochs | {what}, "
+          f"{sum(p.numel() for p in params):,} trainable parameters -> {args.out}"
+          + (f" | {world} processes, {args.batch_size // world} examples each" if world > 1 else ""))
 
-    if start == 0:
-        row = dict(step=0, **reduce_eval(eval_metrics(model, tokenizer, eval_share, stop, args.max_new_tokens, args.eval_batch_size)))
+    def evaluate(step, write=print):
+        """Greedy accuracy on the held-out problems: a metrics row and a line."""
+        row = dict(step=step, **reduce_eval(eval_metrics(model, tokenizer, eval_share,
+                                                         stop_ids(tokenizer), args.max_new_tokens,
+                                                         args.eval_batch_size)))
         if rank == 0:
             append_metrics(args.out, row)
-        print(f"step {0:5d}/{args.steps} | eval accuracy {row['eval_accuracy']:.3f} | flexible "
-              f"{row['eval_flexible_accuracy']:.3f} | format {row['eval_format_rate']:.3f}")
+        write(f"step {step:5d}/{args.steps} | eval accuracy {row['eval_accuracy']:.3f} | flexible "
+              f"{row['eval_flexible_accuracy']:.3f} | format {row['eval_format_rate']:.3f}"
+              + (f" | {row['eval_seconds']:.1f} s" if step else ""))
+        return row["eval_accuracy"]
+
+    def keep(step, acc):
+        """The kept model lives in the run folder itself: written beside, then moved in."""
+        if rank == 0:
+            save_weights(args.out + ".best.tmp", model, tokenizer, full, args.model)
+            for name in os.listdir(args.out + ".best.tmp"):
+                os.replace(os.path.join(args.out + ".best.tmp", name), os.path.join(args.out, name))
+            os.rmdir(args.out + ".best.tmp")
+            append_metrics(args.out, dict(step=step, kept_accuracy=acc))
+
+    if start == 0:
+        evaluate(0)
 
     # -------------------------------------------------------------------------
     # The loop
     model.train()
     epoch, batches = None, None
     t_start, tokens_seen, step = time.time(), 0, start
-    bar = tqdm(range(start + 1, args.steps + 1), desc="sft", initial=start, total=args.steps, dynamic_ncols=True, disable=rank > 0)
+    bar = tqdm(range(start + 1, args.steps + 1), desc="sft", initial=start, total=args.steps,
+               dynamic_ncols=True, disable=rank > 0)
     for step in bar:
         t0 = time.time()
         if (step - 1) // n_batches != epoch:  # the batch of step s is a function of (seed, s)
@@ -289,61 +361,55 @@ if __name__ == "__main__":
         lr = args.lr * min(1.0, step / args.warmup) if args.warmup else args.lr
         for group in optimizer.param_groups:
             group["lr"] = lr
-        n_tokens = sum(len(s) for _, s in examples)                           # solution tokens in the whole batch
-        share = len(examples) // world                                        # this process's examples
+        n_tokens = sum(len(s) for _, s in examples)                   # the whole batch's targets
+        share = len(examples) // world                                # this process's examples
         mine = examples[rank * share:(rank + 1) * share]
         micro = args.micro_batch or len(mine)
         optimizer.zero_grad(set_to_none=True)
         loss, padded = 0.0, 0
         for s in range(0, len(mine), micro):
+            # right padding needs no pad mask: causal attention never looks right
             inputs, targets, mask = collate(mine[s:s + micro], tokenizer.pad_id, device)
-            # right padding needs no pad mask: causal attention never looks right, so real tokens never see it
             micro_loss = sft_loss(model, inputs, targets, mask, n_tokens)
             micro_loss.backward()
             loss, padded = loss + micro_loss.item(), padded + inputs.numel()
-        sum_grads(params)                                                     # + the other processes' shares
+        sum_grads(params)                                             # + the other processes'
         loss, padded = all_reduce([loss, padded])
         grad_norm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip or float("inf")).item()
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-            raise SystemExit(f"step {step}: loss {loss} / grad norm {grad_norm} is not finite; stopping without an update")
+            raise SystemExit(f"step {step}: loss {loss} / grad norm {grad_norm} is not finite; "
+                             f"stopping without an update")
         optimizer.step()
-        dt, = all_reduce([time.time() - t0], op="max")                       # the step waits for the slowest process
+        dt, = all_reduce([time.time() - t0], op="max")               # the slowest process's
         tokens_seen += n_tokens
-        row = dict(step=step, loss=loss, grad_norm=grad_norm, lr=lr, tokens=n_tokens, seconds=round(dt, 3),
-                   padding=round(1 - sum(len(p) + len(s) - 1 for p, s in examples) / padded, 4))
+        real = sum(len(p) + len(s) - 1 for p, s in examples)
+        row = dict(step=step, loss=loss, grad_norm=grad_norm, lr=lr, tokens=n_tokens,
+                   seconds=round(dt, 3), padding=round(1 - real / padded, 4))
         if rank == 0:
             append_metrics(args.out, row)
         if step % args.log_every == 0 or step == args.steps:
-            bar.write(f"step {step:5d}/{args.steps} | loss {row['loss']:.4f} | gnorm {grad_norm:7.3f} | lr {lr:.1e} | "
-                      f"{padded / dt:7.0f} tok/s | {dt:5.2f} s | {time.time() - t_start:6.1f} s total")
+            bar.write(f"step {step:5d}/{args.steps} | loss {row['loss']:.4f} | gnorm "
+                      f"{grad_norm:7.3f} | lr {lr:.1e} | {padded / dt:7.0f} tok/s | {dt:5.2f} s "
+                      f"| {time.time() - t_start:6.1f} s total")
 
-        # --- evaluate; the toy base keeps the model closest to --target-acc and stops once it reaches it
+        # --- evaluate; the toy base keeps the model closest to --target-acc, stops at it
         done = False
         if step == args.steps or (args.eval_every and step % args.eval_every == 0):
-            row = dict(step=step, **reduce_eval(eval_metrics(model, tokenizer, eval_share, stop, args.max_new_tokens, args.eval_batch_size)))
-            if rank == 0:
-                append_metrics(args.out, row)
-            acc = row["eval_accuracy"]
-            bar.write(f"step {step:5d}/{args.steps} | eval accuracy {acc:.3f} | flexible "
-                      f"{row['eval_flexible_accuracy']:.3f} | format {row['eval_format_rate']:.3f} | {row['eval_seconds']:.1f} s")
-            t = args.target_acc  # without a target, a model from scratch keeps its latest evaluation
+            acc = evaluate(step, bar.write)
+            t = args.target_acc  # without a target, a model from scratch keeps its latest
             closer = not t or kept is None or abs(acc - t) < abs(kept - t)
-            if (scratch or t) and closer:  # the kept model lives in the run folder itself
+            if (scratch or t) and closer:
                 kept = acc
-                if rank == 0:
-                    save_weights(args.out + ".best.tmp", model, tokenizer, full, args.model)
-                    for name in os.listdir(args.out + ".best.tmp"):
-                        os.replace(os.path.join(args.out + ".best.tmp", name), os.path.join(args.out, name))
-                    os.rmdir(args.out + ".best.tmp")
-                    append_metrics(args.out, dict(step=step, kept_accuracy=acc))
+                keep(step, acc)
             done = bool(args.target_acc) and acc >= args.target_acc
             if done:
-                bar.write(f"step {step:5d}/{args.steps} | eval accuracy {acc:.3f} >= --target-acc {args.target_acc}: stopping")
+                bar.write(f"step {step:5d}/{args.steps} | eval accuracy {acc:.3f} >= --target-acc"
+                          f" {args.target_acc}: stopping")
         if done or step == args.steps or (args.save_every and step % args.save_every == 0):
             state = dict(step=step, kept_accuracy=kept, epoch=epoch, data_seed=args.seed)
             if rank == 0:
-                save_checkpoint(os.path.join(args.out, f"step_{step:06d}"), model, optimizer, named, state,
-                                full=full, tokenizer=tokenizer, base_name=args.model)
+                save_checkpoint(os.path.join(args.out, f"step_{step:06d}"), model, optimizer,
+                                named, state, full=full, tokenizer=tokenizer, base_name=args.model)
             barrier()  # the others wait until the checkpoint is on disk: it is the whole run's
         if done:
             break
@@ -355,8 +421,9 @@ if __name__ == "__main__":
     # --- summary
     evals = [r for r in read_metrics(args.out) if "eval_accuracy" in r]
     print(f"eval accuracy {evals[0]['eval_accuracy']:.3f} (step {evals[0]['step']}) -> "
-          f"{evals[-1]['eval_accuracy']:.3f} (step {evals[-1]['step']}) | {tokens_seen:,} solution tokens, "
-          f"{time.time() - t_start:.1f} s this session")
+          f"{evals[-1]['eval_accuracy']:.3f} (step {evals[-1]['step']}) | {tokens_seen:,} "
+          f"solution tokens, {time.time() - t_start:.1f} s this session")
     if scratch or args.target_acc:
-        print(f"kept model: {args.out} (eval accuracy {kept:.3f}, the closest to --target-acc {args.target_acc}); evaluate it on the whole test split with "
-              f"`python eval_gsm8k.py {'--toy ' if args.toy else ''}--model {args.out}`")
+        print(f"kept model: {args.out} (eval accuracy {kept:.3f}, the closest to --target-acc "
+              f"{args.target_acc}); evaluate it on the whole test split with `python "
+              f"eval_gsm8k.py {'--toy ' if args.toy else ''}--model {args.out}`")

@@ -40,7 +40,8 @@ from tqdm import tqdm
 
 import flops
 import runs
-from model import TOY_CONFIG, exit_on_user_error, user_exit
+from errors import exit_on_user_error, user_exit
+from model import TOY_CONFIG
 
 HERE = Path(__file__).resolve().parent
 MARGIN = 0.05          # "matches": A − B ≥ −MARGIN in accuracy; two single-seed 1,111-problem evaluations differ by ±0.04

@@ -1,0 +1,225 @@
+"""
+GSM8K itself: the data files, the prompt, where a completion stops, answer extraction and the
+reward. Every script shares these rules; eval_gsm8k.py evaluates with them.
+
+    python eval_gsm8k.py               # shows the prompt and the rule on examples
+
+    {"question": "Natalia sold clips to 48 of her friends ...", "answer": "... #### 72"}
+
+7,473 train and 1,319 test problems (openai/grade-school-math, MIT License); each answer ends in
+"\\n#### <integer>" and carries calculator annotations like <<48/2=24>>. Downloads go to
+~/.cache/rank1/gsm8k/, checked by sha256; a user's own JSONL file (any subset) is read as is.
+The prompt, one for SFT, GRPO and evaluation, written for a base model (no chat template):
+
+    Question: <question>
+    Answer: <solution ending in "#### N">
+
+k-shot prompts put k worked train examples first, each followed by a blank line. A completion
+ends at eos or where the model starts a new "Question:" (STOP_STRINGS, checked by generate() on
+the decoded text, since "Question:" is several tokens); blank lines inside a reasoning stay, so
+an answer written in paragraphs is read whole (lm-evaluation-harness's gsm8k task stopped at the
+first blank line up to its v1.0; a base model that reasons in paragraphs then scored 0). The
+reward: 1 when the number right after the first "####" (else in the last \\boxed{}) equals the
+gold one. The toy world's task (toy_task.py) is written in this format, so all of it applies.
+"""
+import hashlib
+import json
+import os
+import re
+import urllib.request
+from pathlib import Path
+
+from errors import UserError
+from toy_task import toy_problems
+
+GSM8K_URL = ("https://raw.githubusercontent.com/openai/grade-school-math/master/"
+             "grade_school_math/data/{split}.jsonl")
+GSM8K_SHA256 = {  # the upstream files, byte for byte (MIT License, Copyright (c) 2021 OpenAI)
+    "train": "17f347dc51477c50d4efb83959dbb7c56297aba886e5544ee2aaed3024813465",  # 7,473 problems
+    "test": "3730d312f6e3440559ace48831e51066acaca737f6eabec99bccb9e4b3c39d14",   # 1,319 problems
+}
+GSM8K_CACHE = Path("~/.cache/rank1/gsm8k")
+STOP_STRINGS = ("Question:",)  # where a completion ends, besides eos: the next made-up question
+SHOT_SEP = "\n\n"  # after each worked example of a k-shot prompt
+
+
+# -----------------------------------------------------------------------------
+# The files
+
+
+def read_jsonl(path):
+    """Problems from a JSONL file of {"question", "answer"} records; bad lines name file and
+    line, and so does a gold answer whose final number cannot be read."""
+    problems = []
+    if not os.path.isfile(path):
+        hint = " (a folder? --data takes a folder holding {split}.jsonl or a file)"
+        raise UserError(f"{path}: no such file" + (hint if os.path.isdir(path) else ""))
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            for key in ("question", "answer"):
+                if not isinstance(rec, dict) or not isinstance(rec.get(key), str):
+                    raise UserError(f"{path}:{lineno}: record has no string '{key}'")
+            if extract_answer(rec["answer"]) is None:
+                raise UserError(f"{path}:{lineno}: answer has no final '#### N' (nor \\boxed{{N}})")
+            problems.append({"question": rec["question"], "answer": rec["answer"]})
+    return problems
+
+
+def cached(split, cache_dir=GSM8K_CACHE):
+    """The path of the upstream `split` in the cache folder, downloaded there once; its sha256
+    is checked every time."""
+    if split not in GSM8K_SHA256:
+        raise UserError(f"unknown GSM8K split {split!r}, expected train or test")
+    file = Path(cache_dir).expanduser() / f"{split}.jsonl"
+    url, want = GSM8K_URL.format(split=split), GSM8K_SHA256[split]
+    if not file.exists():
+        print(f"downloading {url} -> {file}")
+        try:
+            with urllib.request.urlopen(url, timeout=60) as r:
+                data = r.read()
+        except OSError as e:  # URLError, timeouts and DNS failures are all OSErrors
+            raise UserError(
+                f"GSM8K {split} is not in {file} and could not be downloaded from {url} ({e}).\n"
+                f"Put the upstream file there (sha256 {want}), or pass a local JSONL file "
+                f"with --data FILE (load_gsm8k(split, path=FILE)).") from None
+        got = hashlib.sha256(data).hexdigest()
+        if got != want:
+            raise UserError(f"download of {url} has sha256 {got}, expected {want}; not saved")
+        file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = file.with_suffix(".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, file)  # atomic: a crash never leaves half a file under the real name
+    got = hashlib.sha256(file.read_bytes()).hexdigest()
+    if got != want:
+        raise UserError(f"{file} has sha256 {got}, expected {want} (the upstream {split} split); "
+                        f"delete it to download again, or pass your own file with --data")
+    return file
+
+
+def data_path(data, split):
+    """What --data means in every script: None = the cached download (None here); a folder = its
+    {split}.jsonl; a file = that file, whatever the split (a script that reads two splits from
+    one file says so)."""
+    if data is None or not os.path.isdir(data):
+        return data
+    path = os.path.join(data, f"{split}.jsonl")
+    if not os.path.isfile(path):
+        raise UserError(f"--data {data}: a folder, but it holds no {split}.jsonl")
+    return path
+
+# -----------------------------------------------------------------------------
+# The two tasks: GSM8K, read; the toy task, generated (toy_task.py)
+
+
+def load_gsm8k(split, path=None, cache_dir=GSM8K_CACHE):
+    """GSM8K `split` from `path` (the user's own file: any subset, no checksum), or from the
+    cache folder, downloading it there once (checked)."""
+    return read_jsonl(path if path is not None else cached(split, cache_dir))
+
+
+def load_task(task, split, path=None):
+    """The one entry point for sft/grpo/geometry: task "gsm8k" or "toy", split "train"/"test"."""
+    if task == "gsm8k":
+        return load_gsm8k(split, path)
+    if task != "toy":
+        raise UserError(f"unknown task {task!r}, expected gsm8k or toy")
+    if path is not None:
+        raise UserError(f"the toy task is generated, not read: --data {path} is for --task gsm8k")
+    return toy_problems(split)
+
+
+def load_splits(task, data, eval_limit):
+    """The training scripts' data: (train problems, the first eval_limit test problems; 0 = all)."""
+    paths = {split: data_path(data, split) for split in ("train", "test")}
+    if data and paths["train"] == paths["test"]:
+        print(f"note: --data {data} is one file: training and evaluation both read it (a folder "
+              f"with train.jsonl and test.jsonl holds the evaluation problems out)")
+    train = load_task(task, "train", paths["train"])
+    return train, load_task(task, "test", paths["test"])[:eval_limit or None]
+
+# -----------------------------------------------------------------------------
+# The prompt
+
+
+def format_solution(answer):
+    """A gold solution as the completion target: calculator annotations <<48/2=24>> removed and a
+    leading space, since the prompt ends in "Answer:". Blank lines stay (6 of 8,792 GSM8K
+    solutions have one): they end nothing; no solution contains the stop string "Question:"."""
+    return " " + re.sub(r"<<.*?>>", "", answer).strip()
+
+
+def format_prompt(question, shots=()):
+    """The prompt for `question`; `shots` are (question, answer) worked examples, e.g. from train."""
+    parts = [f"Question: {q.strip()}\nAnswer:{format_solution(a)}{SHOT_SEP}" for q, a in shots]
+    return "".join(parts) + f"Question: {question.strip()}\nAnswer:"
+
+
+def truncate(text, stop_strings=STOP_STRINGS):
+    """A completion cut where its first stop string starts: what follows is the model's next
+    made-up question (generate() stops after the token that completes the string)."""
+    for s in stop_strings:
+        text = text.split(s, 1)[0]
+    return text
+
+
+def stop_ids(tokenizer):
+    """The token ids that end a completion: eos. (The stop strings are text, see STOP_STRINGS.)"""
+    return [tokenizer.eos_id]
+
+# -----------------------------------------------------------------------------
+# Answer extraction and reward
+
+# a number: an optional sign and $ (-5, $5, -$5, $-5), then 1,234 (thousands separators) or 1234,
+# then optional decimals. A trailing "." ("it costs $18.") is left out.
+NUMBER = r"(?:-\$?|\$-?)?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?"
+
+
+def normalize(number):
+    """'$1,080.00' -> '1080': no ',' or '$', one canonical form per value, so comparing the
+    strings compares the numbers (18.00 == 18, 0.50 == .5, -0 == 0)."""
+    s = re.sub(r"[,$]", "", number).rstrip(".")
+    sign = "-" if s.startswith("-") else ""
+    s = s.lstrip("-")
+    if "." in s:
+        s = s.rstrip("0").rstrip(".")
+    s = s.lstrip("0") or "0"
+    return "0" if s == "0" else sign + ("0" + s if s.startswith(".") else s)
+
+
+def extract_answer(text, flexible=False):
+    """The number right after the first "####"; else the number in the last \\boxed{...}; else
+    None. flexible=True falls back to the last number in the text. Returns it normalized."""
+    m = re.search(r"####\s*(" + NUMBER + ")", text)
+    if m and text.find("####") == m.start():  # the first ####, not a later one
+        return normalize(m.group(1))
+    boxed = [m.end() for m in re.finditer(r"\\boxed\s*\{", text)]
+    if boxed:
+        m = re.match(r"[^{}]*?(" + NUMBER + ")", text[boxed[-1]:])
+        if m:
+            return normalize(m.group(1))
+    if flexible:
+        numbers = re.findall(NUMBER, text)
+        if numbers:
+            return normalize(numbers[-1])
+    return None
+
+
+def gold_answer(answer):
+    """The normalized gold number of a full gold solution (its "#### N") or of a bare number."""
+    answer = str(answer).strip()
+    gold = extract_answer(answer) or (normalize(answer) if re.fullmatch(NUMBER, answer) else None)
+    assert gold is not None, f"gold answer {answer!r} has no '#### N' and is not a number"
+    return gold
+
+
+def reward(completion, answer):
+    """1.0 if the completion's strict answer equals the gold one, else 0.0. The completion is cut
+    at its first stop string, as in evaluation; `answer` as gold_answer() takes it."""
+    return float(extract_answer(truncate(completion)) == gold_answer(answer))
+
