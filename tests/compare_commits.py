@@ -67,6 +67,8 @@ def run_side(commit, root):
                 raise SystemExit(f"{commit}: {script} {' '.join(args)} failed ({proc.returncode}):\n"
                                  f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
             outputs[name] = proc.stdout.replace(str(root), "ROOT")
+            (root / "E").mkdir(exist_ok=True)
+            (root / "E" / f"{name.replace(' ', '_')}.stdout").write_text(outputs[name])
     finally:
         subprocess.run(["git", "-C", str(HERE), "worktree", "remove", "--force", str(src)],
                        capture_output=True)
@@ -84,8 +86,9 @@ def drop_timing(value):
 
 def eval_table(stdout):
     """The lines of eval_gsm8k.py's tables, seconds masked."""
-    return [re.sub(r"\d+\.\d+ s\b", "_ s", line) for line in stdout.splitlines()
-            if "|" in line or "accuracy" in line or "format rate" in line]
+    lines = [line for line in stdout.splitlines()
+             if "|" in line or "accuracy" in line or "format rate" in line]
+    return [" ".join(re.sub(r"\d+\.\d+ s\b", "_ s", line).split()) for line in lines]
 
 
 def read_json(path, side):
@@ -103,7 +106,7 @@ def compare(a, b, out_a, out_b):
         diffs.append(f"only on {'the first' if f in files_a else 'the second'} side: {f}")
     for f in sorted(files_a & files_b):
         pa, pb = a / f, b / f
-        if f.suffix == ".png" or f.parts[0] == "src":
+        if f.suffix in (".png", ".stdout") or f.parts[0] == "src":
             continue  # figures hold timestamps in their metadata; src is the checkout
         if f.suffix == ".safetensors":
             if pa.read_bytes() != pb.read_bytes():

@@ -10,8 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
+import sampler
 import model
-from model import KVCache, generate, load_model, token_logprobs
+from logprobs import token_logprobs
+from model import load_model
+from sampler import KVCache, generate
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = [[5, 6, 7], [40, 41, 42, 43, 44, 45, 46, 47, 48], [100], [9, 9, 9, 9]]
@@ -45,7 +48,7 @@ def test_static_decode_step_equals_eager(toy_dir):
                 cache.make_static(cache.pos)
             logits = []
             for t in range(5):
-                logits.append(model.decode_step(m, steps[:, t:t + 1], cache))
+                logits.append(sampler.decode_step(m, steps[:, t:t + 1], cache))
                 if static:
                     cache.slot += 1
             out[static] = torch.stack(logits)
@@ -66,7 +69,7 @@ def test_static_generate_equals_eager(toy_dir, monkeypatch):
     assert len({tuple(c) for c in ref}) == 4 and all(len(set(c)) > 3 for c in ref)  # varied text
     assert not compiled
     assert generate(m, PROMPTS, 20, temperature=0, n=2, compile=True) == ref
-    assert compiled == [model.decode_step]
+    assert compiled == [sampler.decode_step]
     stop = [ref[2][3], ref[6][2], ref[0][5]]                          # tokens we know will appear
     ref_stop = generate(m, PROMPTS, 20, temperature=0, n=2, stop_ids=stop)
     assert sum(len(c) < 20 for c in ref_stop) >= 4                     # enough finish early to shrink the batch

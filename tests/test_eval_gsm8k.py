@@ -12,9 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
+import gsm8k
+import lm_eval_harness
+import toy_task
 import eval_gsm8k as E
 import lora
-from model import UserError, generate, load_model, load_tokenizer, make_toy_checkpoint, toy_tokenizer
+from errors import UserError
+from model import load_model, load_tokenizer, make_toy_checkpoint, toy_tokenizer
+from sampler import generate
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -108,9 +113,9 @@ def test_lm_eval_score_equals_the_harness():
     until = cfg["generation_kwargs"]["until"]
     metric = {k: v for k, v in cfg["metric_list"][0].items() if k not in ("metric", "aggregation", "higher_is_better")}
     filters = {f["name"]: f["filter"][0] for f in cfg["filter_list"]}
-    assert tuple(until) == E.LM_EVAL_UNTIL and tuple(metric["regexes_to_ignore"]) == E.LM_EVAL_IGNORE
-    assert filters["strict-match"]["regex_pattern"] == E.LM_EVAL_STRICT and cfg["num_fewshot"] == E.LM_EVAL_SHOTS
-    assert filters["flexible-extract"]["regex_pattern"] == E.LM_EVAL_FLEXIBLE
+    assert tuple(until) == lm_eval_harness.LM_EVAL_UNTIL and tuple(metric["regexes_to_ignore"]) == lm_eval_harness.LM_EVAL_IGNORE
+    assert filters["strict-match"]["regex_pattern"] == lm_eval_harness.LM_EVAL_STRICT and cfg["num_fewshot"] == lm_eval_harness.LM_EVAL_SHOTS
+    assert filters["flexible-extract"]["regex_pattern"] == lm_eval_harness.LM_EVAL_FLEXIBLE
     assert cfg["doc_to_text"] == "Question: {{question}}\nAnswer:" and cfg["metadata"]["version"] == 3.0
     theirs = []
     for completion, gold in LM_EVAL_CASES:
@@ -121,10 +126,10 @@ def test_lm_eval_score_equals_the_harness():
             pred = list(RegexFilter(f["regex_pattern"], f.get("group_select", 0)).apply([[text]], None))[0][0]
             scores.append(float(exact_match_hf_evaluate([pred], [gold], **metric)["exact_match"]))
         theirs.append(tuple(scores))
-    ours = [E.lm_eval_score(c, g) for c, g in LM_EVAL_CASES]
+    ours = [lm_eval_harness.lm_eval_score(c, g) for c, g in LM_EVAL_CASES]
     assert ours == theirs
     assert {s for s, _ in ours} == {0.0, 1.0} and {f for _, f in ours} == {0.0, 1.0}  # both outcomes occur
-    assert E.lm_eval_score(" #### 18.00", "#### 18") == (0.0, 0.0)      # the harness's quirk, kept
+    assert lm_eval_harness.lm_eval_score(" #### 18.00", "#### 18") == (0.0, 0.0)      # the harness's quirk, kept
 
 
 def test_lm_eval_shots_are_the_harness_draw():
@@ -135,8 +140,8 @@ def test_lm_eval_shots_are_the_harness_draw():
     train = [{"question": f"q{i}", "answer": f"a{i}\n#### {i}"} for i in range(200)]
     sampler = ContextSampler(train, rnd=1234)
     theirs = [sampler.sample(5) for _ in range(4)]
-    assert E.lm_eval_shots(train, 4) == theirs and theirs[0] != theirs[1]
-    p = E.lm_eval_prompt(" Q? ", theirs[0][:2])
+    assert lm_eval_harness.lm_eval_shots(train, 4) == theirs and theirs[0] != theirs[1]
+    p = lm_eval_harness.lm_eval_prompt(" Q? ", theirs[0][:2])
     assert p == "".join(f"Question: {s['question']}\nAnswer: {s['answer']}\n\n" for s in theirs[0][:2]) + \
         "Question:  Q? \nAnswer:"
 
@@ -154,7 +159,7 @@ def test_real_gsm8k():
         gold = E.extract_answer(p["answer"])
         assert gold is not None and re.fullmatch(r"-?\d+", gold), p["answer"]
         assert E.reward(p["answer"], p["answer"]) == 1.0                  # those six too
-        assert E.lm_eval_score(p["answer"], p["answer"]) == (1.0, 1.0)
+        assert lm_eval_harness.lm_eval_score(p["answer"], p["answer"]) == (1.0, 1.0)
         target = E.format_solution(p["answer"])   # the SFT target also earns the reward...
         assert E.reward(target, p["answer"]) == 1.0, target
         assert "Question:" not in target and "<<" not in target  # ...and never contains the stop string
@@ -190,7 +195,7 @@ def test_download_checked(tmp_path, monkeypatch):
     assert not (tmp_path / "test.jsonl").exists()  # a bad download is never saved
     served["bytes"] = data
     assert len(E.load_gsm8k("test", cache_dir=tmp_path)) == 1319
-    assert hashlib.sha256((tmp_path / "test.jsonl").read_bytes()).hexdigest() == E.GSM8K_SHA256["test"]
+    assert hashlib.sha256((tmp_path / "test.jsonl").read_bytes()).hexdigest() == gsm8k.GSM8K_SHA256["test"]
 
 
 def test_bad_jsonl(tmp_path):
@@ -230,8 +235,8 @@ def test_stop_ids():
 # the toy task
 
 def test_toy_problems():
-    train, test = E.toy_problems("train"), E.toy_problems("test")
-    assert E.toy_problems("test") == test and E.toy_problems("test", seed=1) != test  # seeded
+    train, test = toy_task.toy_problems("train"), toy_task.toy_problems("test")
+    assert toy_task.toy_problems("test") == test and toy_task.toy_problems("test", seed=1) != test  # seeded
     assert len(set(p["question"] for p in test)) == len(test) > 500  # each test problem once
 
     def last_step(p):  # "5*4=20\n23+20=43\n#### 43" -> "23+20"
@@ -241,9 +246,9 @@ def test_toy_problems():
         assert E.reward(p["answer"], p["answer"]) == 1.0
         assert E.reward(E.format_solution(p["answer"]), p["answer"]) == 1.0
         assert len(p["question"]) <= 80 and eval(last_step(p)) >= 0, p  # short, no negatives
-    more = E.toy_problems("test", n=2 * len(test) + 3)  # beyond the pool: cycles, new wording
+    more = toy_task.toy_problems("test", n=2 * len(test) + 3)  # beyond the pool: cycles, new wording
     assert len(more) == 2 * len(test) + 3 and {last_step(p) for p in more} == {last_step(p) for p in test}
-    small = E.toy_problems("train", n=50, start=(1, 9), factor=(2, 3), ops="+")  # the knobs
+    small = toy_task.toy_problems("train", n=50, start=(1, 9), factor=(2, 3), ops="+")  # the knobs
     assert all(re.fullmatch(r"[23]\*[23]=\d+\n\d\+\d+=\d+\n#### \d+", p["answer"]) for p in small)
     assert E.load_task("toy", "test") == test
 
@@ -291,7 +296,7 @@ def test_evaluate_toy_model(tmp_path):
     rewards over completions generated one prompt at a time."""
     make_toy_checkpoint(tmp_path)
     model, tok = load_model(str(tmp_path), device="cpu", verbose=False), load_tokenizer(str(tmp_path))
-    problems = E.toy_problems("test", n=4)
+    problems = toy_task.toy_problems("test", n=4)
     summary, rows = E.evaluate(model, tok, problems, batch_size=3, max_new_tokens=10, progress=False)
     hand = []
     for p, r in zip(problems, rows):
@@ -356,7 +361,7 @@ def test_several_adapters_each_get_their_own_accuracy(tmp_path, monkeypatch, cap
     out = capsys.readouterr().out
     assert "3 adapters stacked" in out and "3 per pass" in out, out
     rows = [json.loads(l) for l in (tmp_path / "rows.jsonl").read_text().splitlines()]
-    tok, problems = load_tokenizer(TOY_BASE), E.toy_problems("test")[:16]
+    tok, problems = load_tokenizer(TOY_BASE), toy_task.toy_problems("test")[:16]
     accs = []
     for d in dirs:
         mine = [r for r in rows if r["adapter"] == d]

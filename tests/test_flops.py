@@ -20,7 +20,9 @@ from torch.utils.flop_counter import FlopCounterMode
 import flops
 from flops import count_lora_params, count_params, get_config, step_flops, total
 from lora import apply_lora
-from model import Qwen2, Qwen2Config, completion_logprobs, generate, token_logprobs
+from logprobs import completion_logprobs, token_logprobs
+from model import Qwen2, Qwen2Config
+from sampler import generate
 
 SMALL = dict(vocab_size=96, hidden_size=64, intermediate_size=112, num_hidden_layers=3,
              num_attention_heads=4, num_key_value_heads=2)

@@ -11,6 +11,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+import adapters
+import factored
+import geometry_plane
+import toy_task
 import geometry
 import lora
 import runs
@@ -78,7 +82,7 @@ def load_all(runs_dir):
             updates.append({})
         for step, folder in found[run]:
             ckpts.append((run, step))
-            updates.append(geometry.Adapter(folder))
+            updates.append(adapters.SavedFactors(folder))
     return ckpts, updates, notes
 
 
@@ -102,7 +106,7 @@ def test_gram_and_pca_equal_dense(runs_dir):
     ckpts, updates, _ = load_all(runs_dir)
     assert len(ckpts) == 4 + 1 + 3 + 1 + 3  # origins added to r1 and r4; r2attn saved its step 0
     U = np.stack([dense(dict(u)) for u in updates])                  # (N, D) dense, toy only
-    K = geometry.gram(updates, progress=False)
+    K = factored.gram(updates, progress=False)
     np.testing.assert_allclose(K, U @ U.T, rtol=1e-10, atol=1e-12 * np.abs(U @ U.T).max())
     scores, evr, coef = geometry.pca(K)
     d_scores, d_evr, _, _ = dense_pca(U)
@@ -118,11 +122,11 @@ def test_plane_point_is_the_dense_combination(runs_dir):
     _, updates, _ = load_all(runs_dir)
     factor_sets = [dict(u) for u in updates]
     U = np.stack([dense(f) for f in factor_sets])
-    scores, _, coef = geometry.pca(geometry.gram(updates, progress=False))
+    scores, _, coef = geometry.pca(factored.gram(updates, progress=False))
     d_scores, _, Vt, mean = dense_pca(U)
     signs = np.sign((scores[:, :2] * d_scores[:, :2]).sum(0))         # PCs are defined up to sign
     for a, b in [(0.0, 0.0), (1.5, -0.7), (-3.0, 2.0)]:
-        point = lora.combine(factor_sets, geometry.plane_weights(coef, a, b))
+        point = factored.combine(factor_sets, geometry_plane.plane_weights(coef, a, b))
         want = mean + a * signs[0] * Vt[0] + b * signs[1] * Vt[1]
         np.testing.assert_allclose(dense(point), want, rtol=1e-8, atol=1e-10 * np.abs(want).max())
 
@@ -130,10 +134,10 @@ def test_plane_point_is_the_dense_combination(runs_dir):
 def test_truncation_is_the_dense_svd(runs_dir):
     _, updates, _ = load_all(runs_dir)
     factor_sets = [dict(u) for u in updates]
-    point = lora.combine(factor_sets, np.linspace(-1, 1, len(factor_sets)))   # rank up to 22 per matrix
+    point = factored.combine(factor_sets, np.linspace(-1, 1, len(factor_sets)))   # rank up to 22 per matrix
     point = {n: f for n, f in point.items() if n.startswith("model.layers.0.")}  # 7 matrices are enough
     k = 2
-    trunc, kept, cos = geometry.truncation(point, k)
+    trunc, kept, cos = geometry_plane.truncation(point, k)
     kept_num = total = 0.0
     for n, (s, B, A) in point.items():
         Uw, S, Vt = (t.numpy() for t in torch.linalg.svd(s * B @ A, full_matrices=False))  # of W (out, in)
@@ -165,7 +169,7 @@ def test_cli_writes_report_and_figures(runs_dir, toy_dir, tmp_path):
     assert rep["norm"]["r4"][0] == [0, 0.0] and rep["norm"]["r4"][-1][0] == 30
     # ||ΔW||_F / ||W||_F over the adapted matrices, against the dense update and the base weights
     base = load_file(str(Path(toy_dir) / "model.safetensors"))
-    last = geometry.Adapter(runs_dir / "r2attn" / "step_000040")
+    last = adapters.SavedFactors(runs_dir / "r2attn" / "step_000040")
     w = math.sqrt(sum(base[f"{n}.weight"].double().pow(2).sum().item() for n in last))
     assert math.isclose(rep["update_to_weight"]["r2attn"], np.linalg.norm(dense(dict(last))) / w, rel_tol=1e-9)
     assert math.isclose(rep["norm"]["r2attn"][-1][1], np.linalg.norm(dense(dict(last))), rel_tol=1e-9)
@@ -202,12 +206,12 @@ def test_batched_plane_equals_one_point_per_pass(tmp_path):
     write_run(tmp_path, "r2", 2, 0.4, [10, 20], seed=2, base=TOY_BASE, targets=lora.MLP)
     ckpts, updates, _ = load_all(tmp_path)
     factor_sets = [dict(u) for u in updates]
-    _, _, coef = geometry.pca(geometry.gram(updates, progress=False))
-    W = np.array([np.zeros(len(ckpts))] + [geometry.plane_weights(coef, a, b) for a in (-30, 0, 30) for b in (-30, 0, 30)])
+    _, _, coef = geometry.pca(factored.gram(updates, progress=False))
+    W = np.array([np.zeros(len(ckpts))] + [geometry_plane.plane_weights(coef, a, b) for a in (-30, 0, 30) for b in (-30, 0, 30)])
     net, tok = load_model(TOY_BASE, device="cpu", verbose=False), load_tokenizer(TOY_BASE)
-    problems, stop = eval_gsm8k.toy_problems("test")[:16], eval_gsm8k.stop_ids(tok)
-    one = geometry.accuracies(net, tok, problems, factor_sets, W, 1, 32, 16, stop)
-    batched = geometry.accuracies(net, tok, problems, factor_sets, W, len(W), 32, 16, stop)
+    problems, stop = toy_task.toy_problems("test")[:16], eval_gsm8k.stop_ids(tok)
+    one = geometry_plane.accuracies(net, tok, problems, factor_sets, W, 1, 32, 16, stop)
+    batched = geometry_plane.accuracies(net, tok, problems, factor_sets, W, len(W), 32, 16, stop)
     np.testing.assert_array_equal(batched, one)
     assert len(set(one.tolist())) >= 3, one                            # the grid is not flat: the test means something
     tokens = lambda res: [[r["completion"] for r in rows] for _, rows in res]
@@ -227,7 +231,7 @@ def test_one_base_by_content(tmp_path):
         save_file({"w": torch.full((4,), w)}, str(folder / "model.safetensors"))
         (folder / "config.json").write_text('{"hidden_size": 4}')
     (tmp_path / "link").symlink_to(a)
-    assert geometry.one_base([str(a), str(tmp_path / "link")])
-    assert geometry.one_base([str(a), str(b), str(a)])
-    assert not geometry.one_base([str(a), str(c)])
-    assert not geometry.one_base([str(a), "Qwen/Qwen2.5-3B"]) and geometry.one_base(["Qwen/Qwen2.5-3B"] * 2)
+    assert geometry_plane.one_base([str(a), str(tmp_path / "link")])
+    assert geometry_plane.one_base([str(a), str(b), str(a)])
+    assert not geometry_plane.one_base([str(a), str(c)])
+    assert not geometry_plane.one_base([str(a), "Qwen/Qwen2.5-3B"]) and geometry_plane.one_base(["Qwen/Qwen2.5-3B"] * 2)

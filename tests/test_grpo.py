@@ -13,7 +13,9 @@ from safetensors.torch import load_file
 import eval_gsm8k
 from grpo import batch_indices, group_advantages, kl_k3, policy_loss, sampler_grid
 from lora import apply_lora, lora_modules
-from model import completion_logprobs, generate, load_model, token_logprobs
+from logprobs import completion_logprobs, token_logprobs
+from model import load_model
+from sampler import generate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_RUN = ["--toy", "--batch", "2", "--group", "4", "--max-new-tokens", "8", "--eval-limit", "2",

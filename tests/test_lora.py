@@ -7,10 +7,13 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+import errors
+import factored
 import lora
-from lora import (LoRALinear, adapters_disabled, apply_lora, combine, factored_inner, load_adapter,
-                  load_factors, lora_factors, lora_modules, lora_param_count, merge_lora, parse_layers,
-                  save_adapter, set_factors, truncate)
+from adapters import load_factors
+from factored import combine, factored_inner, lora_factors, set_factors, truncate
+from lora import (LoRALinear, adapters_disabled, apply_lora, load_adapter, lora_modules, lora_param_count,
+                  merge_lora, parse_layers, save_adapter)
 from model import Qwen2, Qwen2Config, TOY_CONFIG, load_model
 
 TINY = dict(vocab_size=300, hidden_size=64, intermediate_size=160, num_hidden_layers=3,
@@ -199,7 +202,7 @@ def test_bad_adapter_files_name_the_tensor(toy_dir, tmp_path):
     save_file({k: v for k, v in good.items() if k != key}, path)
     with pytest.raises(ValueError, match="down_proj.lora_A"):
         load_adapter(toy(toy_dir), str(tmp_path), verbose=False)
-    with pytest.raises(ValueError, match="adapter_config.json"):  # model.UserError
+    with pytest.raises(ValueError, match="adapter_config.json"):  # errors.UserError
         load_adapter(toy(toy_dir), str(tmp_path / "nowhere"))
 
 
@@ -393,7 +396,7 @@ def test_alpha_over_r_makes_early_training_rank_free():
 
 def test_row_weights_equal_separate_adapters(toy_dir):
     """Row b of a batch under row_weights is the adapter Σ_i w[b, i]·ΔW_i installed alone (set_factors
-    of lora.combine), to float rounding: on a forward, and through generate() while rows finish
+    of factored.combine), to float rounding: on a forward, and through generate() while rows finish
     early and leave the batch, and fan out to n samples."""
     from model import generate
     sets = []
@@ -406,8 +409,8 @@ def test_row_weights_equal_separate_adapters(toy_dir):
     net, ids = toy(toy_dir), ids_for(TOY_CONFIG.vocab_size, B=len(W), T=12)
     with torch.no_grad():
         base = net(ids)
-        lora.set_stacked(net, sets)
-        with lora.row_weights(net, W):
+        factored.set_stacked(net, sets)
+        with factored.row_weights(net, W):
             batched = net(ids)
         assert all(m.rows is None for m in lora_modules(net).values())  # the weights last one context
         for b, w in enumerate(W):
@@ -420,14 +423,14 @@ def test_row_weights_equal_separate_adapters(toy_dir):
     def alone(stop):
         out = []
         for p, w in zip(prompts, W):
-            with lora.row_weights(net, w[None]) as rows:
+            with factored.row_weights(net, w[None]) as rows:
                 out.append(generate(net, [p], 12, temperature=0, stop_ids=stop, row_state=[rows])[0])
         return out
     free = alone([])
     stop = [free[1][0], free[2][5]]                    # tokens we know will appear: some rows stop early
-    with lora.row_weights(net, W) as rows:
+    with factored.row_weights(net, W) as rows:
         together = generate(net, prompts, 12, temperature=0, stop_ids=stop, row_state=[rows])
-    with lora.row_weights(net, W) as rows:
+    with factored.row_weights(net, W) as rows:
         fanned = generate(net, prompts, 12, temperature=0, stop_ids=stop, row_state=[rows], n=2)
     alone = alone(stop)
     assert together == alone and fanned[::2] == alone and fanned[1::2] == alone

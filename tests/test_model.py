@@ -6,8 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import sampler
 import model
-from model import Qwen2Config, UserError, generate, load_model, load_tokenizer, token_logprobs
+from errors import UserError
+from logprobs import token_logprobs
+from model import Qwen2Config, load_model, load_tokenizer
+from sampler import generate
 
 TINY = dict(vocab_size=300, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
@@ -112,7 +116,7 @@ def test_cached_decoding_equals_full_forward(toy_dir):
     pad[0, :5] = pad[2, :2] = False                   # left padding, ragged
     with torch.no_grad():
         full = m(ids, pad_mask=pad)
-        cache = model.KVCache(m.config, 3, 12, "cpu", torch.float32)
+        cache = sampler.KVCache(m.config, 3, 12, "cpu", torch.float32)
         pre = m(ids[:, :7], pad_mask=pad[:, :7], cache=cache)
         steps = [m(ids[:, i:i + 1], cache=cache) for i in range(7, 12)]
     inc = torch.cat([pre] + steps, 1)
@@ -201,17 +205,17 @@ def test_gumbel_sampler_matches_softmax():
 
     for T in (1.0, 0.7):
         p = (logits[0].double() / T).softmax(-1)
-        by_key = model.sample_token(logits.expand(N, V), T, 1.0, model.row_keys(range(N), 1, "cpu"), 0)[0]
-        key = model.row_keys([0], 1, "cpu")
-        by_pos = torch.cat([model.sample_token(logits, T, 1.0, key, t)[0] for t in range(N // 40)])
+        by_key = sampler.sample_token(logits.expand(N, V), T, 1.0, sampler.row_keys(range(N), 1, "cpu"), 0)[0]
+        key = sampler.row_keys([0], 1, "cpu")
+        by_pos = torch.cat([sampler.sample_token(logits, T, 1.0, key, t)[0] for t in range(N // 40)])
         assert chi2(by_key, p) < 40 and chi2(torch.cat([by_pos] * 40), p) < 40 * 40
     nucleus = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 0.0]).double()
     p = logits[0].double().softmax(-1)
     nucleus[:3] = p[:3] / p[:3].sum()                    # .51 + .19 < 0.8 <= .51 + .19 + .11
-    toks = model.sample_token(logits.expand(N, V), 1.0, 0.8, model.row_keys(range(N), 1, "cpu"), 0)[0]
+    toks = sampler.sample_token(logits.expand(N, V), 1.0, 0.8, sampler.row_keys(range(N), 1, "cpu"), 0)[0]
     assert chi2(toks, nucleus) < 40
     # the noise: uniform bits, no exact 0 or 1 reaching the Gumbel
-    g = model.gumbel_noise(model.row_keys(range(8), 1, "cpu"), 5, 151936)
+    g = sampler.gumbel_noise(sampler.row_keys(range(8), 1, "cpu"), 5, 151936)
     assert torch.isfinite(g).float().mean() > 0.9999 and not torch.isposinf(g).any()
     assert abs(g.mean().item() - 0.5772) < 0.01                  # the Euler-Mascheroni constant
 
@@ -260,7 +264,7 @@ def test_stop_strings_cut_where_the_text_check_does(toy_dir):
 
 def test_top_p_keeps_the_nucleus(toy_dir):
     logits = torch.tensor([[3.0, 2.0, 1.0, -5.0]])
-    toks = set(model.sample_token(logits.expand(200, 4), 1.0, 0.7, model.row_keys(range(200), 1, "cpu"), 0)[0].tolist())
+    toks = set(sampler.sample_token(logits.expand(200, 4), 1.0, 0.7, sampler.row_keys(range(200), 1, "cpu"), 0)[0].tolist())
     assert toks == {0, 1}                              # p = .66, .24, .09: 0 alone is < 0.7
 
 

@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
+import lm_eval_harness
 import eval_gsm8k as E
-from model import Qwen2, Qwen2Config, generate, load_model, load_tokenizer, save_model
+from model import Qwen2, Qwen2Config, load_model, load_tokenizer, save_model
+from sampler import generate
 from test_model import stop_cut
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,6 +73,6 @@ def test_grpo_and_lm_eval_harness_run(qwen_tiny, tmp_path):
     assert res.returncode == 0 and "strict-match" in res.stdout and "5-shot" in res.stdout, res.stderr[-2000:]
     rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
     test, train = E.load_gsm8k("test", GSM8K / "test.jsonl"), E.load_gsm8k("train", GSM8K / "train.jsonl")
-    draws = E.lm_eval_shots(train, 2)
-    assert [r["prompt"] for r in rows] == [E.lm_eval_prompt(p["question"], d) for p, d in zip(test, draws)]
+    draws = lm_eval_harness.lm_eval_shots(train, 2)
+    assert [r["prompt"] for r in rows] == [lm_eval_harness.lm_eval_prompt(p["question"], d) for p, d in zip(test, draws)]
     assert all(r["prompt"].count("Question:") == 6 and 0 < r["tokens"] <= 8 for r in rows)

@@ -11,11 +11,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import errors
+import toy_task
 import eval_gsm8k
 import lora
 import model as M
 import runs
-from model import UserError
+from errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_RUN = ["--toy", "--batch", "2", "--group", "4", "--max-new-tokens", "8", "--eval-limit", "2",
@@ -152,9 +154,9 @@ def test_truncated_files_name_their_path(toy_dir, tmp_path):
 
 def test_the_hook_turns_a_user_error_into_one_line_and_exit_2(capsys, monkeypatch):
     monkeypatch.setattr(sys, "excepthook", sys.__excepthook__)
-    M.exit_on_user_error()
+    errors.exit_on_user_error()
     try:
-        M.read_json("/nowhere/args.json")
+        errors.read_json("/nowhere/args.json")
     except UserError as e:
         err = e
     with pytest.raises(SystemExit) as stop:
@@ -237,7 +239,7 @@ def test_flag_errors_exit_2_in_one_line(toy_dir, tmp_path, monkeypatch, capsys):
 def write_data(folder):
     folder.mkdir()
     for split, n in (("train", 8), ("test", 3)):
-        rows = eval_gsm8k.toy_problems(split)[:n]  # GSM8K's format: question, answer ending in "#### N"
+        rows = toy_task.toy_problems(split)[:n]  # GSM8K's format: question, answer ending in "#### N"
         (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return folder
 

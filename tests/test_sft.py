@@ -10,7 +10,7 @@ import torch
 
 import model as M
 import sft
-from eval_gsm8k import toy_problems
+from toy_task import toy_problems
 from lora import apply_lora
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import toy_task
 import study
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,7 +145,7 @@ def test_shipped_toy_base_is_the_documented_one():
         assert hashlib.sha256((Path(TOY_BASE) / name).read_bytes()).hexdigest() == digest, name
     k, n = re.search(r"\((\d+) of ([\d,]+);", doc).groups()
     k, n = int(k), int(n.replace(",", ""))
-    problems = eval_gsm8k.toy_problems("test")
+    problems = toy_task.toy_problems("test")
     assert len(problems) == n
     m, tok = load_model(TOY_BASE, device="cpu", verbose=False), load_tokenizer(TOY_BASE)
     summary, _ = eval_gsm8k.evaluate(m, tok, problems, batch_size=256, max_new_tokens=48, progress=False)

@@ -11,12 +11,16 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+import adapters
+import tinylora
 import eval_gsm8k
 import flops
 import geometry
 import lora
-from lora import (adapter_kind, adapter_modules, adapters_disabled, apply_loraxs, apply_tinylora, load_adapter,
-                  load_factors, lora_factors, merge_lora, save_adapter, tinylora_groups)
+from adapters import load_factors
+from factored import lora_factors
+from lora import adapter_kind, adapter_modules, adapters_disabled, merge_lora
+from tinylora import apply_loraxs, apply_tinylora, tinylora_groups
 from model import TOY_CONFIG, load_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -108,8 +112,8 @@ def test_factored_update_equals_dense_reference(toy_dir, tmp_path, kind):
     ref = toy(toy_dir)
     apply(kind, m, targets="attn,down_proj", layers="0,2")
     randomize(m, STD[kind])
-    save_adapter(m, str(tmp_path / kind))
-    factors, from_file, lazy = lora_factors(m), load_factors(str(tmp_path / kind)), geometry.Adapter(tmp_path / kind)
+    adapters.save(m, str(tmp_path / kind))
+    factors, from_file, lazy = lora_factors(m), load_factors(str(tmp_path / kind)), adapters.SavedFactors(tmp_path / kind)
     assert sorted(from_file) == sorted(lazy) == sorted(factors) == sorted(adapter_modules(m))
     for name, mod in adapter_modules(m).items():
         W = ref.get_submodule(name).weight
@@ -144,12 +148,12 @@ def test_save_load_round_trip_and_resume_state(toy_dir, tmp_path, kind):
     randomize(m, STD[kind])
     with torch.no_grad():
         want = m(ids)
-    save_adapter(m, str(tmp_path / "a"))
+    adapters.save(m, str(tmp_path / "a"))
     for fresh in (True, False):  # into a bare model, and into adapters applied first (a resume)
         other = toy(toy_dir)
         if not fresh:
             apply(kind, other, layers="1,2")
-        load_adapter(other, str(tmp_path / "a"), verbose=False)
+        adapters.load(other, str(tmp_path / "a"), verbose=False)
         with torch.no_grad():
             assert torch.equal(other(ids), want)
         got = dict(other.named_parameters())
@@ -157,7 +161,7 @@ def test_save_load_round_trip_and_resume_state(toy_dir, tmp_path, kind):
     wrong = toy(toy_dir)
     apply_loraxs(wrong, 3, verbose=False) if kind == "loraxs" else apply_tinylora(wrong, 4, verbose=False)
     with pytest.raises(ValueError, match="differ"):
-        load_adapter(wrong, str(tmp_path / "a"))
+        adapters.load(wrong, str(tmp_path / "a"))
 
 
 def test_loraxs_folder_is_a_plain_lora_adapter(toy_dir, tmp_path):
@@ -168,22 +172,22 @@ def test_loraxs_folder_is_a_plain_lora_adapter(toy_dir, tmp_path):
     randomize(m, 0.3)
     with torch.no_grad():
         want = m(ids)
-    save_adapter(m, str(tmp_path / "a"))
+    adapters.save(m, str(tmp_path / "a"))
     cfg = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
     assert cfg["peft_type"] == "LORA" and cfg["r"] == cfg["lora_alpha"] == 2
     shutil.copytree(tmp_path / "a", tmp_path / "plain")
-    os.remove(tmp_path / "plain" / lora.LORAXS_FILE)
-    plain = load_adapter(toy(toy_dir), str(tmp_path / "plain"), verbose=False)
+    os.remove(tmp_path / "plain" / tinylora.LORAXS_FILE)
+    plain = adapters.load(toy(toy_dir), str(tmp_path / "plain"), verbose=False)
     assert adapter_kind(plain) == "lora"
     with torch.no_grad():
         assert rel_err(plain(ids), want) < 1e-6
-    side = load_file(str(tmp_path / "a" / lora.LORAXS_FILE))
+    side = load_file(str(tmp_path / "a" / tinylora.LORAXS_FILE))
     key = next(k for k in side if k.endswith("loraxs_R"))
     side[key] = side[key] + 1.0
     from safetensors.torch import save_file
-    save_file(side, str(tmp_path / "a" / lora.LORAXS_FILE))
+    save_file(side, str(tmp_path / "a" / tinylora.LORAXS_FILE))
     with pytest.raises(ValueError, match="disagree"):
-        load_adapter(toy(toy_dir), str(tmp_path / "a"))
+        adapters.load(toy(toy_dir), str(tmp_path / "a"))
 
 # -----------------------------------------------------------------------------
 # PEFT interop (peft >= 0.19 has the TINYLORA tuner)
@@ -219,7 +223,7 @@ def test_our_tinylora_loads_in_peft(tmp_path, u, tie, targets, layers):
         ours = m(ids)
         with adapters_disabled(m):
             assert rel_err(ours, m(ids)) > 1e-3
-    save_adapter(m, str(tmp_path / "ours"), base_model_name_or_path=base)
+    adapters.save(m, str(tmp_path / "ours"), base_model_name_or_path=base)
     # PEFT's own construction from the same config: the same A, B, P and groups as ours
     cfg = json.loads((tmp_path / "ours" / "adapter_config.json").read_text())
     fresh = peft.get_peft_model(hf, peft.TinyLoraConfig(**{k: cfg[k] for k in (
@@ -254,7 +258,7 @@ def test_peft_tinylora_loads_here(tmp_path, save_projection):
     with torch.no_grad():
         theirs = pm(input_ids=ids).logits
     m = toy(base)
-    load_adapter(m, str(tmp_path / "peft"), verbose=False)
+    adapters.load(m, str(tmp_path / "peft"), verbose=False)
     assert adapter_kind(m) == "tinylora" and len(adapter_modules(m)) == 7 * TINY["num_hidden_layers"]
     assert sum(p.numel() for p in m.parameters() if p.requires_grad) == 7 * round(21 * 0.5)
     with torch.no_grad():
@@ -278,7 +282,7 @@ def test_our_loraxs_loads_in_peft_as_lora(tmp_path):
     randomize(m, 0.3)
     with torch.no_grad():
         ours = m(ids)
-    save_adapter(m, str(tmp_path / "xs"), base_model_name_or_path=base)
+    adapters.save(m, str(tmp_path / "xs"), base_model_name_or_path=base)
     pm = peft.PeftModel.from_pretrained(hf, str(tmp_path / "xs")).eval()
     with torch.no_grad():
         theirs = pm(input_ids=ids).logits
@@ -337,7 +341,7 @@ def test_step_flops_match_counter(adapter, rank, targets):
     cfg = Qwen2Config(vocab_size=96, hidden_size=64, intermediate_size=112, num_hidden_layers=3,
                       num_attention_heads=4, num_key_value_heads=2)
     m, (B, T) = Qwen2(cfg), (2, 24)
-    lora.apply_adapter(m, adapter, rank, u=3, targets=flops.TARGETS[targets], verbose=False)
+    adapters.apply(m, adapter, rank, u=3, targets=flops.TARGETS[targets], verbose=False)
     ids = torch.randint(0, cfg.vocab_size, (B, T))
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         m(ids).square().mean().backward()
