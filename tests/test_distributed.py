@@ -14,7 +14,7 @@ import torch._dynamo  # noqa: F401  load_model's meta-device init imports it (se
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
-import eval_gsm8k
+import gsm8k
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 4 prompts = 2 per process; micro-batches of 3 split 16 samples 3+3+3+3+3+1 on one process and 3+3+2
@@ -57,7 +57,7 @@ def max_abs_diff(a, b):
 def test_grpo_two_processes_equal_one_and_resume_exactly(toy_dir, tmp_path, monkeypatch):
     # a reward the random toy model earns half the time (the parity of the completion's length): mixed
     # groups, so the adapter moves. The forked processes inherit the patched module.
-    monkeypatch.setattr(eval_gsm8k, "reward", lambda completion, answer: float(len(completion) % 2))
+    monkeypatch.setattr(gsm8k, "reward", lambda completion, answer: float(len(completion) % 2))
     one, two, resumed = (str(tmp_path / d) for d in ("one", "two", "resumed"))
     args = [*GRPO, "--model", toy_dir]
     launch("grpo.py", [*args, "--out", one], 1)

@@ -224,7 +224,6 @@ def test_batched_plane_equals_one_point_per_pass(tmp_path):
 def test_one_base_by_content(tmp_path):
     """Runs name their base by path: the same folder under two names, or a byte-identical copy (a run
     folder copied from another checkout) is one base; other weights, or another hub id, are not."""
-    import geometry
     a, b, c = (tmp_path / n for n in "abc")
     for folder, w in ((a, 1.0), (b, 1.0), (c, 2.0)):
         folder.mkdir()

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import eval_gsm8k
+import gsm8k
 from grpo import batch_indices, group_advantages, kl_k3, policy_loss, sampler_grid
 from lora import apply_lora, lora_modules
 from logprobs import completion_logprobs, token_logprobs
@@ -182,7 +182,7 @@ def test_smoke_run_subprocess(toy_dir, tmp_path):
 def run_inprocess(monkeypatch, argv):
     """grpo.py as __main__ in this process, with a reward that a random model earns half the time
     (by the parity of the completion's length), so groups are mixed and the adapter moves."""
-    monkeypatch.setattr(eval_gsm8k, "reward", lambda completion, answer: float(len(completion) % 2))
+    monkeypatch.setattr(gsm8k, "reward", lambda completion, answer: float(len(completion) % 2))
     monkeypatch.setattr(sys, "argv", ["grpo.py", *argv])
     runpy.run_path(os.path.join(ROOT, "grpo.py"), run_name="__main__")
 
@@ -224,7 +224,7 @@ def test_nonfinite_loss_stops_and_keeps_last_checkpoint(toy_dir, tmp_path, monke
     def reward(completion, answer):  # fine for the step-0 eval (2 problems) and step 1 (8 samples), then NaN
         calls.append(1)
         return float(len(completion) % 2) if len(calls) <= 10 else float("nan")
-    monkeypatch.setattr(eval_gsm8k, "reward", reward)
+    monkeypatch.setattr(gsm8k, "reward", reward)
     monkeypatch.setattr(sys, "argv", ["grpo.py", *TINY_RUN, "--model", toy_dir, "--steps", "3",
                                       "--save-every", "1", "--eval-every", "0", "--out", str(out)])
     with pytest.raises(SystemExit, match="step 2: loss nan"):

@@ -11,10 +11,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 from torch.utils.flop_counter import FlopCounterMode
 
-import logprobs
 import flops
 import grpo
-import model
 import sft
 from lora import apply_lora
 from logprobs import (completion_logprobs, reference_logprobs as whole_reference, relative_error,

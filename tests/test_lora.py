@@ -1,15 +1,12 @@
 """lora.py: identity at init, frozen base, merge, PEFT interop both ways, factored geometry, Adam's symmetry."""
 import json
-import os
 
 import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-import errors
 import factored
-import lora
 from adapters import load_factors
 from factored import combine, factored_inner, lora_factors, set_factors, truncate
 from lora import (LoRALinear, adapters_disabled, apply_lora, load_adapter, lora_modules, lora_param_count,
@@ -398,7 +395,7 @@ def test_row_weights_equal_separate_adapters(toy_dir):
     """Row b of a batch under row_weights is the adapter Σ_i w[b, i]·ΔW_i installed alone (set_factors
     of factored.combine), to float rounding: on a forward, and through generate() while rows finish
     early and leave the batch, and fan out to n samples."""
-    from model import generate
+    from sampler import generate
     sets = []
     torch.manual_seed(0)  # A's init: the same adapters whatever ran before
     for k, (r, targets) in enumerate([(1, "all"), (3, "all"), (2, "attn")]):  # the last adapts 4 of 7 matrices

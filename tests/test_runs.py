@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 import errors
 import toy_task
 import eval_gsm8k
+import gsm8k
 import lora
 import model as M
 import runs
@@ -26,7 +27,7 @@ TINY_RUN = ["--toy", "--batch", "2", "--group", "4", "--max-new-tokens", "8", "-
 
 def grpo(monkeypatch, argv):
     """grpo.py as __main__ in this process, with a reward a random model earns half the time."""
-    monkeypatch.setattr(eval_gsm8k, "reward", lambda completion, answer: float(len(completion) % 2))
+    monkeypatch.setattr(gsm8k, "reward", lambda completion, answer: float(len(completion) % 2))
     monkeypatch.setattr(sys, "argv", ["grpo.py", *argv])
     runpy.run_path(os.path.join(ROOT, "grpo.py"), run_name="__main__")
 
@@ -206,7 +207,7 @@ def test_scripts_exit_2_naming_the_truncated_file(toy_dir, tmp_path, monkeypatch
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stdout[-1500:] + res.stderr[-1500:]
     assert res.stderr.strip().splitlines()[-1] == f"error: {state}: not a readable safetensors file (Error while " \
         f"deserializing header: incomplete metadata, file not fully covered); truncated or corrupt?"
-    monkeypatch.setattr(eval_gsm8k, "reward", lambda completion, answer: 0.0)
+    monkeypatch.setattr(gsm8k, "reward", lambda completion, answer: 0.0)
     exits_2(monkeypatch, capsys, "grpo.py", [*args, "--resume"], str(state))
     # geometry.py over a folder of runs, one adapter truncated; eval_gsm8k.py --adapter (load_adapter)
     shutil.copy(tmp_path / "state", state)

@@ -13,10 +13,8 @@ from safetensors.torch import load_file
 
 import adapters
 import tinylora
-import eval_gsm8k
 import flops
-import geometry
-import lora
+import gsm8k
 from adapters import load_factors
 from factored import lora_factors
 from lora import adapter_kind, adapter_modules, adapters_disabled, merge_lora
@@ -309,7 +307,7 @@ def test_flops_counts_match_the_modules(toy_dir):
 
 @pytest.mark.parametrize("adapter", ["tinylora", "loraxs"])
 def test_grpo_kill_and_resume_is_exact(toy_dir, tmp_path, monkeypatch, adapter):
-    monkeypatch.setattr(eval_gsm8k, "reward", lambda completion, answer: float(len(completion) % 2))
+    monkeypatch.setattr(gsm8k, "reward", lambda completion, answer: float(len(completion) % 2))
     a, b = tmp_path / "a", tmp_path / "b"
     args = ["--toy", "--model", toy_dir, "--adapter", adapter, "--u", "3", "--tie", "0.5", "--batch", "2",
             "--group", "4", "--max-new-tokens", "8", "--eval-limit", "2", "--eval-batch-size", "2", "--device", "cpu",
