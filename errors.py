@@ -21,7 +21,7 @@ def user_exit(message):
     and the SystemExit to raise, status 2; str() of it is still the message."""
     print(f"error: {message}", file=sys.stderr, flush=True)
     stop = SystemExit(str(message))
-    stop.code = 2  # the interpreter exits with .code and prints nothing more (it is printed already)
+    stop.code = 2  # the interpreter exits with .code and prints nothing more
     return stop
 
 
@@ -77,3 +77,11 @@ def write_atomic(path, write):
     reader never sees half a file, and a failed write leaves the old one whole."""
     write(path + ".tmp")
     os.replace(path + ".tmp", path)
+
+
+def write_json(path, obj):
+    """obj as indented JSON at path, written atomically (write_atomic)."""
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2)
+    write_atomic(path, write)

@@ -43,7 +43,8 @@ from toy_task import toy_problems
 
 
 def wilson(k, n, z=1.96):
-    """95% Wilson score interval for k successes in n trials (sound near 0 and 1, unlike p ± 2se)."""
+    """95% Wilson score interval for k successes in n trials (sound near 0 and 1, unlike
+    p ± 2se)."""
     if n == 0:
         return (0.0, 1.0)
     p = k / n
@@ -216,7 +217,8 @@ def print_lm_eval_summary(s, title):
 def show_rules():
     """No model: what this file does, on examples; and the toy task's gold answers checked."""
     toy = toy_problems("train", n=3)
-    print(f"toy task: {len(toy_problems('train'))} train, {len(toy_problems('test'))} test problems")
+    n_train, n_test = len(toy_problems("train")), len(toy_problems("test"))
+    print(f"toy task: {n_train} train, {n_test} test problems")
     print("a 2-shot toy prompt and its target:\n" + "-" * 40)
     print(format_prompt(toy[2]["question"], [(p["question"], p["answer"]) for p in toy[:2]])
           + format_solution(toy[2]["answer"]) + "\n" + "-" * 40)
@@ -229,7 +231,8 @@ def show_rules():
     print(f"  reward of {text!r} against 14: {reward(text, '14')} (cut at 'Question:'; blank "
           f"lines stay)")
     assert all(reward(p["answer"], p["answer"]) == 1.0 for p in toy_problems("test"))
-    print("every toy test gold answer earns reward 1 against itself. Evaluate with --toy or --model.")
+    print("every toy test gold answer earns reward 1 against itself. Evaluate with --toy or "
+          "--model.")
 
 
 def evaluate_adapters(model, tokenizer, problems, shots, args, max_new_tokens):

@@ -37,7 +37,8 @@ def factored_inner(f1, f2) -> float:
     for name in sorted(f1.keys() & f2.keys()):
         (s1, B1, A1), (s2, B2, A2) = f1[name], f2[name]
         assert B1.shape[0] == B2.shape[0] and A1.shape[1] == A2.shape[1], \
-            f"{name}: updates of shapes {(B1.shape[0], A1.shape[1])} and {(B2.shape[0], A2.shape[1])}"
+            f"{name}: updates of shapes {(B1.shape[0], A1.shape[1])} and " \
+            f"{(B2.shape[0], A2.shape[1])}"
         BtB = B1.double().T @ B2.double().to(B1.device)                    # (r1, r2)
         AAt = A1.double() @ A2.double().to(A1.device).T                    # (r1, r2)
         total += s1 * s2 * (BtB * AAt).sum().item()
@@ -69,8 +70,10 @@ def gram(updates, device="cpu", progress=True):
 
 
 def combine(factor_sets, weights) -> dict:
-    """Σ_i w_i·ΔW_i in factored form: B = [w1·s1·B1 | w2·s2·B2 | ...], A = [A1; A2; ...], scale 1."""
-    assert len(factor_sets) == len(weights), f"{len(factor_sets)} factor sets, {len(weights)} weights"
+    """Σ_i w_i·ΔW_i in factored form: B = [w1·s1·B1 | w2·s2·B2 | ...], A = [A1; A2; ...],
+    scale 1."""
+    assert len(factor_sets) == len(weights), \
+        f"{len(factor_sets)} factor sets, {len(weights)} weights"
     names = list(dict.fromkeys(n for f in factor_sets for n in f))  # union, first-seen order
     out = {}
     for name in names:
@@ -166,7 +169,8 @@ def set_stacked(model, factor_sets):
     each stacked rank belongs to; row_weights() then weighs them per batch row. Returns N."""
     set_factors(model, combine(factor_sets, [1.0] * len(factor_sets)), module=StackedLoRALinear)
     for name, m in lora_modules(model).items():
-        owner = [i for i, f in enumerate(factor_sets) if name in f for _ in range(f[name][2].shape[0])]
+        owner = [i for i, f in enumerate(factor_sets) if name in f
+                 for _ in range(f[name][2].shape[0])]
         m.owner = torch.tensor(owner, dtype=torch.long, device=m.lora_A.device)  # (R,)
     return len(factor_sets)
 
@@ -181,7 +185,8 @@ def row_weights(model, w):
     A = mods[0].lora_A
     rows = RowWeights(torch.as_tensor(w, dtype=A.dtype, device=A.device))
     n = max(int(m.owner.max()) for m in mods) + 1
-    assert rows.w.ndim == 2 and rows.w.shape[1] >= n, f"weights {tuple(rows.w.shape)} for {n} updates"
+    assert rows.w.ndim == 2 and rows.w.shape[1] >= n, \
+        f"weights {tuple(rows.w.shape)} for {n} updates"
     for m in mods:
         m.rows = rows
     try:
@@ -215,7 +220,8 @@ if __name__ == "__main__":
     summed, k = combine([factors, half], [1.0, -0.5]), 2
     cut = truncate(summed, k)
     dense_W = [s * B @ A for s, B, A in summed.values()]                 # (out, in) each, toy only
-    trunc_err = sum(((W - Bk @ Ak) ** 2).sum().item() for W, (_, Bk, Ak) in zip(dense_W, cut.values()))
+    trunc_err = sum(((W - Bk @ Ak) ** 2).sum().item()
+                    for W, (_, Bk, Ak) in zip(dense_W, cut.values()))
     best_err = sum((torch.linalg.svdvals(W)[k:] ** 2).sum().item() for W in dense_W)  # Eckart-Young
     print(f"rank-{k} truncation error {trunc_err:.6e} vs dense SVD optimum {best_err:.6e}")
     assert err < 1e-9 and abs(trunc_err - best_err) <= 1e-9 * best_err, (err, trunc_err, best_err)

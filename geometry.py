@@ -4,7 +4,7 @@ exploration and rank truncation, from the run folders that grpo.py and sft.py wr
 
     python geometry.py runs/                                # runs/geometry/geometry.json + figures
     python geometry.py runs/ --plane --grid 15 --eval-limit 256    # accuracy over the PC1-PC2 plane
-    python geometry.py runs/ --plane --truncate 1           # + rank-1 versions of finals and samples
+    python geometry.py runs/ --plane --truncate 1           # + rank-1 finals and plane samples
     python geometry.py --bench-scale 100                    # Gram of 100 rank-1 Qwen2.5-3B adapters
     python geometry.py --decode-bytes                       # what batching the plane saves at 3B
 
@@ -291,8 +291,9 @@ if __name__ == "__main__":
     colors = {run: f"C{k % 10}" for k, run in enumerate(runs)}
     traj = {run: ([ckpts[i][1] for i in ix], scores2[ix]) for run, ix in index.items()}
     out.mkdir(parents=True, exist_ok=True)
+    per_run = report["explained_variance_ratio_per_run"]
     save_figures(out, traj, colors, origin, report["explained_variance_ratio"],
-                 {run: np.array(v) for run, v in report["explained_variance_ratio_per_run"].items()},
+                 {run: np.array(v) for run, v in per_run.items()},
                  report["distance_from_start"], runs, report["cosine_final"],
                  report["cosine_over_time"])
 

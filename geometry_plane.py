@@ -134,7 +134,8 @@ def explore_plane(args, report, bases, run_args, runs, ckpts, updates, last, coe
     problems = gsm8k.load_task(task, "test", path)[:args.eval_limit]
     max_new = args.max_new_tokens or first_args.get("max_new_tokens") or (64 if task == "toy"
                                                                           else 512)
-    net, tok = qwen.load_model(bases[runs[0]], device=args.device), qwen.load_tokenizer(bases[runs[0]])
+    base = bases[runs[0]]
+    net, tok = qwen.load_model(base, device=args.device), qwen.load_tokenizer(base)
     stop = gsm8k.stop_ids(tok)
     prompt_len = max(len(tok.encode(gsm8k.format_prompt(p["question"]))) for p in problems)
     per_pass = args.points_per_pass or eval_gsm8k.points_per_pass(

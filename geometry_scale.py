@@ -47,8 +47,11 @@ def bench_scale(n, device, rank=1, seed=0):
         for k in tqdm(range(n), desc="write"):  # one adapter in memory at a time
             folder = Path(tmp) / f"step_{k:06d}"
             folder.mkdir()
-            tensors = {f"{lora.PEFT_PREFIX}{name}.lora_{p}.weight": torch.randn(s, generator=g) * 0.01
-                       for name, (o, i) in shapes.items() for p, s in (("A", (rank, i)), ("B", (o, rank)))}
+            tensors = {}
+            for name, (o, i) in shapes.items():
+                for part, shape in (("A", (rank, i)), ("B", (o, rank))):
+                    key = f"{lora.PEFT_PREFIX}{name}.lora_{part}.weight"
+                    tensors[key] = torch.randn(shape, generator=g) * 0.01
             save_file(tensors, str(folder / "adapter_model.safetensors"))
             config_json = {"peft_type": "LORA", "r": rank, "lora_alpha": 32}
             (folder / "adapter_config.json").write_text(json.dumps(config_json))

@@ -335,8 +335,38 @@ if __name__ == "__main__":
         if rank == 0:
             append_metrics(args.out, row)
         print(f"step {step:5d}/{args.steps} | eval accuracy {row['eval_accuracy']:.3f} | "
-              f"flexible {row['eval_flexible_accuracy']:.3f} | format {row['eval_format_rate']:.3f}")
+              f"flexible {row['eval_flexible_accuracy']:.3f} | format "
+              f"{row['eval_format_rate']:.3f}")
         return row["eval_seconds"]
+
+    def log_step(step, rewards, n_tokens, n_format, health, t_sample, t_train):
+        """One metrics row and one line per step; rewards (B, G) of the whole batch."""
+        zero_var = (rewards == rewards[:, :1]).all(1).float().mean().item()
+        fmt = n_format / (B * G)
+        row = dict(step=step, reward=rewards.mean().item(), reward_std=rewards.std().item(),
+                   zero_var=zero_var, length=n_tokens / (B * G), format_rate=fmt,
+                   logp_gap=health["logp_gap"], kl_sampler=health["kl_sampler"],
+                   loss=health["loss"], grad_norm=health["grad_norm"], lr=args.lr,
+                   t_sample=round(t_sample, 3), t_train=round(t_train, 3),
+                   tokens_per_s=n_tokens / t_sample,
+                   **({"kl_ref": health["kl_ref"]} if "kl_ref" in health else {}))
+        if rank == 0:
+            append_metrics(args.out, row)
+        print(f"step {step:5d}/{args.steps} | reward {row['reward']:.3f} ± {row['reward_std']:.2f} "
+              f"| zero-var {zero_var:.2f} | len {row['length']:5.1f} | fmt {fmt:.2f} | gap "
+              f"{row['logp_gap']:.1e} | gnorm {row['grad_norm']:.3f} | lr {args.lr:.1e} | sample "
+              f"{t_sample:5.1f} s, train {t_train:5.1f} s | {row['tokens_per_s']:6.0f} tok/s")
+
+    def save(step):
+        """The checkpoint of a step: weights, Adam's moments, the RNG, the data position."""
+        state = dict(step=step, data_seed=args.seed, epoch=step * B // len(train_set),
+                     position=step * B % len(train_set), samples=step * B * G)
+        # the same in every process (same seed, and nothing draws from it after the init)
+        rng = {"rng.torch_cpu": torch.get_rng_state()}
+        if rank == 0:
+            save_checkpoint(os.path.join(args.out, f"step_{step:06d}"), model, optimizer, named,
+                            state, full=full, tokenizer=tokenizer, base_name=args.model, extra=rng)
+        barrier()  # the others wait until the checkpoint is on disk: it is the whole run's
 
     t_sample_total = t_train_total = t_eval_total = 0.0
     if start == 0:
@@ -384,8 +414,7 @@ if __name__ == "__main__":
                 kl_sampler += kl_k3(old[mask], logp.detach()[mask]).sum().item() / n_tokens
             sum_grads(params)                                           # + the other processes'
             loss_sum, gap, kl_sampler, kl_ref = all_reduce([loss_sum, gap, kl_sampler, kl_ref])
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip or float("inf"))
-            grad_norm = grad_norm.item()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip or math.inf).item()
             if not (math.isfinite(loss_sum) and math.isfinite(grad_norm)):
                 raise SystemExit(f"step {step}: loss {loss_sum} / grad norm {grad_norm} is not "
                                  f"finite; stopping without an update. Last good checkpoint: "
@@ -398,32 +427,13 @@ if __name__ == "__main__":
         t_sample_total, t_train_total = t_sample_total + t_sample, t_train_total + t_train
 
         # --- log, evaluate, checkpoint (rank 0 writes)
-        rewards = all_gather(rewards)                                   # (B, G): the whole batch
-        zero_var = (rewards == rewards[:, :1]).all(1).float().mean().item()
-        fmt = n_format / (B * G)
-        row = dict(step=step, reward=rewards.mean().item(), reward_std=rewards.std().item(),
-                   zero_var=zero_var, length=n_tokens / (B * G), format_rate=fmt, logp_gap=gap0,
-                   kl_sampler=kl0, loss=loss_sum, grad_norm=grad_norm, lr=args.lr,
-                   t_sample=round(t_sample, 3), t_train=round(t_train, 3),
-                   tokens_per_s=n_tokens / t_sample, **({"kl_ref": kl_ref} if args.kl else {}))
-        if rank == 0:
-            append_metrics(args.out, row)
-        print(f"step {step:5d}/{args.steps} | reward {row['reward']:.3f} ± {row['reward_std']:.2f} "
-              f"| zero-var {zero_var:.2f} | len {row['length']:5.1f} | fmt {fmt:.2f} | gap "
-              f"{gap0:.1e} | gnorm {grad_norm:.3f} | lr {args.lr:.1e} | sample {t_sample:5.1f} s, "
-              f"train {t_train:5.1f} s | {row['tokens_per_s']:6.0f} tok/s")
+        health = dict(loss=loss_sum, grad_norm=grad_norm, logp_gap=gap0, kl_sampler=kl0,
+                      **({"kl_ref": kl_ref} if args.kl else {}))
+        log_step(step, all_gather(rewards), n_tokens, n_format, health, t_sample, t_train)
         if step == args.steps or (args.eval_every and step % args.eval_every == 0):
             t_eval_total += evaluate(step)
         if step == args.steps or step % args.save_every == 0:
-            state = dict(step=step, data_seed=args.seed, epoch=step * B // len(train_set),
-                         position=step * B % len(train_set), samples=step * B * G)
-            # the same in every process (same seed, and nothing draws from it after the init)
-            rng = {"rng.torch_cpu": torch.get_rng_state()}
-            if rank == 0:
-                save_checkpoint(os.path.join(args.out, f"step_{step:06d}"), model, optimizer,
-                                named, state, full=full, tokenizer=tokenizer,
-                                base_name=args.model, extra=rng)
-            barrier()  # the others wait until the checkpoint is on disk: it is the whole run's
+            save(step)
 
     # --- summary
     close_distributed()

@@ -155,7 +155,7 @@ def format_solution(answer):
 
 
 def format_prompt(question, shots=()):
-    """The prompt for `question`; `shots` are (question, answer) worked examples, e.g. from train."""
+    """The prompt for `question`; `shots` are (question, answer) worked examples (from train)."""
     parts = [f"Question: {q.strip()}\nAnswer:{format_solution(a)}{SHOT_SEP}" for q, a in shots]
     return "".join(parts) + f"Question: {question.strip()}\nAnswer:"
 

@@ -100,7 +100,8 @@ class ChunkedLogprobs(torch.autograd.Function):
 
 
 def logprobs_from_hidden(h, weight, targets, temperature=1.0, chunk_size=1024):
-    """Final-normed hidden states (N, C) -> (N,) float32 log-probs of targets under weight (V, C)."""
+    """Final-normed hidden states (N, C) -> (N,) float32 log-probs of targets under weight
+    (V, C)."""
     return ChunkedLogprobs.apply(h, weight, targets, temperature, chunk_size)
 
 
@@ -192,7 +193,8 @@ if __name__ == "__main__":
         results.append((logp[mask].detach(), grad))
         if fn is not reference_logprobs:
             (lp0, g0), (lp, gr) = results[0], results[-1]
-            print(f"{fn.__name__} vs reference_logprobs: log-probs rel. error "
-                  f"{relative_error(lp, lp0):.1e}, gradient rel. error {relative_error(gr, g0):.1e}")
+            e_lp, e_g = relative_error(lp, lp0), relative_error(gr, g0)
+            print(f"{fn.__name__} vs reference_logprobs: log-probs rel. error {e_lp:.1e}, "
+                  f"gradient rel. error {e_g:.1e}")
             assert relative_error(lp, lp0) < 1e-5 and relative_error(gr, g0) < 1e-4
     print("logprobs.py: all checks passed")

@@ -9,11 +9,10 @@ fresh adapter is the identity (Hu et al. 2021, "LoRA", §4.1). The module's layo
 torchtune's LoRALinear; the files follow PEFT's (adapter_config.json + adapter_model.safetensors),
 so an adapter trained here loads in PEFT and vLLM, and one trained with PEFT loads here.
 Simplified on purpose: no dropout, no bias adapters, no DoRA, one rank and one α for all matrices.
-Beside this file: adapters smaller than rank 1 (tinylora.py), every kind behind one door
-(adapters.py), and the update in factored form, many adapters in one batch (factored.py).
+Beside it: tinylora.py (below rank 1), adapters.py (every kind), factored.py (ΔW as factors).
 """
 import argparse
-import json
+import copy
 import math
 import os
 import tempfile
@@ -23,8 +22,9 @@ import torch
 import torch.nn as nn
 from safetensors.torch import save_file
 
-from errors import UserError, exit_on_user_error, load_safetensors, read_json, write_atomic
-from model import Qwen2Config, TOY_CONFIG, load_model, make_toy_checkpoint
+from errors import (UserError, exit_on_user_error, load_safetensors, read_json, write_atomic,
+                    write_json)
+from model import TOY_CONFIG, Qwen2, Qwen2Config
 
 ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
@@ -74,27 +74,28 @@ class LoRALinear(Adapter):
         # The adapter path runs in float32, as PEFT does (it casts x to lora_A's dtype): exact
         # small updates and gradients, at the price of a float32 copy of x kept for backward.
         x = x.to(self.lora_A.dtype)
-        z = x @ self.lora_A.T @ self.lora_B.T * self.scale                 # (B, T, r) -> (B, T, out)
+        z = x @ self.lora_A.T @ self.lora_B.T * self.scale     # (B, T, r) -> (B, T, out)
         return y + z.to(y.dtype)
 
     def delta_weight(self):
-        return self.scale * self.lora_B @ self.lora_A                     # (out, r)(r, in) -> (out, in)
+        return self.scale * self.lora_B @ self.lora_A          # (out, r)(r, in) -> (out, in)
 
     def factors(self):
         """(scale, B (out, r), A (r, in)) with ΔW = scale·B·A, copies (factored.py's form)."""
         return self.scale, self.lora_B.detach().clone(), self.lora_A.detach().clone()
 
     def extra_repr(self):
-        return f"rank={self.rank}, alpha={self.alpha}, scale={self.scale:.4g}, enabled={self.enabled}"
+        return (f"rank={self.rank}, alpha={self.alpha}, scale={self.scale:.4g}, "
+                f"enabled={self.enabled}")
 
 
 def adapter_modules(model) -> dict:
-    """{name: module} of every adapter, names as in named_modules(): 'model.layers.3.mlp.up_proj'."""
+    """{name: module} of every adapter, names as named_modules() gives them:
+    'model.layers.3.mlp.up_proj'."""
     return {name: m for name, m in model.named_modules() if isinstance(m, Adapter)}
 
 
 def lora_modules(model) -> dict:
-    """{name: LoRALinear}."""
     return {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
 
 
@@ -142,7 +143,8 @@ def parse_targets(targets) -> list:
     for t in (t.strip() for t in items):
         expanded = {"all": ALL_LINEAR, "attn": ATTN, "mlp": MLP}.get(t, (t,))
         if not set(expanded) <= set(ALL_LINEAR):
-            raise UserError(f"unknown LoRA target {t!r}; use all, attn, mlp or some of {ALL_LINEAR}")
+            raise UserError(f"unknown LoRA target {t!r}; use all, attn, mlp or some of "
+                            f"{ALL_LINEAR}")
         chosen.update(expanded)
     if not chosen:
         raise UserError(f"no LoRA targets in {targets!r}")
@@ -154,13 +156,10 @@ def parse_layers(layers, n_layers) -> list:
     Thirds: first and last get n//3 layers each, the middle gets the rest (28 layers -> 9/10/9)."""
     if layers is None:
         return list(range(n_layers))
-    if isinstance(layers, str):
-        items = layers.split(",")
-    else:
-        items = [layers] if isinstance(layers, int) else list(layers)
-    q = n_layers // 3
-    thirds = {"first": range(0, q), "middle": range(q, n_layers - q),
-              "last": range(n_layers - q, n_layers)}
+    items = layers.split(",") if isinstance(layers, str) else \
+        [layers] if isinstance(layers, int) else list(layers)
+    q, n = n_layers // 3, n_layers
+    thirds = dict(first=range(0, q), middle=range(q, n - q), last=range(n - q, n))
     chosen = set()
     for item in items:
         item = item.strip() if isinstance(item, str) else item
@@ -216,7 +215,8 @@ def trainable_summary(model):
 
 
 def apply_lora(model, rank, alpha, targets=ALL_LINEAR, layers=None, rslora=False, verbose=True):
-    """Wrap the chosen projections in LoRALinear, in place; freeze everything else. Returns model."""
+    """Wrap the chosen projections in LoRALinear, in place; freeze everything else.
+    Returns model."""
     targets, layers, names = target_modules(model, targets, layers)
     for name in names:
         replace_module(model, name, LoRALinear(model.get_submodule(name), rank, alpha, rslora))
@@ -236,7 +236,7 @@ def merge_lora(model):
     kind of adapter."""
     for name, m in adapter_modules(model).items():
         W = m.base.weight                                                 # (out, in)
-        W.copy_((W.float() + m.delta_weight().float()).to(W.dtype))      # add in float32, round once
+        W.copy_((W.float() + m.delta_weight().float()).to(W.dtype))  # add in fp32, round once
         replace_module(model, name, m.base)
     return model
 
@@ -256,7 +256,7 @@ def peft_common(model, base_model_name_or_path=None) -> dict:
     describe adapted modules as a product targets x layers; layers None means all of them."""
     mods = adapter_modules(model)
     assert mods, "the model has no adapters; apply some first"
-    parts = [name.split(".") for name in mods]                            # model.layers.{i}.{block}.{t}
+    parts = [name.split(".") for name in mods]                # model.layers.{i}.{block}.{t}
     targets = [t for t in ALL_LINEAR if t in {p[-1] for p in parts}]
     layers = sorted({int(p[2]) for p in parts})
     expected = {module_name(i, t) for i in layers for t in targets}
@@ -291,11 +291,7 @@ def write_adapter(out_dir, tensors, config):
     os.makedirs(out_dir, exist_ok=True)
     write_atomic(os.path.join(out_dir, "adapter_model.safetensors"),
                  lambda p: save_file(tensors, p, metadata={"format": "pt"}))
-
-    def write_json(p):
-        with open(p, "w") as f:
-            json.dump(config, f, indent=2)
-    write_atomic(os.path.join(out_dir, "adapter_config.json"), write_json)
+    write_json(os.path.join(out_dir, "adapter_config.json"), config)
 
 
 def save_adapter(model, out_dir, base_model_name_or_path=None):
@@ -403,7 +399,8 @@ if __name__ == "__main__":
         description="LoRA self-check on the toy model, and parameter counts")
     parser.add_argument("--config", default=None, help="config.json (or a folder holding one) to "
                         "count LoRA parameters for; default: Qwen2.5-3B's shapes, built in")
-    parser.add_argument("--ranks", default="1,8,64", help="comma-separated ranks for the count table")
+    parser.add_argument("--ranks", default="1,8,64",
+                        help="comma-separated ranks for the count table")
     parser.add_argument("--alpha", type=float, default=32.0,
                         help="LoRA alpha of the toy check (scale alpha/r)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the toy model and adapters")
@@ -413,7 +410,8 @@ if __name__ == "__main__":
 
     # --- parameter counts, from shapes alone
     if args.config:
-        path = os.path.join(args.config, "config.json") if os.path.isdir(args.config) else args.config
+        path = os.path.join(args.config, "config.json") if os.path.isdir(args.config) else \
+            args.config
         config, label = Qwen2Config.from_json(path), path
     else:
         config, label = Qwen2Config(), "Qwen2.5-3B"  # the config's defaults are Qwen2.5-3B's shape
@@ -425,31 +423,27 @@ if __name__ == "__main__":
         middle = lora_param_count(config, r, "all", "middle")
         print(f"{r:>6} | {counts[0]:>12,} | {counts[1]:>12,} | {counts[2]:>12,} | {middle:>18,}")
 
-    # --- the toy model, through the real loader
-    with tempfile.TemporaryDirectory() as tmp:
-        make_toy_checkpoint(os.path.join(tmp, "base"), seed=args.seed)
-        model = load_model(os.path.join(tmp, "base"), device="cpu", dtype=torch.float32)
+    # --- the toy model: identity at init, the switch, the file round trip, the merge
+    with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
+        model = Qwen2(TOY_CONFIG)
+        other = copy.deepcopy(model)                                      # the same base
         ids = torch.randint(0, TOY_CONFIG.vocab_size, (2, 16))            # (B, T)
-        with torch.no_grad():
-            base_logits = model(ids)                                      # (B, T, V)
-            apply_lora(model, 4, args.alpha, "all")
-            n_train, _ = trainable_summary(model)
-            assert n_train == lora_param_count(TOY_CONFIG, 4), (n_train, lora_param_count(TOY_CONFIG, 4))
-            err = (model(ids) - base_logits).abs().max().item()
-            print(f"fresh adapter is the identity: max |logits - base| = {err:.1e}")
-            assert err == 0.0, err
-            for m in lora_modules(model).values():
-                m.lora_B.normal_(0, 0.02)
-            lora_logits = model(ids)
-            with adapters_disabled(model):
-                assert torch.equal(model(ids), base_logits), "adapters_disabled is not the base model"
-            save_adapter(model, os.path.join(tmp, "adapter"), "toy")
-            other = load_model(os.path.join(tmp, "base"), device="cpu", dtype=torch.float32)
-            load_adapter(other, os.path.join(tmp, "adapter"), verbose=False)
-            assert torch.equal(other(ids), lora_logits), "save/load round trip changed the logits"
-            print("save_adapter -> load_adapter: identical logits")
-            merged = merge_lora(model)(ids)
-            err = ((merged - lora_logits).abs().max() / lora_logits.abs().max()).item()
-            print(f"merged equals unmerged: max |merged - unmerged| / max |logits| = {err:.1e}")
-            assert err < 1e-5, err
+        base_logits = model(ids)                                          # (B, T, V)
+        apply_lora(model, 4, args.alpha, "all")
+        assert trainable_summary(model)[0] == lora_param_count(TOY_CONFIG, 4)
+        err = (model(ids) - base_logits).abs().max().item()
+        print(f"fresh adapter is the identity: max |logits - base| = {err:.1e}")
+        assert err == 0.0, err
+        for m in lora_modules(model).values():
+            m.lora_B.normal_(0, 0.02)
+        lora_logits = model(ids)
+        with adapters_disabled(model):
+            assert torch.equal(model(ids), base_logits), "adapters_disabled is not the base"
+        save_adapter(model, tmp, "toy")
+        assert torch.equal(load_adapter(other, tmp, verbose=False)(ids), lora_logits)
+        print("save_adapter -> load_adapter: identical logits")
+        merged = merge_lora(model)(ids)
+        err = ((merged - lora_logits).abs().max() / lora_logits.abs().max()).item()
+        print(f"merged equals unmerged: max |merged - unmerged| / max |logits| = {err:.1e}")
+        assert err < 1e-5, err
     print("lora.py: all checks passed (python tinylora.py and python factored.py check the rest)")

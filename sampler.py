@@ -2,7 +2,7 @@
 Sampling from model.py's Qwen2: a KV cache, counter-based keyed noise, stop strings, and
 generate(), many prompts at a time; beside it reference_generate(), the same samples the slow way.
 
-    python sampler.py --toy                        # cached = full forward, fast = reference, tokens/s
+    python sampler.py --toy                        # cache = full forward, fast = reference, speed
     python sampler.py --model Qwen/Qwen2.5-3B --prompt "Question: 2+2?\\nAnswer:"
 
 A sample is a function of its indices alone: sample j of prompt i draws its t-th token by
@@ -283,7 +283,8 @@ def rows_to_keep(done, compile):
 
 
 def decode_step(model, tok, cache):
-    """tok (B, 1) -> next-token logits (B, V), appending to the cache: what compile=True compiles."""
+    """tok (B, 1) -> next-token logits (B, V), appending to the cache: what compile=True
+    compiles."""
     return model(tok, cache=cache)[:, -1]
 
 
@@ -335,7 +336,7 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_p=1.0, stop_id
         step = torch.compile(decode_step, mode="reduce-overhead" if device.type == "cuda" else None)
     for t in range(max_new_tokens):
         tok, lp = sample_token(logits, temperature, top_p, keys[rows], t)
-        live = alive[rows]                     # rows that finished since the last check write nothing
+        live = alive[rows]                     # rows finished since the last check write nothing
         tokens[rows, t] = torch.where(live, tok, -1)
         logps[rows, t] = torch.where(live, lp, 0.0)
         alive[rows] = live & ~torch.isin(tok, stop)
@@ -374,7 +375,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--toy", action="store_true", help="use the shipped toy base (toy_base/)")
-    parser.add_argument("--model", default=None, help="local folder or hub id, e.g. Qwen/Qwen2.5-3B")
+    parser.add_argument("--model", default=None, help="local folder or hub id (Qwen/Qwen2.5-3B)")
     parser.add_argument("--prompt", help="text to complete",
                         default="Question: Ann has 23 eggs and buys 5 boxes of 4. How many eggs?\n"
                                 "Answer:")
@@ -420,4 +421,5 @@ if __name__ == "__main__":
     outs = generate(model, [ids] * 8, args.max_new_tokens, temperature=1.0, n=4, keys=range(8))
     dt = time.perf_counter() - t0
     n = sum(len(o) for o in outs)
-    print(f"{n} tokens in {dt:.2f} s = {n / dt:.1f} tokens/s (8 prompts x 4 samples, temperature 1)")
+    print(f"{n} tokens in {dt:.2f} s = {n / dt:.1f} tokens/s (8 prompts x 4 samples, "
+          f"temperature 1)")

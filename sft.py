@@ -319,7 +319,8 @@ if __name__ == "__main__":
           f"{args.max_len} dropped), {len(eval_set)} held out | batch {args.batch_size}, "
           f"{args.steps} steps = {args.steps / n_batches:.2f} epochs | {what}, "
           f"{sum(p.numel() for p in params):,} trainable parameters -> {args.out}"
-          + (f" | {world} processes, {args.batch_size // world} examples each" if world > 1 else ""))
+          + (f" | {world} processes, {args.batch_size // world} examples each"
+             if world > 1 else ""))
 
     def evaluate(step, write=print):
         """Greedy accuracy on the held-out problems: a metrics row and a line."""

@@ -1,7 +1,7 @@
 """
 Adapters smaller than rank 1, inside the top-r singular subspace of each frozen W = U Σ Vᵀ.
 
-    python tinylora.py                 # toy self-check: identity at init, exact save/load round trips
+    python tinylora.py                 # toy self-check: identity at init, exact round trips
 
 LoRA-XS (Bałazy et al. 2024) trains only R (r, r) in ΔW = U_r Σ_r R V_rᵀ: r² numbers a matrix.
 TinyLoRA (Morris et al. 2026, "Learning to Reason in 13 Parameters") sets R = Σᵢ vᵢ·Pᵢ with P
@@ -56,7 +56,7 @@ class LoRAXSLinear(Adapter):
         if not self.enabled:
             return y
         A, R, B = self.loraxs_A, self.loraxs_R, self.loraxs_B
-        z = x.to(A.dtype) @ A.T @ R.T @ B.T                                # (B, T, r) -> (B, T, out)
+        z = x.to(A.dtype) @ A.T @ R.T @ B.T                    # (B, T, r) -> (B, T, out)
         return y + z.to(y.dtype)
 
     def factors(self):
@@ -104,7 +104,7 @@ class TinyLoRALinear(Adapter):
         if not self.enabled:
             return y
         A, B = self.tinylora_A, self.tinylora_B
-        z = x.to(A.dtype) @ A.T @ self.R().T @ B.T                         # (B, T, r) -> (B, T, out)
+        z = x.to(A.dtype) @ A.T @ self.R().T @ B.T             # (B, T, r) -> (B, T, out)
         return y + z.to(y.dtype)
 
     def factors(self):
