@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import lora
 import tinylora
 from errors import UserError, open_safetensors, read_json
-from lora import PEFT_PREFIX
+from peft_format import PEFT_PREFIX, check_types
 
 KINDS = ("lora", "loraxs", "tinylora")
 
@@ -92,6 +92,7 @@ class SavedFactors(Mapping):
             raise UserError(f"{path}: not a plain LoRA or TinyLoRA adapter config (peft_type "
                             f"{kind!r}, missing {sorted(need - c.keys()) or 'nothing'}, "
                             f"{bad or 'no unsupported options'})")
+        check_types(c, path)
         self.config = c
         # the header is checked against the file's size now: a truncated file fails here, by name
         self.file = open_safetensors(os.path.join(folder, "adapter_model.safetensors"))
@@ -113,6 +114,14 @@ class SavedFactors(Mapping):
             return tinylora.tinylora_file_factors(self.config, get, name, *self.layout[name])
         read = lambda part: self.file.get_tensor(f"{PEFT_PREFIX}{name}.{part}.weight")
         return self.scale, read("lora_B"), read("lora_A")                 # (out, r), (r, in)
+
+    def shapes(self):
+        """{module: (out, in)} from the file's header, no tensor read."""
+        a, b = (".lora_A.weight", ".lora_B.weight") if self.config["peft_type"] == "LORA" else \
+            (".tinylora_A", ".tinylora_B")
+        key = lambda n, part: f"{PEFT_PREFIX}{n}{part}"
+        return {n: (self.file.get_slice(key(n, b)).get_shape()[0],
+                    self.file.get_slice(key(n, a)).get_shape()[1]) for n in self.names}
 
     def __contains__(self, name):  # Mapping's default would read the tensors to find out
         return name in self.names

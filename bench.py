@@ -35,7 +35,7 @@ import torch
 from bench_acceptance import GOALS, acceptance
 from bench_measure import (measure_bandwidth, measure_matmul, peer_logprobs, peer_model,
                            print_table, random_model, reset_peak, run, train_step)
-from errors import exit_on_user_error
+from errors import COUNT, COUNT0, exit_on_user_error
 from flops import count_params, get_config, sampling_flops, si, step_flops, total
 from logprobs import token_logprobs
 from lora import ALL_LINEAR, apply_lora
@@ -53,20 +53,20 @@ def parse_args(argv=None):
     add("--toy", action="store_true", help="the toy model (model.TOY_CONFIG) and a tiny "
         "workload: seconds on a CPU")
     add("--device", default=None, help="cuda / mps / cpu; default the best available")
-    add("--threads", type=int, default=None, help="CPU threads; default torch's, 1 with --toy "
+    add("--threads", type=COUNT, default=None, help="CPU threads; default torch's, 1 with --toy "
         "(its matrices are too small to split, and threads fight on a busy CPU)")
     add("--dtype", default=None, help="weights for sampling and the LoRA base; default bf16 on "
         "a bf16 GPU, else float32")
     # the workload (defaults: the GRPO step of grpo.py with 64 prompts; tiny with --toy)
-    add("--batch", type=int, default=None, help="prompts B; default 64 (4 with --toy)")
-    add("--group", type=int, default=None, help="samples per prompt G; default 8 (4 with --toy)")
-    add("--prompt-len", type=int, default=None, help="prompt tokens P; default 150 (16 with "
+    add("--batch", type=COUNT, default=None, help="prompts B; default 64 (4 with --toy)")
+    add("--group", type=COUNT, default=None, help="samples per prompt G; default 8 (4 with --toy)")
+    add("--prompt-len", type=COUNT, default=None, help="prompt tokens P; default 150 (16 with "
         "--toy)")
-    add("--new-tokens", type=int, default=None, help="new tokens N per sample, all of them "
+    add("--new-tokens", type=COUNT, default=None, help="new tokens N per sample, all of them "
         "generated; default 512 (32 with --toy)")
-    add("--micro-batch", type=int, default=None, help="sequences per forward/backward in the "
+    add("--micro-batch", type=COUNT0, default=None, help="sequences per forward/backward in the "
         "training step; default 8; 0 = all at once (the --toy default)")
-    add("--rank", type=int, default=1, help="LoRA rank of the LoRA training step")
+    add("--rank", type=COUNT, default=1, help="LoRA rank of the LoRA training step")
     # speed switches
     add("--compile", action="store_true", help="generate(compile=True): static-shape decode step "
         "under torch.compile (CUDA graphs on a GPU)")
@@ -77,13 +77,13 @@ def parse_args(argv=None):
     add("--no-full", action="store_true", help="skip the full fine-tuning step (it needs ~16 "
         "bytes a parameter: 49 GB at 3B)")
     # measurement
-    add("--reps", type=int, default=3, help="timed repetitions of each measurement (after the "
+    add("--reps", type=COUNT, default=3, help="timed repetitions of each measurement (after the "
         "warm-up)")
-    add("--peer-reps", type=int, default=None, help="timed repetitions of the peer's sampling; "
+    add("--peer-reps", type=COUNT, default=None, help="timed repetitions of the peer's sampling; "
         "default --reps (transformers' generate is the slow row)")
-    add("--warmup", type=int, default=1, help="untimed runs first (compilation, CUDA graph "
+    add("--warmup", type=COUNT0, default=1, help="untimed runs first (compilation, CUDA graph "
         "capture, allocator)")
-    add("--seed", type=int, default=0, help="seed of the random weights and inputs")
+    add("--seed", type=COUNT0, default=0, help="seed of the random weights and inputs")
     add("--json", default=None, help="also write the results to this JSON file")
     # the one-shot acceptance run
     add("--acceptance", action="store_true", help="the GPU acceptance run (<= 8 min on one "

@@ -6,7 +6,9 @@ called exit_on_user_error() prints it as `error: ...` on stderr and exits with s
 traceback. A bug in rank1 itself still raises, with its traceback. Every file rank1 reads goes
 through a reader here that names the file, and the line or tensor, when it fails.
 """
+import argparse
 import json
+import math
 import os
 import sys
 
@@ -72,11 +74,76 @@ def load_safetensors(path):
     return {k: f.get_tensor(k) for k in f.keys()}
 
 
+# -----------------------------------------------------------------------------
+# Numeric flags: argparse types that refuse what makes no sense before any work starts
+
+
+def number(kind=float, low=None, high=None, above=None):
+    """An argparse `type`: a finite int or float (`kind`) >= low (or > above) and <= high. A bad
+    value is argparse's one-line error naming the flag, exit 2: `--lr nan` never trains."""
+    def convert(text):
+        try:
+            x = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{'an integer' if kind is int else 'a number'} expected, got {text!r}") from None
+        if not math.isfinite(x):
+            raise argparse.ArgumentTypeError(f"a finite number expected, got {text!r}")
+        if (low is not None and x < low) or (above is not None and x <= above) or \
+                (high is not None and x > high):
+            bounds = [f">= {low}" if low is not None else "", f"> {above}" if above is not None
+                      else "", f"<= {high}" if high is not None else ""]
+            raise argparse.ArgumentTypeError(f"must be {' and '.join(b for b in bounds if b)}, "
+                                             f"got {text}")
+        return x
+    convert.__name__ = kind.__name__  # argparse names the type in its message
+    return convert
+
+
+COUNT = number(int, low=1)          # 1, 2, 3, ...
+COUNT0 = number(int, low=0)         # 0 = off / all / default, as each help says
+POSITIVE = number(float, above=0)   # > 0, finite
+NONNEGATIVE = number(float, low=0)  # >= 0, finite
+FRACTION = number(float, low=0, high=1)
+
+# -----------------------------------------------------------------------------
+# Writing: atomically (tmp, fsync, rename), and checked before long work starts
+
+
+def fsync_tree(path):
+    """Flush a file, or a folder's files and the folder itself, to the disk: a rename that
+    follows then never publishes data that a power cut could still lose."""
+    for root, _, files in os.walk(path) if os.path.isdir(path) else [(None, None, [path])]:
+        for name in files:
+            with open(os.path.join(root, name) if root else name, "rb") as f:
+                os.fsync(f.fileno())
+        if root:
+            fsync_dir(root)
+
+
+def fsync_dir(path):
+    fd = os.open(path or ".", os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_atomic(path, write):
-    """write(tmp) writes the file under a temporary name, then one rename puts it in place: a
-    reader never sees half a file, and a failed write leaves the old one whole."""
-    write(path + ".tmp")
-    os.replace(path + ".tmp", path)
+    """write(tmp) writes the file under a temporary name; it is flushed to disk and renamed into
+    place, so a reader never sees half a file and a failed write (a full disk, a kill) leaves the
+    old one whole. A failure is a UserError naming the file."""
+    tmp = path + ".tmp"
+    try:
+        write(tmp)
+        fsync_tree(tmp)
+        os.replace(tmp, path)
+        fsync_dir(os.path.dirname(path))
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        kept = "the previous one is intact" if os.path.exists(path) else "nothing was written"
+        raise UserError(f"{path}: cannot write it ({e.strerror or e}); {kept}") from None
 
 
 def write_json(path, obj):
@@ -85,3 +152,31 @@ def write_json(path, obj):
         with open(tmp, "w") as f:
             json.dump(obj, f, indent=2)
     write_atomic(path, write)
+
+
+def write_lines(path, lines):
+    """A text file of lines (JSONL), written atomically; its folder is made if missing."""
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.writelines(line + "\n" for line in lines)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_atomic(path, write)
+
+
+def check_writable(path, folder=False):
+    """Fail now, in one line, if `path` (a file, or with folder=True a folder) cannot be written,
+    rather than after the long work that would fill it: the folder is made if missing, and a
+    file is created and removed in it."""
+    where = path if folder else os.path.dirname(os.path.abspath(path))
+    if folder and os.path.exists(path) and not os.path.isdir(path):
+        raise UserError(f"{path}: a file, not a folder")
+    if not folder and os.path.isdir(path):
+        raise UserError(f"{path}: a folder, not a file")
+    probe = os.path.join(where, f".rank1_write_check_{os.getpid()}")
+    try:
+        os.makedirs(where, exist_ok=True)
+        with open(probe, "w") as f:
+            f.write("x")
+        os.remove(probe)
+    except OSError as e:
+        raise UserError(f"{path}: cannot write here ({e.strerror or e})") from None

@@ -31,7 +31,7 @@ from tqdm import tqdm
 import adapters
 import factored
 import lm_eval_harness as H
-from errors import exit_on_user_error, user_exit
+from errors import COUNT, COUNT0, check_writable, exit_on_user_error, user_exit, write_lines
 from gsm8k import (STOP_STRINGS, data_path, extract_answer, format_prompt, format_solution,
                    gold_answer, load_task, reward, stop_ids, truncate)
 from gsm8k import load_gsm8k  # noqa: F401  the contract's eval_gsm8k.load_gsm8k, gsm8k.py's
@@ -272,7 +272,7 @@ if __name__ == "__main__":
     add("--adapter", nargs="+", default=None, help="adapter folder(s) (PEFT format) to apply; "
         "several (runs/r1/step_*) are scored side by side in one batched pass, each its own "
         "accuracy; none = the base model")
-    add("--points-per-pass", type=int, default=0, help="with several adapters: how many share "
+    add("--points-per-pass", type=COUNT0, default=0, help="with several adapters: how many share "
         "one generate() call (batch-size prompts each); 0 = as many as memory allows, 1 = one at "
         "a time")
     add("--toy", action="store_true", help="the toy task (and the toy base model unless --model)")
@@ -283,15 +283,15 @@ if __name__ == "__main__":
     add("--train-data", default=None, help="JSONL file of train, where the shots come from; none "
         "= --data's train.jsonl when --data is a folder, else the cache")
     add("--split", default="test", choices=["train", "test"], help="which split to evaluate")
-    add("--limit", type=int, default=0, help="first N problems only; 0 = all")
-    add("--shots", type=int, default=None, help="worked examples from train before each "
+    add("--limit", type=COUNT0, default=0, help="first N problems only; 0 = all")
+    add("--shots", type=COUNT0, default=None, help="worked examples from train before each "
         "question; default 0 (zero-shot), 5 with --harness lm-eval")
     # how
     add("--harness", default="rank1", choices=["rank1", "lm-eval"], help="rank1: this file's "
         "prompt and scoring; lm-eval: lm-evaluation-harness's gsm8k task exactly (its prompt, "
         "shots, stops and scores)")
-    add("--batch-size", type=int, default=64, help="prompts per generate() call")
-    add("--max-new-tokens", type=int, default=0, help="completion budget; 0 = 512 (GSM8K), 64 "
+    add("--batch-size", type=COUNT, default=64, help="prompts per generate() call")
+    add("--max-new-tokens", type=COUNT0, default=0, help="completion budget; 0 = 512 (GSM8K), 64 "
         "(--toy), 256 (--harness lm-eval, the harness's)")
     add("--out", default=None, help="write one JSON line per problem here; none = no file")
     add("--device", default=None, help="cuda, mps or cpu; none = the best available")
@@ -312,6 +312,17 @@ if __name__ == "__main__":
     n_shots = (H.LM_EVAL_SHOTS if lm_eval else 0) if args.shots is None else args.shots
     problems = load_task(task, args.split, data_path(args.data, args.split))
     problems = problems[:args.limit] if args.limit else problems
+    if not problems:
+        raise user_exit(f"{args.data or task}: no {args.split} problems to evaluate")
+    if args.out:
+        check_writable(args.out)  # before the evaluation, not after it
+    if args.adapter:  # a shell glob (runs/r1/step_*) also matches a save cut short: step_N.tmp/
+        cut = [a for a in args.adapter if a.rstrip("/").endswith(".tmp")]
+        args.adapter = [a for a in args.adapter if a not in cut]
+        for a in cut:
+            print(f"note: {a} skipped: a save cut short, not a checkpoint")
+        if not args.adapter:
+            raise user_exit("--adapter: no adapter folders left after the .tmp ones")
     # shots come from train: --train-data, else a --data folder's train.jsonl; a --data file is
     # the evaluated split, never its shots
     folder = args.data and os.path.isdir(args.data)
@@ -320,6 +331,8 @@ if __name__ == "__main__":
         print(f"note: --data {args.data} is a file, the {args.split} split: the shots come from "
               f"the cached train split")
     train = load_task(task, "train", shots_from) if n_shots else []
+    if n_shots > len(train):
+        raise user_exit(f"--shots {n_shots}: the train split has {len(train)} problems")
     shots = [(p["question"], p["answer"]) for p in train[:n_shots]]
 
     model = load_model(args.model, device=args.device)
@@ -342,8 +355,5 @@ if __name__ == "__main__":
                                      max_new_tokens)
             print_summary(summary, title)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.out, "w") as f:
-            for r in rows:
-                f.write(json.dumps(r) + "\n")
+        write_lines(args.out, [json.dumps(r) for r in rows])
         print(f"wrote {len(rows)} rows to {args.out}")

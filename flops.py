@@ -30,7 +30,7 @@ import json
 import math
 import os
 
-from errors import UserError, exit_on_user_error
+from errors import COUNT, FRACTION, NONNEGATIVE, UserError, exit_on_user_error
 from model import Qwen2Config
 
 
@@ -41,31 +41,27 @@ def parse_args(argv=None):
                         "or 'meta-llama/' prefix optional) or a local folder / config.json")
     parser.add_argument("--adapter", default="lora", choices=("lora", "loraxs", "tinylora"), help="lora: B·A; loraxs: R (r x r) "
                         "inside W's top-r SVD; tinylora: R = Σ v_i P_i, u parameters per group (lora.py)")
-    parser.add_argument("--rank", type=int, default=None, help="LoRA rank (LoRA-XS, TinyLoRA: the SVD rank r); default 1, "
+    parser.add_argument("--rank", type=COUNT, default=None, help="LoRA rank (LoRA-XS, TinyLoRA: the SVD rank r); default 1, "
                         "2 for tinylora (the full fine-tuning numbers are always shown too)")
-    parser.add_argument("--u", type=int, default=13, help="TinyLoRA: trainable parameters per group")
-    parser.add_argument("--tie", type=float, default=0.0, help="TinyLoRA weight tying (PEFT's): 0 = one v per matrix, 1 = one v for all")
+    parser.add_argument("--u", type=COUNT, default=13, help="TinyLoRA: trainable parameters per group")
+    parser.add_argument("--tie", type=FRACTION, default=0.0, help="TinyLoRA weight tying (PEFT's): 0 = one v per matrix, 1 = one v for all")
     parser.add_argument("--targets", default="all", choices=list(TARGETS), help="adapted projections: all seven, attn (q,k,v,o), mlp (gate,up,down)")
     # one training step
-    parser.add_argument("--batch", type=int, default=None, help="sequences per training step (default: prompts × samples = 256)")
-    parser.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default: prompt-len + new-tokens = 662)")
-    # the GRPO step (DESIGN.md's default recipe)
-    parser.add_argument("--prompts", type=int, default=32, help="GRPO prompts per step")
-    parser.add_argument("--samples", type=int, default=8, help="GRPO samples per prompt (the group size G)")
-    parser.add_argument("--prompt-len", type=int, default=150, help="prompt tokens (a GSM8K question is ~60 Qwen tokens; ~150 with a few-shot/format prompt, an assumption)")
-    parser.add_argument("--new-tokens", type=int, default=512, help="tokens sampled per completion (all of them: no early stop, an upper bound)")
+    parser.add_argument("--batch", type=COUNT, default=None, help="sequences per training step (default: prompts × samples = 256)")
+    parser.add_argument("--seq-len", type=COUNT, default=None, help="tokens per sequence (default: prompt-len + new-tokens = 662)")
+    # the GRPO step (grpo.py's defaults)
+    parser.add_argument("--prompts", type=COUNT, default=32, help="GRPO prompts per step")
+    parser.add_argument("--samples", type=COUNT, default=8, help="GRPO samples per prompt (the group size G)")
+    parser.add_argument("--prompt-len", type=COUNT, default=150, help="prompt tokens (a GSM8K question is ~60 Qwen tokens; ~150 with a few-shot/format prompt, an assumption)")
+    parser.add_argument("--new-tokens", type=COUNT, default=512, help="tokens sampled per completion (all of them: no early stop, an upper bound)")
     # bits versus capacity
-    parser.add_argument("--steps", type=int, default=500, help="GRPO steps of this project's run, for the bits table (an assumption)")
-    parser.add_argument("--sft-tokens", type=int, default=910_161, help="SFT target tokens (default: GSM8K train's 7,473 answers, Qwen2.5 tokenizer)")
-    parser.add_argument("--sft-loss", type=float, default=0.5, help="SFT loss in nats/token (default 0.5 is an assumption: pass sft.py's measured value)")
+    parser.add_argument("--steps", type=COUNT, default=500, help="GRPO steps of this project's run, for the bits table (an assumption)")
+    parser.add_argument("--sft-tokens", type=COUNT, default=910_161, help="SFT target tokens (default: GSM8K train's 7,473 answers, Qwen2.5 tokenizer)")
+    parser.add_argument("--sft-loss", type=NONNEGATIVE, default=0.5, help="SFT loss in nats/token (default 0.5 is an assumption: pass sft.py's measured value)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     args = parser.parse_args(argv)
     if args.rank is None:
         args.rank = 2 if args.adapter == "tinylora" else 1
-    if not 0.0 <= args.tie <= 1.0 or args.u < 1:
-        parser.error(f"--tie must lie in [0, 1] and --u be >= 1, got --tie {args.tie}, --u {args.u}")
-    if args.rank < 1:
-        parser.error(f"--rank must be >= 1, got {args.rank} (full fine-tuning is always shown alongside)")
     return args
 
 
@@ -94,7 +90,7 @@ def get_config(name_or_path):
     if os.path.isdir(name_or_path):
         name_or_path = os.path.join(name_or_path, "config.json")
     if os.path.isfile(name_or_path):
-        return Qwen2Config.from_json(name_or_path)
+        return Qwen2Config.from_json(name_or_path, qwen2_only=False)
     key = name_or_path.split("/")[-1].lower().removesuffix("-instruct").removeprefix("meta-")
     shapes = {k.lower(): v for k, v in SHAPES.items()}
     if key not in shapes:

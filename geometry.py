@@ -25,6 +25,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 from itertools import combinations
 from pathlib import Path
 
@@ -35,11 +36,14 @@ from tqdm import tqdm
 import model as qwen
 import runs as run_folders  # "runs" below is the list of run names
 from adapters import SavedFactors
-from errors import exit_on_user_error, open_safetensors, read_json, user_exit
+from errors import (COUNT, COUNT0, NONNEGATIVE, check_writable, exit_on_user_error, fsync_tree,
+                    number, open_safetensors, read_json, user_exit)
 from factored import gram
 from geometry_figures import save_figures
 from geometry_plane import explore_plane, truncation_report
 from geometry_scale import bench_scale, print_decode_bytes
+from hub import resolve_path
+from runs import same_model
 
 # -----------------------------------------------------------------------------
 # The math: kernel PCA of the Gram matrix, and what a plane point is
@@ -92,7 +96,7 @@ def reward_reach(rows, share=0.9, window=5):
 def base_sq_norms(base, names):
     """{module: ||W||_F²} of the base weights, streamed one tensor at a time from the safetensors
     file(s): no model is built and at most one matrix is in memory."""
-    path = qwen.resolve_path(base)
+    path = resolve_path(base)
     index = os.path.join(path, "model.safetensors.index.json")
     where = read_json(index)["weight_map"] if os.path.exists(index) else {}
     by_file = {}
@@ -110,14 +114,19 @@ def base_sq_norms(base, names):
 # The steps
 
 
-def load_runs(runs_dir):
-    """Every checkpoint of every adapter run under runs_dir, read lazily, the origin first where
-    step 0 was not saved -> (runs, ckpts [(run, step)], updates [SavedFactors or {}], origins,
-    notes)."""
-    runs_steps, notes = run_folders.find_runs(runs_dir, adapters_only=True)
+def load_runs(root, only=None):
+    """Every checkpoint of every adapter run under root (or of the one run `only`), read lazily,
+    the origin first where step 0 was not saved -> (runs, ckpts [(run, step)], updates
+    [SavedFactors or {}], origins, notes). Runs whose matrices differ in shape cannot share one
+    space: refused, naming them."""
+    runs_steps, notes = run_folders.find_runs(root, adapters_only=True)
+    if only is not None:
+        runs_steps = {only: runs_steps[only]} if only in runs_steps else {}
+        notes = [n for n in notes if n.startswith(f"{only}:")]
     print("".join(f"note: {n}\n" for n in notes), end="")
     if not runs_steps:
-        raise user_exit(f"no LoRA runs under {runs_dir}/ (a run is a folder with "
+        where = os.path.join(root, only) if only else f"{root}/"
+        raise user_exit(f"no LoRA runs in {where} (a run is a folder with "
                         f"step_*/adapter_model.safetensors)")
     runs = sorted(runs_steps)
     ckpts, updates, origins = [], [], []
@@ -129,6 +138,13 @@ def load_runs(runs_dir):
         for step, folder in tqdm(runs_steps[run], desc=f"load {run}"):
             ckpts.append((run, step))
             updates.append(SavedFactors(folder))
+    shapes = {}
+    for (run, _), u in zip(ckpts, updates):
+        for name, shape in (u.shapes().items() if u else ()):
+            seen = shapes.setdefault(name, (run, shape))
+            if seen[1] != shape:
+                raise user_exit(f"runs {seen[0]} and {run} adapt {name} of shapes {seen[1]} and "
+                                f"{shape}: runs of different models share no space")
     return runs, ckpts, updates, origins, notes
 
 
@@ -174,10 +190,10 @@ def trajectory_report(K, runs, ckpts, updates, runs_dir, components):
           + ", ".join(f"{r}: {k}" for r, k in pcs_90["per_rank"].items()) + "; per run "
           + ", ".join(f"{r}: {k}" for r, k in pcs_90["per_run"].items()))
     for run, v in directness.items():
-        final = v["final_reward"] if v["final_reward"] is None else round(v["final_reward"], 3)
-        print(f"{run}: path length / displacement {v['path_over_displacement']:.3f}; reward half "
-              f"/ 90% of the way to {final} at steps {v['step_to_50pct_reward']} / "
-              f"{v['step_to_90pct_reward']} (of {v['last_step']})")
+        reward = "no training rewards logged" if v["final_reward"] is None else \
+            f"reward half / 90% of the way to {v['final_reward']:.3f} at steps " \
+            f"{v['step_to_50pct_reward']} / {v['step_to_90pct_reward']} (of {v['last_step']})"
+        print(f"{run}: path length / displacement {v['path_over_displacement']:.3f}; {reward}")
     print("explained variance ratio: " + " ".join(f"{v:.3f}" for v in evr[:6])
           + f"  (PC1+PC2 = {sum(evr[:2]):.3f})")
     for r1, row in zip(runs, cos_final):
@@ -196,12 +212,10 @@ def trajectory_report(K, runs, ckpts, updates, runs_dir, components):
     return report, scores, coef, index
 
 
-def update_to_weight(K, runs, ckpts, updates, last, model, notes):
-    """||ΔW||_F / ||W||_F over the adapted matrices at each run's last checkpoint, and the base
-    model each run names -> ({run: ratio}, {run: base})."""
-    ratio, bases = {}, {}
+def update_to_weight(K, runs, ckpts, updates, last, bases, notes):
+    """||ΔW||_F / ||W||_F over the adapted matrices at each run's last checkpoint ({run: ratio})."""
+    ratio = {}
     for run in runs:
-        bases[run] = model or updates[last[run]].config.get("base_model_name_or_path")
         try:
             w2 = sum(base_sq_norms(bases[run], list(updates[last[run]])).values())
             ratio[run] = math.sqrt(K[last[run], last[run]] / w2)
@@ -211,7 +225,7 @@ def update_to_weight(K, runs, ckpts, updates, last, model, notes):
             notes.append(f"{run}: no ||ΔW||/||W|| (base model {bases[run]!r} unreadable: "
                          f"{type(e).__name__}: {e})")
             print(f"note: {notes[-1]}")
-    return ratio, bases
+    return ratio
 
 
 # -----------------------------------------------------------------------------
@@ -224,33 +238,33 @@ def parse_args(argv=None):
     add("runs_dir", nargs="?", default=None, help="folder of run folders "
         "(runs/<name>/step_XXXXXX/); default runs/")
     add("--out", default=None, help="output folder; default RUNS_DIR/geometry/")
-    add("--components", type=int, default=10, help="PC coordinates stored per checkpoint")
+    add("--components", type=COUNT, default=10, help="PC coordinates stored per checkpoint")
     add("--model", default=None, help="base model (folder or hub id); default: the adapters' "
         "base_model_name_or_path")
     # plane exploration and truncation (these load the base model and evaluate)
     add("--plane", action="store_true", help="evaluate a grid over the PC1-PC2 plane")
-    add("--grid", type=int, default=5, help="grid points per axis (grid x grid evaluations; 15 "
-        "or more finds the good region's edge)")
-    add("--margin", type=float, default=1.5, help="grid beyond the trajectories on each side, as "
-        "a fraction of their span (far enough that accuracy falls below the base; a note says "
-        "when it does not)")
-    add("--points-per-pass", type=int, default=0, help="plane points (or adapters) scored side by "
-        "side in one generate() call, batch-size prompts each; 0 = as many as memory allows, 1 = "
-        "one point per pass")
-    add("--truncate", type=int, default=0, help="evaluate best rank-K versions of the final "
+    add("--grid", type=number(int, low=2), default=5, help="grid points per axis (grid x grid "
+        "evaluations; 15 or more finds the good region's edge)")
+    add("--margin", type=NONNEGATIVE, default=1.5, help="grid beyond the trajectories on each "
+        "side, as a fraction of their span (far enough that accuracy falls below the base; a "
+        "note says when it does not)")
+    add("--points-per-pass", type=COUNT0, default=0, help="plane points (or adapters) scored side "
+        "by side in one generate() call, batch-size prompts each; 0 = as many as memory allows, "
+        "1 = one point per pass")
+    add("--truncate", type=COUNT0, default=0, help="evaluate best rank-K versions of the final "
         "checkpoints (and of the plane samples with --plane); 0 = no truncation")
-    add("--samples", type=int, default=5, help="plane samples to truncate: the N best points and "
-        "N drawn at random from the rest of the good region")
-    add("--seed", type=int, default=0, help="seed of the random plane samples")
-    add("--eval-limit", type=int, default=50, help="test problems per evaluation (toy or gsm8k, "
+    add("--samples", type=COUNT0, default=5, help="plane samples to truncate: the N best points "
+        "and N drawn at random from the rest of the good region")
+    add("--seed", type=COUNT0, default=0, help="seed of the random plane samples")
+    add("--eval-limit", type=COUNT, default=50, help="test problems per evaluation (toy or gsm8k, "
         "per the runs' args.json)")
     add("--data", default=None, help="GSM8K test data: a folder holding test.jsonl, or a JSONL "
         "file; default the runs' args.json --data, else the cached download")
-    add("--max-new-tokens", type=int, default=0, help="completion budget; 0 = the runs' "
+    add("--max-new-tokens", type=COUNT0, default=0, help="completion budget; 0 = the runs' "
         "args.json, else 64 (toy) / 512")
-    add("--batch-size", type=int, default=64, help="prompts per generate() call")
+    add("--batch-size", type=COUNT, default=64, help="prompts per generate() call")
     add("--device", default=None, help="cuda, mps or cpu; none = the best available")
-    add("--bench-scale", type=int, default=0, help="benchmark only: Gram of N synthetic rank-1 "
+    add("--bench-scale", type=COUNT0, default=0, help="benchmark only: Gram of N synthetic rank-1 "
         "Qwen2.5-3B adapters (time, peak memory); 0 = off")
     add("--decode-bytes", action="store_true", help="print only: the bytes a decode step reads "
         "at Qwen2.5-3B, one plane point per pass vs K, and the projected gain")
@@ -274,15 +288,26 @@ if __name__ == "__main__":
         raise user_exit(f"no folder {args.runs_dir}/: train some runs first (`python grpo.py "
                         f"--toy --rank 1`), or try --bench-scale 100")
     out = Path(args.out or Path(args.runs_dir) / "geometry")
+    check_writable(out, folder=True)  # before the work, not after it
+    # a run folder itself (runs/grpo_toy_r1, as grpo.py prints it) is one run of its parent
+    one = run_folders.is_run(args.runs_dir)
+    root = os.path.dirname(os.path.abspath(args.runs_dir)) if one else args.runs_dir
+    only = os.path.basename(os.path.abspath(args.runs_dir)) if one else None
 
-    runs, ckpts, updates, origins, notes = load_runs(args.runs_dir)
+    runs, ckpts, updates, origins, notes = load_runs(root, only)
     last = {run: max(i for i, (r, _) in enumerate(ckpts) if r == run) for run in runs}
+    bases = {run: args.model or updates[last[run]].config.get("base_model_name_or_path")
+             for run in runs}
+    if not same_model(list(bases.values())):
+        names = sorted(set(map(str, bases.values())))
+        raise user_exit(f"the runs name different base models {names}: their updates live in "
+                        f"different spaces (pass --model if they share one)")
     print(f"{len(runs)} runs, {len(ckpts)} points ({len(origins)} origins added): "
           + ", ".join(f"{run} rank {updates[last[run]].config['r']}" for run in runs))
     K = gram(updates, gram_device)
-    report, scores, coef, index = trajectory_report(K, runs, ckpts, updates, args.runs_dir,
+    report, scores, coef, index = trajectory_report(K, runs, ckpts, updates, root,
                                                     args.components)
-    ratio, bases = update_to_weight(K, runs, ckpts, updates, last, args.model, notes)
+    ratio = update_to_weight(K, runs, ckpts, updates, last, bases, notes)
     report.update(update_to_weight=ratio, origin_added=origins, notes=notes)
     scores2 = np.pad(scores, ((0, 0), (0, max(0, 2 - scores.shape[1]))))[:, :2]  # PC1, PC2
     coef2 = np.pad(coef, ((0, 0), (0, max(0, 2 - coef.shape[1]))))[:, :2]
@@ -290,26 +315,39 @@ if __name__ == "__main__":
     report["origin_pc"] = origin.tolist()
     colors = {run: f"C{k % 10}" for k, run in enumerate(runs)}
     traj = {run: ([ckpts[i][1] for i in ix], scores2[ix]) for run, ix in index.items()}
-    out.mkdir(parents=True, exist_ok=True)
-    per_run = report["explained_variance_ratio_per_run"]
-    save_figures(out, traj, colors, origin, report["explained_variance_ratio"],
-                 {run: np.array(v) for run, v in per_run.items()},
-                 report["distance_from_start"], runs, report["cosine_final"],
-                 report["cosine_over_time"])
+    # every output is written into a staging folder and moved in at the end: a failure (a full
+    # disk) leaves the previous geometry.json and figures whole
+    staging = out / ".staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        per_run = report["explained_variance_ratio_per_run"]
+        save_figures(staging, traj, colors, origin, report["explained_variance_ratio"],
+                     {run: np.array(v) for run, v in per_run.items()},
+                     report["distance_from_start"], runs, report["cosine_final"],
+                     report["cosine_over_time"])
 
-    # --- plane exploration and truncation: the base model plus factored adapters, evaluated
-    if args.plane or args.truncate:
-        run_args = {}
-        for run in runs:
-            folder = os.path.join(args.runs_dir, run)
-            has_args = os.path.exists(os.path.join(folder, "args.json"))
-            run_args[run] = run_folders.read_args(folder) if has_args else {}
-        context, acc_final, base_acc, samples = explore_plane(
-            args, report, bases, run_args, runs, ckpts, updates, last, coef, scores2, traj,
-            colors, origin, out)
-        if args.truncate:
-            report["truncation"] = truncation_report(args.truncate, runs, ckpts, last, coef,
-                                                     acc_final, base_acc, samples, context)
-    (out / "geometry.json").write_text(json.dumps(report, indent=1))
+        # --- plane exploration and truncation: the base model plus factored adapters, evaluated
+        if args.plane or args.truncate:
+            run_args = {}
+            for run in runs:
+                folder = os.path.join(root, run)
+                has_args = os.path.exists(os.path.join(folder, "args.json"))
+                run_args[run] = run_folders.read_args(folder) if has_args else {}
+            context, acc_final, base_acc, samples = explore_plane(
+                args, report, bases, run_args, runs, ckpts, updates, last, coef, scores2, traj,
+                colors, origin, staging)
+            if args.truncate:
+                report["truncation"] = truncation_report(args.truncate, runs, ckpts, last, coef,
+                                                         acc_final, base_acc, samples, context)
+        (staging / "geometry.json").write_text(json.dumps(report, indent=1))
+        fsync_tree(str(staging))
+    except OSError as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise user_exit(f"{out}: cannot write the outputs ({e.strerror or e}); the previous ones "
+                        f"are as they were") from None
+    for f in sorted(staging.iterdir()):  # renames need no space: all of them, or none above
+        os.replace(f, out / f.name)
+    staging.rmdir()
     print(f"wrote {out / 'geometry.json'} and figures: "
           + ", ".join(sorted(p.name for p in out.glob("*.png"))))

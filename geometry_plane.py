@@ -10,11 +10,8 @@ is itself a factored adapter. Every checkpoint is stacked once (factored.set_sta
 batch row carries its own weights over them: one generate() call scores many points while the
 base weights are read once per decode step for all of them (--points-per-pass).
 """
-import hashlib
 import math
-import os
 import time
-from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
@@ -41,25 +38,6 @@ def truncation(factors, k):
     d = math.sqrt(K[0, 0] * K[1, 1])
     return trunc, float(K[1, 1] / K[0, 0]), float(K[0, 1] / d) if d > 0 else float("nan")
 
-
-def one_base(paths):
-    """Do these base models (hub ids or folders) name one model? The same id or folder; or
-    folders whose config and weights are byte-identical (a run folder copied from another
-    checkout names its base there)."""
-    names = {os.path.realpath(p) if os.path.isdir(p) else p for p in paths}
-    if len(names) <= 1:
-        return True
-    if not all(os.path.isdir(p) for p in names):
-        return False
-
-    def fingerprint(folder):
-        h = hashlib.sha256()
-        for f in sorted(Path(folder).glob("*.safetensors")) + [Path(folder) / "config.json"]:
-            with open(f, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 24), b""):
-                    h.update(block)
-        return h.hexdigest()
-    return len({fingerprint(p) for p in names}) == 1
 
 def accuracies(net, tok, problems, factor_sets, W, per_pass, max_new_tokens, batch_size, stop,
                desc="eval"):
@@ -121,9 +99,6 @@ def explore_plane(args, report, bases, run_args, runs, ckpts, updates, last, coe
     """Evaluate the base model (the origin), each run's final and the plane's grid in batched
     passes (the truncation step after it reuses the model) -> (evaluation context, final
     accuracies, base accuracy, plane samples)."""
-    if not one_base(bases.values()):
-        raise user_exit(f"--plane/--truncate need runs of one base model, got {bases} (pass "
-                        f"--model or fewer runs)")
     tasks = {a.get("task") or ("toy" if a.get("toy") else "gsm8k") for a in run_args.values()}
     if len(tasks) != 1:
         raise user_exit(f"--plane/--truncate need runs of one task, got {sorted(tasks)}")

@@ -7,7 +7,7 @@ their group. LoRA of any rank, or full fine-tuning; checkpoints that resume exac
     python grpo.py --toy --rank 4 --seed 1 --out runs/grpo_toy_r4_s1
     python grpo.py --toy --adapter tinylora --u 13 --tie 1   # TinyLoRA: 13 trainable parameters
     python grpo.py --rank 1 --compile            # Qwen2.5-3B on GSM8K train, one GPU
-    python grpo.py --rank 1 --data ../shared/data/gsm8k --resume   # offline data; continue the run
+    python grpo.py --rank 1 --data data/gsm8k --resume   # GSM8K from a local folder; continue
     torchrun --nproc_per_node 8 grpo.py --rank 1 # data parallel on 8 GPUs: the same run, faster
 
 Per step: B prompts x G samples at temperature 1 (rollout), reward 1 for a right strict answer,
@@ -30,14 +30,15 @@ import torch
 import adapters
 from data_parallel import (all_gather, all_reduce, barrier, close_distributed, init_distributed,
                            reduce_eval, sum_grads)
-from errors import exit_on_user_error, user_exit
+from errors import (COUNT, COUNT0, FRACTION, NONNEGATIVE, POSITIVE, exit_on_user_error, number,
+                    user_exit)
 from eval_gsm8k import eval_metrics
 from gsm8k import (STOP_STRINGS, extract_answer, format_prompt, load_splits, reward, stop_ids,
                    truncate)
 from lora import adapters_disabled, lora_modules
 from logprobs import completion_logprobs
 from model import TOY_BASE, load_model, load_tokenizer
-from runs import (append_metrics, load_trainer_state, newest_checkpoint, read_metrics,
+from runs import (append_metrics, load_trainer_state, newest_checkpoint, on_ctrl_c, read_metrics,
                   save_checkpoint, start_run, trim_metrics)
 from sampler import generate, sample_key
 
@@ -148,12 +149,12 @@ def parse_args(argv=None):
         "toy_base/ with --toy")
     add("--adapter", default="lora", choices=adapters.KINDS, help="lora: B·A; loraxs: only R "
         "(rank x rank) in U Σ R Vᵀ; tinylora: R = Σ v_i P_i, only v trains (tinylora.py)")
-    add("--rank", type=int, default=None, help="LoRA rank (LoRA-XS, TinyLoRA: the SVD rank r); "
+    add("--rank", type=COUNT0, default=None, help="LoRA rank (LoRA-XS, TinyLoRA: the SVD rank r); "
         "0 = full fine-tuning (every weight, embeddings included); default 1, 2 for tinylora")
-    add("--alpha", type=float, default=32.0, help="LoRA alpha; the update is scaled by "
+    add("--alpha", type=POSITIVE, default=32.0, help="LoRA alpha; the update is scaled by "
         "alpha/rank (LoRA only)")
-    add("--u", type=int, default=13, help="TinyLoRA: trainable parameters per group of modules")
-    add("--tie", type=float, default=0.0, help="TinyLoRA weight tying (PEFT's): 0 = one v per "
+    add("--u", type=COUNT, default=13, help="TinyLoRA: trainable parameters per group of modules")
+    add("--tie", type=FRACTION, default=0.0, help="TinyLoRA weight tying (PEFT's): 0 = one v per "
         "module, 1 = one v for all")
     add("--targets", default="all", help="LoRA targets: all, attn, mlp, or projections like "
         "q_proj,v_proj")
@@ -167,48 +168,49 @@ def parse_args(argv=None):
     add("--data", default=None, help="GSM8K data: a folder holding train.jsonl and test.jsonl, "
         "or one JSONL file (training and evaluation then both read it); default "
         "~/.cache/rank1/gsm8k (downloaded once)")
-    add("--batch", type=int, default=None, help="prompts per step, all processes together under "
+    add("--batch", type=COUNT, default=None, help="prompts per step, all processes together under "
         "torchrun; default 32")
-    add("--group", type=int, default=None, help="samples per prompt G; default 8")
-    add("--max-new-tokens", type=int, default=None, help="completion budget (sampling and "
+    add("--group", type=number(int, low=2), default=None, help="samples per prompt G; default 8")
+    add("--max-new-tokens", type=COUNT, default=None, help="completion budget (sampling and "
         "evaluation); default 512, 48 with --toy")
-    add("--temperature", type=float, default=1.0, help="sampling temperature (> 0); log-probs "
+    add("--temperature", type=POSITIVE, default=1.0, help="sampling temperature (> 0); log-probs "
         "are taken under the same one")
     # optimization
-    add("--steps", type=int, default=None, help="training steps (one batch of rollouts each); "
+    add("--steps", type=COUNT, default=None, help="training steps (one batch of rollouts each); "
         "default 200, 60 with --toy")
-    add("--lr", type=float, default=None, help="Adam LR, constant; default 5e-5 (2e-3 with "
+    add("--lr", type=POSITIVE, default=None, help="Adam LR, constant; default 5e-5 (2e-3 with "
         "--toy), a tenth of that for --rank 0")
-    add("--epochs", type=int, default=1, help="updates per batch of rollouts; > 1 turns on PPO "
+    add("--epochs", type=COUNT, default=1, help="updates per batch of rollouts; > 1 turns on PPO "
         "clipping")
-    add("--clip", type=float, default=0.2, help="PPO clip range eps, used only with --epochs > 1")
-    add("--kl", type=float, default=0.0, help="weight of the k3 KL to the adapter-off base "
+    add("--clip", type=POSITIVE, default=0.2, help="PPO clip range eps, used only with "
+        "--epochs > 1")
+    add("--kl", type=NONNEGATIVE, default=0.0, help="weight of the k3 KL to the adapter-off base "
         "model; 0 = none (LoRA only)")
     add("--std-norm", action="store_true", help="divide advantages by the group std (GRPO as in "
         "DeepSeekMath); default off (Dr. GRPO)")
-    add("--grad-clip", type=float, default=1.0, help="clip the gradient's global norm to this; "
-        "0 = off")
-    add("--adam-eps", type=float, default=1e-8, help="Adam's epsilon; ~0 (1e-30) makes Adam "
+    add("--grad-clip", type=NONNEGATIVE, default=1.0, help="clip the gradient's global norm to "
+        "this; 0 = off")
+    add("--adam-eps", type=POSITIVE, default=1e-8, help="Adam's epsilon; ~0 (1e-30) makes Adam "
         "blind to each tensor's gradient scale (docs/design.md, Adam's two degrees of freedom)")
-    add("--lr-ratio", type=float, default=1.0, help="LoRA only: LR of B over LR of A "
+    add("--lr-ratio", type=POSITIVE, default=1.0, help="LoRA only: LR of B over LR of A "
         "(eta_B / eta_A); --lr is A's")
-    add("--init-scale", type=float, default=1.0, help="LoRA only: multiply A's initialization "
+    add("--init-scale", type=POSITIVE, default=1.0, help="LoRA only: multiply A's initialization "
         "(PEFT's Kaiming-uniform) by this, sigma_A")
-    add("--micro-batch", type=int, default=None, help="sequences per forward/backward "
+    add("--micro-batch", type=COUNT0, default=None, help="sequences per forward/backward "
         "(gradients accumulate), per process under torchrun; default 8, 0 = all (with --toy)")
     add("--grad-checkpoint", action="store_true", help="activation checkpointing: recompute "
         "each block in backward (less memory, ~1/2 more LoRA FLOPs)")
     add("--compile", action="store_true", help="rollouts with generate(compile=True): compiled "
         "decode step, CUDA graphs on a GPU (the first steps compile)")
-    add("--seed", type=int, default=0, help="seed of LoRA's init, data order and sampling")
+    add("--seed", type=COUNT0, default=0, help="seed of LoRA's init, data order and sampling")
     # evaluation and checkpoints
-    add("--eval-every", type=int, default=None, help="evaluate every N steps (also at step 0 and "
-        "at the end); default 20, 10 with --toy; 0 = start and end only")
-    add("--eval-limit", type=int, default=None, help="held-out test problems to evaluate on; 0 = "
-        "the whole split; default 200, 256 with --toy")
-    add("--eval-batch-size", type=int, default=None, help="prompts per generate() call in "
+    add("--eval-every", type=COUNT0, default=None, help="evaluate every N steps (also at step 0 "
+        "and at the end); default 20, 10 with --toy; 0 = start and end only")
+    add("--eval-limit", type=COUNT0, default=None, help="held-out test problems to evaluate on; 0 "
+        "= the whole split; default 200, 256 with --toy")
+    add("--eval-batch-size", type=COUNT, default=None, help="prompts per generate() call in "
         "evaluation; default 64, 256 with --toy")
-    add("--save-every", type=int, default=10, help="checkpoint every N steps (and at the end)")
+    add("--save-every", type=COUNT, default=10, help="checkpoint every N steps (and at the end)")
     add("--out", default=None, help="run folder; default runs/grpo[_toy]_r<rank> "
         "(runs/grpo[_toy]_full for --rank 0)")
     add("--resume", action="store_true", help="continue from the newest complete checkpoint in "
@@ -224,9 +226,6 @@ def resolve(args):
     if args.adapter != "lora" and args.rank == 0:
         raise user_exit(f"--adapter {args.adapter} needs --rank >= 1 (--rank 0 is full "
                         f"fine-tuning, --adapter lora)")
-    if args.u < 1 or not 0.0 <= args.tie <= 1.0:
-        raise user_exit(f"TinyLoRA needs --u >= 1 and --tie in [0, 1], got --u {args.u}, "
-                        f"--tie {args.tie}")
     if args.toy:
         preset = dict(model=TOY_BASE, task="toy", batch=32, group=8, max_new_tokens=48, steps=60,
                       lr=2e-3, micro_batch=0, eval_every=10, eval_limit=256, eval_batch_size=256)
@@ -243,13 +242,6 @@ def resolve(args):
         kind = {"lora": f"r{args.rank}", "loraxs": f"xs{args.rank}",
                 "tinylora": f"tiny_u{args.u}_tie{args.tie:g}"}[args.adapter]
         args.out = f"runs/grpo{'_toy' if args.toy else ''}_{kind if args.rank else 'full'}"
-    ok = (args.rank >= 0 and args.temperature > 0 and args.epochs >= 1 and args.group >= 2
-          and args.batch >= 1 and args.save_every >= 1)
-    if not ok:
-        raise user_exit(f"need --rank >= 0 ({args.rank}), --temperature > 0 ({args.temperature}),"
-                        f" --epochs >= 1 ({args.epochs}), --group >= 2 ({args.group}: a group is "
-                        f"its own baseline), --batch >= 1 ({args.batch}), --save-every >= 1 "
-                        f"({args.save_every})")
     lora_knobs = args.lr_ratio != 1 or args.init_scale != 1
     if (args.rank == 0 or args.adapter != "lora") and lora_knobs:
         raise user_exit(f"--lr-ratio ({args.lr_ratio}) and --init-scale ({args.init_scale}) are "
@@ -276,9 +268,10 @@ if __name__ == "__main__":
         args.dtype = "float32"
         torch.backends.cuda.matmul.allow_tf32 = True
         print("full fine-tuning: float32 weights (bf16 would drop Adam's small updates), TF32")
-    free = {"resume", "out", "steps", "device", "eval_every", "eval_limit", "eval_batch_size",
+    free = {"resume", "out", "steps", "device", "eval_every", "eval_batch_size",
             "save_every", "grad_checkpoint"}  # what a resume may change
     ckpt = start_run(args, free, rank)
+    on_ctrl_c(args.out)
 
     # --- model, adapter, optimizer
     torch.manual_seed(args.seed)

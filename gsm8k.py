@@ -141,7 +141,11 @@ def load_splits(task, data, eval_limit):
         print(f"note: --data {data} is one file: training and evaluation both read it (a folder "
               f"with train.jsonl and test.jsonl holds the evaluation problems out)")
     train = load_task(task, "train", paths["train"])
-    return train, load_task(task, "test", paths["test"])[:eval_limit or None]
+    test = load_task(task, "test", paths["test"])[:eval_limit or None]
+    for split, problems in (("train", train), ("test", test)):
+        if not problems:
+            raise UserError(f"{paths[split] or f'the {task} {split} split'}: no problems in it")
+    return train, test
 
 # -----------------------------------------------------------------------------
 # The prompt

@@ -20,16 +20,14 @@ from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
-from safetensors.torch import save_file
 
-from errors import (UserError, exit_on_user_error, load_safetensors, read_json, write_atomic,
-                    write_json)
+from errors import COUNT, COUNT0, POSITIVE, UserError, exit_on_user_error
+from peft_format import PEFT_PREFIX, copy_tensors, read_folder, write_adapter
 from model import TOY_CONFIG, Qwen2, Qwen2Config
 
 ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
 ALL_LINEAR = ATTN + MLP
-PEFT_PREFIX = "base_model.model."  # PeftModel.base_model (LoraModel) .model (the HF model)
 
 # -----------------------------------------------------------------------------
 # The module
@@ -286,14 +284,6 @@ def adapter_config(model, base_model_name_or_path=None) -> dict:
     return lora_config(r, alpha, rslora, peft_common(model, base_model_name_or_path))
 
 
-def write_adapter(out_dir, tensors, config):
-    """adapter_model.safetensors, then adapter_config.json, each written atomically."""
-    os.makedirs(out_dir, exist_ok=True)
-    write_atomic(os.path.join(out_dir, "adapter_model.safetensors"),
-                 lambda p: save_file(tensors, p, metadata={"format": "pt"}))
-    write_json(os.path.join(out_dir, "adapter_config.json"), config)
-
-
 def save_adapter(model, out_dir, base_model_name_or_path=None):
     """Write out_dir/adapter_config.json + adapter_model.safetensors of the model's LoRA adapter.
     vLLM serves ranks in {1, 8, 16, 32, 64, 128, 256, 320, 512} only; PEFT takes any."""
@@ -307,36 +297,14 @@ def save_adapter(model, out_dir, base_model_name_or_path=None):
 
 
 def read_peft(in_dir, peft_type, need):
-    """(config, targets, layers or None for all, tensors) of a PEFT folder of `peft_type`, with the
-    config keys `need`; refuses what rank1 can't run. A missing, truncated or corrupt file is a
-    UserError that names it."""
-    paths = [os.path.join(in_dir, f) for f in ("adapter_config.json", "adapter_model.safetensors")]
-    for p in paths:
-        if not os.path.isfile(p):
-            raise UserError(f"no {p} (a PEFT adapter folder holds adapter_config.json + "
-                            f"adapter_model.safetensors)")
-    cfg = read_json(paths[0])
-    found = cfg.get("peft_type") if isinstance(cfg, dict) else cfg
-    if found != peft_type:
-        raise UserError(f"{paths[0]}: peft_type {found!r}, only LORA and TINYLORA are supported")
-    options = ("use_dora", "fan_in_fan_out", "rank_pattern", "alpha_pattern", "modules_to_save",
-               "lora_bias")
-    unsupported = {k: cfg[k] for k in options if cfg.get(k)}
-    if cfg.get("bias", "none") != "none":
-        unsupported["bias"] = cfg["bias"]
-    if unsupported:
-        raise UserError(f"{paths[0]}: unsupported PEFT options {unsupported}")
-    missing = [k for k in (*need, "target_modules") if k not in cfg]
-    if missing:
-        raise UserError(f"{paths[0]}: no {', '.join(missing)}")
+    """(config, targets, layers or None for all, tensors) of a checked PEFT folder."""
+    cfg, tensors = read_folder(in_dir, peft_type, need)
     tm = cfg["target_modules"]
-    if tm == "all-linear":
-        targets = list(ALL_LINEAR)
-    else:
-        targets = parse_targets([tm] if isinstance(tm, str) else tm)
+    targets = list(ALL_LINEAR) if tm == "all-linear" else \
+        parse_targets([tm] if isinstance(tm, str) else tm)
     layers = cfg.get("layers_to_transform")
     layers = [layers] if isinstance(layers, int) else (layers or None)  # [] or null: all layers
-    return cfg, targets, layers, load_safetensors(paths[1])
+    return cfg, targets, layers, tensors
 
 
 def check_same_adapter(model, in_dir, kind, have, want):
@@ -351,25 +319,6 @@ def check_same_adapter(model, in_dir, kind, have, want):
         raise UserError(f"{in_dir} holds a {kind} adapter of rank {want['r']} on "
                         f"{want['target_modules']} x layers {layers}; the model's "
                         f"{adapter_kind(model)} adapters differ (folder, model): {differ}")
-
-
-def copy_tensors(params, tensors, in_dir, optional=(), checked=()):
-    """Load the file's tensors into the model's (`params`: {file key: tensor}), after checking
-    that every key is there (but `optional`), none is left over (but `checked`) and every shape
-    fits: nothing is changed unless everything fits."""
-    missing = sorted(params.keys() - tensors.keys() - set(optional))
-    unexpected = sorted(tensors.keys() - params.keys() - set(checked))
-    if missing or unexpected:
-        raise UserError(f"{in_dir}: missing tensors {missing[:3]} ({len(missing)}), unexpected "
-                        f"{unexpected[:3]} ({len(unexpected)})")
-    params = {k: p for k, p in params.items() if k in tensors}
-    for key, p in params.items():
-        if tensors[key].shape != p.shape:
-            raise UserError(f"{key}: shape {tuple(tensors[key].shape)} in {in_dir} does not fit "
-                            f"the model's {tuple(p.shape)}")
-    with torch.no_grad():
-        for key, p in params.items():
-            p.copy_(tensors[key])
 
 
 def load_adapter(model, in_dir, verbose=True):
@@ -399,11 +348,11 @@ if __name__ == "__main__":
         description="LoRA self-check on the toy model, and parameter counts")
     parser.add_argument("--config", default=None, help="config.json (or a folder holding one) to "
                         "count LoRA parameters for; default: Qwen2.5-3B's shapes, built in")
-    parser.add_argument("--ranks", default="1,8,64",
-                        help="comma-separated ranks for the count table")
-    parser.add_argument("--alpha", type=float, default=32.0,
+    parser.add_argument("--ranks", default=[1, 8, 64], help="comma-separated ranks for the table",
+                        type=lambda text: [COUNT(r) for r in text.split(",")])
+    parser.add_argument("--alpha", type=POSITIVE, default=32.0,
                         help="LoRA alpha of the toy check (scale alpha/r)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the toy model and adapters")
+    parser.add_argument("--seed", type=COUNT0, default=0, help="seed of the toy model and adapters")
     args = parser.parse_args()
     exit_on_user_error()
     torch.manual_seed(args.seed)
@@ -418,7 +367,7 @@ if __name__ == "__main__":
         assert lora_param_count(config, 1) == 1_870_848, lora_param_count(config, 1)
     print(f"LoRA parameters for {label} ({config.num_hidden_layers} layers):")
     print(f"{'rank':>6} | {'all':>12} | {'attn':>12} | {'mlp':>12} | {'all, middle third':>18}")
-    for r in (int(x) for x in args.ranks.split(",")):
+    for r in args.ranks:
         counts = [lora_param_count(config, r, t) for t in ("all", "attn", "mlp")]
         middle = lora_param_count(config, r, "all", "middle")
         print(f"{r:>6} | {counts[0]:>12,} | {counts[1]:>12,} | {counts[2]:>12,} | {middle:>18,}")

@@ -9,9 +9,9 @@ Parameter names equal Hugging Face's (model.layers.0.self_attn.q_proj.weight, ..
 checkpoint loads with a strict load_state_dict. Reference: transformers' modeling_qwen2.py.
 This file is the textbook: one forward pass, plain causal attention. Sampling with a KV cache
 lives in sampler.py and the training log-probs in logprobs.py; both call Qwen2.forward with a
-cache object, which supplies the positions and the attention mask of what it holds.
+cache object, which supplies the positions and the attention mask of what it holds. Where the
+files come from (a folder, or a hub id downloaded once) is hub.py's.
 """
-import json
 import os
 from dataclasses import dataclass, asdict, fields
 
@@ -20,7 +20,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from errors import UserError, exit_on_user_error, load_safetensors, read_json
+from errors import (COUNT, NONNEGATIVE, UserError, exit_on_user_error, read_json, write_atomic,
+                    write_json)
+from hub import read_safetensors, resolve_path
 
 # -----------------------------------------------------------------------------
 # Config
@@ -53,20 +55,32 @@ class Qwen2Config:
     def from_dict(cls, d):
         d = dict(d)
         if "rope_parameters" in d:  # transformers 5.x moved rope_theta here
-            d.setdefault("rope_theta", d["rope_parameters"].get("rope_theta", 1e6))
+            d.setdefault("rope_theta", (d["rope_parameters"] or {}).get("rope_theta", 1e6))
         if d.get("model_type", "qwen2") == "qwen2":
             d.setdefault("attention_bias", True)
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names and v is not None})
+        kept = {f.name: f.type for f in fields(cls)}
+        d = {k: v for k, v in d.items() if k in kept and v is not None}
+        for k in ("bos_token_id", "eos_token_id"):  # some checkpoints list several; the first
+            if isinstance(d.get(k), list) and d[k]:
+                d[k] = d[k][0]
+        for k, v in d.items():  # config.json is user input: "hidden_size": "128" is refused here
+            ok = isinstance(v, (int, float) if kept[k] is float else kept[k])
+            if not ok or (isinstance(v, bool) and kept[k] is not bool):
+                raise ValueError(f'"{k}": {v!r} is not {kept[k].__name__}')
+        return cls(**d)
 
     @classmethod
-    def from_json(cls, path):
+    def from_json(cls, path, qwen2_only=True):
+        """config.json of a Qwen2 (a Llama shape too with qwen2_only=False: flops.py counts it)."""
         d = read_json(path)
         if not isinstance(d, dict):
             raise UserError(f"{path}: a config.json holds one JSON object, got {type(d).__name__}")
+        if qwen2_only and d.get("model_type", "qwen2") != "qwen2":
+            raise UserError(f"{path}: model_type {d['model_type']!r}; model.py implements qwen2 "
+                            f"(Qwen2 and Qwen2.5) only")
         try:
             return cls.from_dict(d)
-        except (TypeError, ValueError, AssertionError) as e:
+        except (TypeError, ValueError, AssertionError, AttributeError, ZeroDivisionError) as e:
             raise UserError(f"{path}: not a Qwen2 config ({e})") from None
 
     def to_hf_dict(self):
@@ -233,7 +247,12 @@ class Qwen2(nn.Module):
 
 
 def pick_device(device=None):
+    """cuda, then mps, then cpu; a device asked for must exist here."""
     if device is not None:
+        there = {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available,
+                 "cpu": lambda: True}
+        if str(device).split(":")[0] not in there or not there[str(device).split(":")[0]]():
+            raise UserError(f"--device {device}: not a device of this machine ({', '.join(there)})")
         return torch.device(device)
     if torch.cuda.is_available():
         return torch.device("cuda")
@@ -245,47 +264,13 @@ def pick_device(device=None):
 def pick_dtype(dtype, device):
     """bf16 on a GPU that supports it (half the memory, tensor cores), else fp32; and why."""
     if dtype is not None:
-        dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-        return dtype, "as asked"
+        named = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+        if isinstance(dtype, str) and dtype not in named:
+            raise UserError(f"--dtype {dtype!r}: use float32, bfloat16 or float16")
+        return named.get(dtype, dtype), "as asked"
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16, "GPU supports bf16"
     return torch.float32, f"no bf16 GPU ({device.type})"
-
-
-def resolve_path(name_or_path, patterns=("*.json", "*.safetensors")):
-    """A local folder as is; otherwise a hub id such as Qwen/Qwen2.5-3B, downloaded once."""
-    if os.path.isdir(name_or_path):
-        return name_or_path
-    not_an_id = name_or_path.count("/") != 1 or name_or_path.startswith((".", "/"))
-    if os.path.exists(name_or_path) or not_an_id:
-        raise UserError(f"no model folder at {name_or_path!r} (expected a folder with "
-                        f"config.json and model.safetensors, or a hub id like Qwen/Qwen2.5-3B)")
-    from huggingface_hub import snapshot_download
-    try:
-        return snapshot_download(name_or_path, allow_patterns=list(patterns))
-    except Exception as e:
-        raise UserError(f"could not download {name_or_path!r} from the Hugging Face hub "
-                        f"({type(e).__name__}: {e}). Offline? Point --model at a local folder "
-                        f"with config.json, model.safetensors (or shards + index) and "
-                        f"tokenizer.json.") from e
-
-
-def read_safetensors(path):
-    """All tensors of a folder: model.safetensors, or the shards its index names."""
-    index = os.path.join(path, "model.safetensors.index.json")
-    if os.path.exists(index):
-        weight_map = read_json(index).get("weight_map")
-        if not isinstance(weight_map, dict):
-            raise UserError(f"{index}: no \"weight_map\" object naming the shards")
-        files = sorted(set(weight_map.values()))
-    elif os.path.exists(os.path.join(path, "model.safetensors")):
-        files = ["model.safetensors"]
-    else:
-        raise UserError(f"no model.safetensors or model.safetensors.index.json in {path}")
-    state = {}
-    for name in files:
-        state.update(load_safetensors(os.path.join(path, name)))
-    return state
 
 
 def load_model(name_or_path, device=None, dtype=None, verbose=True):
@@ -324,12 +309,12 @@ def save_model(model, path):
     os.makedirs(path, exist_ok=True)
     cfg = model.config.to_hf_dict()
     cfg["torch_dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
-    with open(os.path.join(path, "config.json"), "w") as f:
-        json.dump(cfg, f, indent=2)
+    write_json(os.path.join(path, "config.json"), cfg)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     if model.config.tie_word_embeddings:
         del state["lm_head.weight"]  # stored once, as transformers does
-    save_file(state, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+    write_atomic(os.path.join(path, "model.safetensors"),
+                 lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
 
 
 class Tokenizer:
@@ -338,7 +323,8 @@ class Tokenizer:
     def __init__(self, tok, eos_token="<|endoftext|>"):
         self.tok = tok
         self.eos_id = tok.token_to_id(eos_token)
-        assert self.eos_id is not None, f"tokenizer has no {eos_token} token"
+        if self.eos_id is None:
+            raise UserError(f"the tokenizer has no {eos_token} token (Qwen2.5's and the toy's do)")
         self.pad_id = self.eos_id  # padding is masked out everywhere; any id will do
         self.vocab_size = tok.get_vocab_size()
 
@@ -354,11 +340,8 @@ class Tokenizer:
 
 def load_tokenizer(name_or_path):
     from tokenizers import Tokenizer as HFTokenizer
-    if name_or_path.endswith(".json"):
-        path = name_or_path
-    else:
-        folder = resolve_path(name_or_path, patterns=("tokenizer.json",))
-        path = os.path.join(folder, "tokenizer.json")
+    path = name_or_path if name_or_path.endswith(".json") else \
+        os.path.join(resolve_path(name_or_path, patterns=("tokenizer.json",)), "tokenizer.json")
     if not os.path.exists(path):
         raise UserError(f"no tokenizer at {path}")
     try:
@@ -408,16 +391,11 @@ def complete_slowly(model, ids, max_new_tokens, temperature, eos_id, generator):
     last position's logits, sampled (temperature 0: argmax). sampler.py does the same work with a
     KV cache, many prompts at a time, and keyed noise."""
     out = []
-    for _ in range(max_new_tokens):
+    while len(out) < max_new_tokens and eos_id not in out[-1:]:
         logits = model(torch.tensor([ids + out], device=model.lm_head.weight.device))[0, -1]
-        if temperature == 0:
-            tok = int(logits.argmax())
-        else:
-            probs = (logits.float() / temperature).softmax(-1).cpu()
-            tok = int(torch.multinomial(probs, 1, generator=generator))
-        out.append(tok)
-        if tok == eos_id:
-            break
+        probs = (logits.float() / max(temperature, 1e-30)).softmax(-1).cpu()
+        out.append(int(logits.argmax()) if temperature == 0 else
+                   int(torch.multinomial(probs, 1, generator=generator)))
     return out
 
 
@@ -432,8 +410,8 @@ if __name__ == "__main__":
     add("--model", default=None, help="local folder or hub id (Qwen/Qwen2.5-3B)")
     add("--prompt", help="text to complete",
         default="Question: Ann has 23 eggs and buys 5 boxes of 4. How many eggs?\nAnswer:")
-    add("--max-new-tokens", type=int, default=64, help="tokens to generate")
-    add("--temperature", type=float, default=0.0, help="0 = greedy")
+    add("--max-new-tokens", type=COUNT, default=64, help="tokens to generate")
+    add("--temperature", type=NONNEGATIVE, default=0.0, help="0 = greedy")
     add("--device", default=None, help="cuda / mps / cpu (default: best available)")
     add("--dtype", default=None, help="float32 / bfloat16 (default: bf16 on a bf16 GPU, else fp32)")
     args = parser.parse_args()

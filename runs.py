@@ -23,17 +23,23 @@ Every read names its file when it fails (errors.UserError): with 150 checkpoints
 Under torchrun, rank 0 alone writes the run folder (data_parallel.py).
 """
 import argparse
+import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
+import signal
 import sys
 import tempfile
+from pathlib import Path
 
 from safetensors.torch import save_file
 
 import adapters
-from errors import UserError, exit_on_user_error, load_safetensors, read_json, user_exit
+from errors import (UserError, check_writable, exit_on_user_error, fsync_dir, fsync_tree,
+                    load_safetensors, open_safetensors, read_json, user_exit, write_json,
+                    write_lines)
 from model import save_model
 
 STEP = re.compile(r"step_(\d+)")  # step_000010; written as step_{step:06d}
@@ -44,11 +50,9 @@ STEP = re.compile(r"step_(\d+)")  # step_000010; written as step_{step:06d}
 
 def write_args(out, args):
     """args.json (vars(args)), the first file of a run; replaces the old one on --resume."""
-    os.makedirs(out, exist_ok=True)
-    path = os.path.join(out, "args.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(vars(args) if isinstance(args, argparse.Namespace) else args, f, indent=2)
-    os.replace(path + ".tmp", path)
+    check_writable(out, folder=True)
+    write_json(os.path.join(out, "args.json"),
+               vars(args) if isinstance(args, argparse.Namespace) else args)
 
 
 def read_args(run) -> dict:
@@ -62,19 +66,45 @@ def read_args(run) -> dict:
 
 def check_resume_args(run, args, free):
     """--resume must continue the run it resumes: every argument outside `free` (the step budget,
-    device, evaluation, logging) equals the saved one, or the resumed run is some other run."""
+    device, logging) equals the saved one, or the resumed run is some other run. The model is
+    compared by what it is: toy_base, ./toy_base and its absolute path are one model."""
     saved = read_args(run)
     changed = {k: (saved.get(k), v) for k, v in vars(args).items()
-               if k not in free and saved.get(k) != v}
+               if k not in free and saved.get(k) != v
+               and not (k == "model" and same_model([saved.get(k), v]))}
     if changed:
         raise UserError(f"--resume of {run} with arguments that change training (saved, now): "
                         f"{changed}")
+
+def same_model(paths):
+    """Do these models (hub ids or folders) name one model? The same id or folder; or folders
+    whose config and weights are byte-identical (a run folder copied from another checkout names
+    its base there)."""
+    if not all(isinstance(p, str) for p in paths):
+        return False
+    names = {os.path.realpath(p) if os.path.isdir(p) else p for p in paths}
+    if len(names) <= 1:
+        return True
+    if not all(os.path.isdir(p) for p in names):
+        return False
+
+    def fingerprint(folder):
+        h = hashlib.sha256()
+        for f in sorted(Path(folder).glob("*.safetensors")) + [Path(folder) / "config.json"]:
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 24), b""):
+                    h.update(block)
+        return h.hexdigest()
+    return len({fingerprint(p) for p in names}) == 1
+
 
 def start_run(args, free, rank=0):
     """The run folder of a training script, before anything trains: a folder that holds
     checkpoints is continued only with --resume, and only with the arguments that made it (all but
     `free`: the step budget, device, evaluation, logging); args.json is written (rank 0). Returns
     the newest complete checkpoint to resume from, or None."""
+    if rank == 0:
+        check_writable(args.out, folder=True)  # a read-only or file --out fails now, in one line
     ckpt = newest_checkpoint(args.out)
     if ckpt and not args.resume:
         raise user_exit(f"{args.out} already holds checkpoints ({os.path.basename(ckpt)}); pass "
@@ -83,9 +113,26 @@ def start_run(args, free, rank=0):
         print(f"--resume: no complete checkpoint in {args.out}, starting from step 0")
     if ckpt:
         check_resume_args(args.out, args, free)
+        ckpt, damaged = resumable_checkpoint(args.out)
+        if ckpt is None:
+            raise UserError(f"{args.out}: no readable checkpoint to resume from; {damaged[-1]}")
+        for note in damaged:
+            print(f"note: {note}; resuming from {os.path.basename(ckpt)}")
     if rank == 0:
         write_args(args.out, args)
     return ckpt
+
+def on_ctrl_c(out):
+    """Ctrl-C ends a training script with one line, naming the newest checkpoint and the command
+    that continues the run, and exit status 130 (128 + SIGINT), not a 40-line traceback."""
+    def stop(signum, frame):
+        ckpt = newest_checkpoint(out)
+        argv = [a for a in sys.argv if a != "--resume"]
+        command = " ".join(shlex.quote(a) for a in ["python", *argv, "--resume"])
+        print(f"\ninterrupted: the newest checkpoint is {ckpt or 'none yet'}; continue with: "
+              f"{command}", file=sys.stderr, flush=True)
+        raise SystemExit(130)
+    signal.signal(signal.SIGINT, stop)
 
 # -----------------------------------------------------------------------------
 # metrics.jsonl
@@ -93,8 +140,13 @@ def start_run(args, free, rank=0):
 
 def append_metrics(run, row):
     """One row, one line, one write: a kill can tear only the last line (read_metrics drops it)."""
-    with open(os.path.join(run, "metrics.jsonl"), "a") as f:
-        f.write(json.dumps(row) + "\n")
+    path = os.path.join(run, "metrics.jsonl")
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+    except OSError as e:
+        raise UserError(f"{path}: cannot append a row ({e.strerror or e}); the rows before it "
+                        f"are intact, and --resume continues from the newest checkpoint") from None
 
 
 def jsonl_rows(path):
@@ -147,9 +199,7 @@ def trim_metrics(run, step):
     if not os.path.exists(path):
         return
     rows = [row for row in read_metrics(run) if row["step"] <= step]
-    with open(path + ".tmp", "w") as f:
-        f.writelines(json.dumps(row) + "\n" for row in rows)
-    os.replace(path + ".tmp", path)
+    write_lines(path, [json.dumps(row) for row in rows])
 
 # -----------------------------------------------------------------------------
 # Checkpoints: step_NNNNNN/ = the weights (adapter or full) + trainer_state.{safetensors,json}
@@ -169,6 +219,27 @@ def newest_checkpoint(run):
     return found[-1] if found else None
 
 
+def resumable_checkpoint(run):
+    """(the newest checkpoint whose files all read, notes on the newer ones that do not): a disk
+    fault or a copy cut short can damage a checkpoint after its rename; --resume then continues
+    from the previous good one, and says so."""
+    notes = []
+    for ckpt in reversed(checkpoints(run)):
+        try:
+            state = read_json(os.path.join(ckpt, "trainer_state.json"))
+            if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+                raise UserError(f"{ckpt}/trainer_state.json: no integer \"step\"")
+            for name in os.listdir(ckpt):
+                if name.endswith(".safetensors"):
+                    open_safetensors(os.path.join(ckpt, name))
+                elif name.endswith(".json"):
+                    read_json(os.path.join(ckpt, name))
+            return ckpt, notes
+        except UserError as e:
+            notes.append(f"{os.path.basename(ckpt)} is damaged: {e}")
+    return None, notes
+
+
 def save_checkpoint(path, model, optimizer, named, state, full=False, tokenizer=None,
                     base_name=None, extra=None):
     """Weights (full: config + safetensors + tokenizer.json; else the PEFT adapter), Adam's
@@ -176,26 +247,35 @@ def save_checkpoint(path, model, optimizer, named, state, full=False, tokenizer=
     pickle. Written into path.tmp, then one rename: a crash never leaves half a checkpoint under
     the real name."""
     tmp = path + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)  # what an earlier save cut short left
-    if full:
-        save_model(model, tmp)
-        if tokenizer is not None:
-            tokenizer.tok.save(os.path.join(tmp, "tokenizer.json"))
-    else:
-        adapters.save(model, tmp, base_model_name_or_path=base_name)
-    tensors = dict(extra or {})
-    for name, p in named:
-        for key, value in optimizer.state.get(p, {}).items():           # step, exp_avg, exp_avg_sq
-            tensors[f"adam.{name}.{key}"] = value.detach().cpu().contiguous()
-    save_file(tensors, os.path.join(tmp, "trainer_state.safetensors"))
-    with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
-        json.dump(state, f, indent=2)
-    if os.path.exists(path):  # the same step saved again: swap, never a moment with neither on disk
-        os.rename(path, path + ".old")
-        os.rename(tmp, path)
-        shutil.rmtree(path + ".old")
-    else:
-        os.rename(tmp, path)
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)  # what an earlier save cut short left
+        if full:
+            save_model(model, tmp)
+            if tokenizer is not None:
+                tokenizer.tok.save(os.path.join(tmp, "tokenizer.json"))
+        else:
+            adapters.save(model, tmp, base_model_name_or_path=base_name)
+        tensors = dict(extra or {})
+        for name, p in named:
+            for key, value in optimizer.state.get(p, {}).items():   # step, exp_avg, exp_avg_sq
+                tensors[f"adam.{name}.{key}"] = value.detach().cpu().contiguous()
+        save_file(tensors, os.path.join(tmp, "trainer_state.safetensors"))
+        with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
+            json.dump(state, f, indent=2)
+        fsync_tree(tmp)  # every byte on disk before the rename publishes the checkpoint
+        if os.path.exists(path):  # the same step saved again: swap, never a moment with neither
+            os.rename(path, path + ".old")
+            os.rename(tmp, path)
+            shutil.rmtree(path + ".old")
+        else:
+            os.rename(tmp, path)
+        fsync_dir(os.path.dirname(path))
+    except (OSError, UserError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)  # free what it took: the disk may be full
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else e
+        previous = newest_checkpoint(os.path.dirname(path))
+        raise UserError(f"{path}: cannot write the checkpoint ({reason}); the newest complete "
+                        f"one is {previous or 'none'}: free space, then --resume") from None
 
 
 def load_trainer_state(path, optimizer, named):
@@ -223,6 +303,12 @@ def load_trainer_state(path, optimizer, named):
 # Finding runs
 
 
+def is_run(folder):
+    """A run folder: it holds args.json or step_*/ checkpoints."""
+    return os.path.isdir(folder) and (os.path.exists(os.path.join(folder, "args.json")) or
+                                      any(STEP.fullmatch(d) for d in os.listdir(folder)))
+
+
 def find_runs(root, adapters_only=False):
     """({run name: [(step, checkpoint folder), ...]}, notes) for the run folders directly under
     root, names sorted, steps ascending. A run is a folder with args.json or step_*/ checkpoints;
@@ -238,6 +324,8 @@ def find_runs(root, adapters_only=False):
                        if (m := STEP.fullmatch(d)) and os.path.isdir(os.path.join(run, d)))
         adapters = [(s, d) for s, d in steps
                     if os.path.exists(os.path.join(d, "adapter_model.safetensors"))]
+        if os.path.exists(os.path.join(run, "geometry.json")):
+            continue  # geometry.py's output folder, beside the runs it read
         if not steps and not os.path.exists(os.path.join(run, "args.json")):
             notes.append(f"{name}: no args.json nor step_* checkpoints, not a run")
         elif not adapters_only:
@@ -291,18 +379,19 @@ def self_check():
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs_dir", nargs="?", default="runs",
-                        help="folder of run folders; default runs/")
+    parser.add_argument("runs_dir", nargs="?", default=None,
+                        help="folder of run folders; default runs/ (the self-check if absent)")
     parser.add_argument("--check", action="store_true",
                         help="self-check the crash cases on a temporary run instead")
     args = parser.parse_args()
     exit_on_user_error()
-    if args.check or not os.path.isdir(args.runs_dir):
-        if not args.check:
-            print(f"no folder {args.runs_dir}/ (train a run first: python grpo.py --toy --rank 1);"
-                  f" self-check instead")
+    if args.check or (args.runs_dir is None and not os.path.isdir("runs")):
         self_check()
         raise SystemExit
+    args.runs_dir = args.runs_dir or "runs"
+    if not os.path.isdir(args.runs_dir):
+        raise user_exit(f"{args.runs_dir}: no such folder (train a run first: python grpo.py "
+                        f"--toy --rank 1; or python runs.py --check, the self-check)")
     found, notes = find_runs(args.runs_dir)
     print("".join(f"note: {n}\n" for n in notes), end="")
     print(f"{'run':24} | {'checkpoints':>11} | {'newest':>11} | {'rows':>5} | last evaluation")

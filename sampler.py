@@ -20,7 +20,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from errors import exit_on_user_error
+from errors import COUNT, exit_on_user_error
 from model import TOY_BASE, load_model, load_tokenizer
 
 # -----------------------------------------------------------------------------
@@ -379,7 +379,7 @@ if __name__ == "__main__":
     parser.add_argument("--prompt", help="text to complete",
                         default="Question: Ann has 23 eggs and buys 5 boxes of 4. How many eggs?\n"
                                 "Answer:")
-    parser.add_argument("--max-new-tokens", type=int, default=48, help="tokens to generate")
+    parser.add_argument("--max-new-tokens", type=COUNT, default=48, help="tokens to generate")
     parser.add_argument("--device", default=None, help="cuda / mps / cpu (default: best available)")
     args = parser.parse_args()
     if args.model is None and not args.toy:

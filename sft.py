@@ -6,7 +6,7 @@ Supervised fine-tuning on prompt/solution pairs, LoRA or full, and the toy world
     python sft.py --rank 1                            # rank-1 LoRA, Qwen2.5-3B on GSM8K train
     python sft.py --rank 0 --model Qwen/Qwen2.5-0.5B  # full fine-tuning
     python sft.py --toy --model toy_base --adapter tinylora --u 13 --tie 1   # 13 parameters
-    python sft.py --rank 1 --data ../shared/data/gsm8k --resume
+    python sft.py --rank 1 --data data/gsm8k --resume  # GSM8K from a local folder; continue
     torchrun --nproc_per_node 8 sft.py --rank 1       # data parallel on 8 GPUs: the same run
 
 The loss is the mean cross-entropy over solution tokens only (sft_loss): the prompt is given, not
@@ -36,14 +36,16 @@ from tqdm import tqdm
 import adapters
 from data_parallel import (all_reduce, barrier, close_distributed, init_distributed, reduce_eval,
                            sum_grads)
-from errors import exit_on_user_error, user_exit
+from errors import (COUNT, COUNT0, FRACTION, NONNEGATIVE, POSITIVE, exit_on_user_error,
+                    user_exit)
 from eval_gsm8k import eval_metrics
 from gsm8k import format_prompt, format_solution, load_splits, stop_ids
 from logprobs import logprobs_from_hidden
-from model import (TOY_CONFIG, Qwen2, Qwen2Config, load_model, load_tokenizer, resolve_path,
+from hub import resolve_path
+from model import (TOY_CONFIG, Qwen2, Qwen2Config, load_model, load_tokenizer,
                    save_model, toy_tokenizer)
-from runs import (append_metrics, load_trainer_state, read_metrics, save_checkpoint, start_run,
-                  trim_metrics)
+from runs import (append_metrics, load_trainer_state, on_ctrl_c, read_metrics, save_checkpoint,
+                  start_run, trim_metrics)
 
 # -----------------------------------------------------------------------------
 # Data: tokenized examples, length-bucketed batches, the loss mask
@@ -134,12 +136,12 @@ def parse_args(argv=None):
         "Qwen/Qwen2.5-3B (none with --toy: from scratch)")
     add("--adapter", default="lora", choices=adapters.KINDS, help="lora: B·A; loraxs: only R "
         "(rank x rank) in U Σ R Vᵀ; tinylora: R = Σ v_i P_i, only v trains (tinylora.py)")
-    add("--rank", type=int, default=None, help="LoRA rank (LoRA-XS, TinyLoRA: the SVD rank r); "
+    add("--rank", type=COUNT0, default=None, help="LoRA rank (LoRA-XS, TinyLoRA: the SVD rank r); "
         "0 = full fine-tuning; default 1, 2 for tinylora, 0 when training from scratch")
-    add("--alpha", type=float, default=32.0, help="LoRA alpha; the update is scaled by "
+    add("--alpha", type=POSITIVE, default=32.0, help="LoRA alpha; the update is scaled by "
         "alpha/rank (LoRA only)")
-    add("--u", type=int, default=13, help="TinyLoRA: trainable parameters per group of modules")
-    add("--tie", type=float, default=0.0, help="TinyLoRA weight tying (PEFT's): 0 = one v per "
+    add("--u", type=COUNT, default=13, help="TinyLoRA: trainable parameters per group of modules")
+    add("--tie", type=FRACTION, default=0.0, help="TinyLoRA weight tying (PEFT's): 0 = one v per "
         "module, 1 = one v for all")
     add("--targets", default="all", help="LoRA targets: all, attn, mlp, or projections like "
         "q_proj,v_proj")
@@ -153,43 +155,44 @@ def parse_args(argv=None):
     add("--data", default=None, help="GSM8K data: a folder holding train.jsonl and test.jsonl, "
         "or one JSONL file (training and evaluation then both read it); default "
         "~/.cache/rank1/gsm8k (downloaded once)")
-    add("--bucket", type=int, default=None, help="batches per length-sorted window (less "
+    add("--bucket", type=COUNT, default=None, help="batches per length-sorted window (less "
         "padding, less mixing); 1 = plain shuffled batches; default 16, toy 1")
-    add("--max-len", type=int, default=1024, help="drop training examples longer than this many "
+    add("--max-len", type=COUNT, default=1024, help="drop training examples longer than this many "
         "tokens")
     # optimization
-    add("--steps", type=int, default=None, help="optimizer steps; default 250 (one epoch of GSM8K "
+    add("--steps", type=COUNT, default=None, help="optimizer steps; default 250 (one epoch of "
+        "GSM8K "
         "at batch 32); toy: 1500 (a budget; from scratch stops at --target-acc), 60 fine-tuning")
-    add("--batch-size", type=int, default=None, help="examples per step, all processes together "
+    add("--batch-size", type=COUNT, default=None, help="examples per step, all processes together "
         "under torchrun; default 32, 64 with --toy")
-    add("--lr", type=float, default=None, help="AdamW LR; default the fitted rule (LoRA ~10x "
+    add("--lr", type=POSITIVE, default=None, help="AdamW LR; default the fitted rule (LoRA ~10x "
         "full), toy: its preset")
-    add("--warmup", type=int, default=None, help="steps of linear LR warmup, then constant; "
+    add("--warmup", type=COUNT0, default=None, help="steps of linear LR warmup, then constant; "
         "default 0 (toy from scratch: 50)")
-    add("--micro-batch", type=int, default=None, help="examples per forward/backward (gradients "
+    add("--micro-batch", type=COUNT0, default=None, help="examples per forward/backward (gradients "
         "accumulate), per process under torchrun; 0 = the whole batch (share); default 8, toy 0")
-    add("--weight-decay", type=float, default=0.0, help="AdamW decoupled weight decay; 0 = plain "
-        "Adam")
-    add("--grad-clip", type=float, default=1.0, help="clip the gradient's global norm to this; "
-        "0 = off")
-    add("--seed", type=int, default=0, help="seed of the init (LoRA's A, or the whole toy model) "
-        "and the data order")
+    add("--weight-decay", type=NONNEGATIVE, default=0.0, help="AdamW decoupled weight decay; 0 = "
+        "plain Adam")
+    add("--grad-clip", type=NONNEGATIVE, default=1.0, help="clip the gradient's global norm to "
+        "this; 0 = off")
+    add("--seed", type=COUNT0, default=0, help="seed of the init (LoRA's A, or the whole toy "
+        "model) and the data order")
     # evaluation, logging, checkpoints
-    add("--eval-every", type=int, default=None, help="evaluate every N steps (also at step 0 and "
-        "at the end); 0 = start and end only; default 0, toy base 25")
-    add("--eval-limit", type=int, default=None, help="held-out test problems to evaluate on; 0 = "
-        "the whole split; default 200, toy 256")
-    add("--eval-batch-size", type=int, default=None, help="prompts per generate() call in "
+    add("--eval-every", type=COUNT0, default=None, help="evaluate every N steps (also at step 0 "
+        "and at the end); 0 = start and end only; default 0, toy base 25")
+    add("--eval-limit", type=COUNT0, default=None, help="held-out test problems to evaluate on; 0 "
+        "= the whole split; default 200, toy 256")
+    add("--eval-batch-size", type=COUNT, default=None, help="prompts per generate() call in "
         "evaluation; default 64, toy 256")
-    add("--max-new-tokens", type=int, default=None, help="completion budget in evaluation; "
+    add("--max-new-tokens", type=COUNT, default=None, help="completion budget in evaluation; "
         "default 512, 48 with --toy")
-    add("--target-acc", type=float, default=None, help="stop once eval accuracy reaches this, "
+    add("--target-acc", type=FRACTION, default=None, help="stop once eval accuracy reaches this, "
         "keeping the evaluated model closest to it in --out; 0 = off; default 0 (0.5 for the "
         "toy base)")
-    add("--log-every", type=int, default=10, help="print a progress line every N steps "
+    add("--log-every", type=COUNT, default=10, help="print a progress line every N steps "
         "(metrics.jsonl gets every step)")
-    add("--save-every", type=int, default=None, help="checkpoint every N steps (and at the end); "
-        "0 = only at the end; default 50, toy 0")
+    add("--save-every", type=COUNT0, default=None, help="checkpoint every N steps (and at the "
+        "end); 0 = only at the end; default 50, toy 0")
     add("--out", default=None, help="run folder; default runs/sft[_toy]_r<rank> (_full for "
         "--rank 0), runs/toy_base from scratch")
     add("--resume", action="store_true", help="continue from the newest complete checkpoint in "
@@ -207,9 +210,6 @@ def resolve(args):
     if args.adapter != "lora" and (scratch or args.rank == 0):
         raise user_exit(f"--adapter {args.adapter} adapts a base model: it needs --model and "
                         f"--rank >= 1")
-    if args.u < 1 or not 0.0 <= args.tie <= 1.0:
-        raise user_exit(f"TinyLoRA needs --u >= 1 and --tie in [0, 1], got --u {args.u}, "
-                        f"--tie {args.tie}")
     toy = dict(task="toy", micro_batch=0, bucket=1, eval_limit=256, eval_batch_size=256,
                max_new_tokens=48, save_every=0)
     if scratch:
@@ -232,9 +232,6 @@ def resolve(args):
     for key, value in preset.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    if not (args.rank >= 0 and args.steps > 0 and args.batch_size > 0):
-        raise user_exit(f"need --rank >= 0 ({args.rank}), --steps > 0 ({args.steps}), "
-                        f"--batch-size > 0 ({args.batch_size})")
     if scratch and args.rank != 0:
         raise user_exit(f"a model trained from scratch has no base to adapt: --rank {args.rank} "
                         f"needs --model")
@@ -264,9 +261,10 @@ if __name__ == "__main__":
     if full and args.dtype is None and device.type != "cpu":
         args.dtype = "float32"  # Adam's steps (~LR relative to a weight) would vanish in bf16
         print("full fine-tuning: float32 weights (bf16 would drop Adam's small updates)")
-    free = {"resume", "out", "steps", "device", "eval_every", "eval_limit", "eval_batch_size",
+    free = {"resume", "out", "steps", "device", "eval_every", "eval_batch_size",
             "log_every", "save_every"}  # what a resume may change
     ckpt = start_run(args, free, rank)
+    on_ctrl_c(args.out)
 
     # --- model, tokenizer, optimizer
     torch.manual_seed(args.seed)

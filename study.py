@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 import flops
 import runs
-from errors import exit_on_user_error, user_exit
+from errors import COUNT, exit_on_user_error, user_exit
 from model import TOY_CONFIG
 
 HERE = Path(__file__).resolve().parent
@@ -679,7 +679,7 @@ if __name__ == "__main__":
     parser.add_argument("--toy", action="store_true", help="the toy study on a CPU (default when neither --full nor --model)")
     parser.add_argument("--full", action="store_true", help="the complete toy study: + 2 seeds at every best LR, batch size, more LRs")
     parser.add_argument("--model", default=None, help="print the plan at GPU scale for this model (e.g. Qwen/Qwen2.5-3B); needs --dry-run here")
-    parser.add_argument("--jobs", type=int, default=os.cpu_count(), help="runs at a time, CPU count // jobs threads each (geometry, run alone, gets every core); default the CPU count")
+    parser.add_argument("--jobs", type=COUNT, default=os.cpu_count(), help="runs at a time, CPU count // jobs threads each (geometry, run alone, gets every core); default the CPU count")
     parser.add_argument("--out", default="runs/study", help="the study's root: run folders, logs, report.md, claims.json, figures")
     parser.add_argument("--dry-run", action="store_true", help="print every run it would launch and its estimated time; run nothing")
     parser.add_argument("--no-train", action="store_true", help="launch no training run: analyze the finished ones "

@@ -21,9 +21,10 @@ import torch.nn as nn
 from safetensors.torch import save_file
 
 from errors import UserError, exit_on_user_error, load_safetensors, write_atomic
-from lora import (ALL_LINEAR, PEFT_PREFIX, Adapter, adapter_modules, check_same_adapter,
-                  copy_tensors, depth_order, freeze_base, lora_config, peft_common, read_peft,
-                  replace_module, target_modules, trainable_summary, write_adapter)
+from lora import (ALL_LINEAR, Adapter, adapter_modules, check_same_adapter, depth_order,
+                  freeze_base, lora_config, peft_common, read_peft, replace_module, target_modules,
+                  trainable_summary)
+from peft_format import PEFT_PREFIX, copy_tensors, write_adapter
 
 LORAXS_FILE = "loraxs.safetensors"
 

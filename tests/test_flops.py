@@ -51,7 +51,7 @@ def test_published_parameter_counts(name, published):
 
 def test_lora_parameter_counts():
     cfg = get_config("Qwen2.5-3B")
-    assert count_lora_params(cfg, 1) == 1_870_848  # DESIGN.md, and 7.5 MB in fp32
+    assert count_lora_params(cfg, 1) == 1_870_848  # docs/design.md, and 7.5 MB in fp32
     assert count_lora_params(cfg, 1, "attn") + count_lora_params(cfg, 1, "mlp") == 1_870_848
     assert count_lora_params(cfg, 64) == 64 * 1_870_848
     assert count_lora_params(get_config("Llama-3.1-8B"), 1) == 2_621_440  # the blog's "~3M"

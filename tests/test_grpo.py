@@ -236,7 +236,7 @@ def test_nonfinite_loss_stops_and_keeps_last_checkpoint(toy_dir, tmp_path, monke
 def test_adam_two_degrees_of_freedom_in_grpo(toy_dir, tmp_path, monkeypatch):
     """--alpha, --init-scale, --lr and --lr-ratio in a real GRPO loop: with Adam's ε ≈ 0 and no clipping,
     (α, σ_A, η_A, η_B) and (α/(pq), p·σ_A, p·η_A, q·η_B) give the same effective update (α/r)·B·A and
-    the same rewards; changing α alone does not (DESIGN.md, "The science the code must be able to show")."""
+    the same rewards; changing α alone does not (docs/design.md, "Adam's two degrees of freedom")."""
     p, q, lr, alpha = 3.0, 0.1, 1e-2, 32.0
     base = [*TINY_RUN, "--model", toy_dir, "--rank", "2", "--steps", "3", "--save-every", "3", "--eval-every", "0",
             "--adam-eps", "1e-30", "--grad-clip", "0"]

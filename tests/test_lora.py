@@ -119,7 +119,7 @@ def test_bf16_base_keeps_float32_adapter(toy_dir):
 def test_parameter_counts():
     qwen3b = Qwen2Config(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
                          num_attention_heads=16, num_key_value_heads=2)
-    assert lora_param_count(qwen3b, 1) == 1_870_848  # DESIGN.md
+    assert lora_param_count(qwen3b, 1) == 1_870_848  # docs/design.md
     assert lora_param_count(qwen3b, 8, "attn") + lora_param_count(qwen3b, 8, "mlp") == lora_param_count(qwen3b, 8)
     m = Qwen2(Qwen2Config(**TINY))
     apply_lora(m, 3, 6, targets="q_proj,down_proj", layers=[0, 2], verbose=False)

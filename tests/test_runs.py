@@ -72,8 +72,9 @@ def test_torn_last_line_is_dropped_and_a_bad_middle_line_named(tmp_path, capsys)
 
 def test_failed_save_and_torn_line_then_resume_equals_an_uninterrupted_run(toy_dir, tmp_path, monkeypatch, capsys):
     """A run whose step-2 checkpoint write dies half way (disk full), with a torn metrics line after
-    it: step_000001 stays the newest checkpoint, --resume continues from it, one row per step, and
-    the run ends bit-identical to one never interrupted."""
+    it: one line naming the checkpoint and the newest complete one, the partial save removed (the
+    disk is full), step_000001 stays the newest checkpoint, --resume continues from it, one row per
+    step, and the run ends bit-identical to one never interrupted."""
     a, b = tmp_path / "a", tmp_path / "b"
     args = [*TINY_RUN, "--model", toy_dir, "--steps", "2", "--save-every", "1"]
     grpo(monkeypatch, [*args, "--out", str(a)])
@@ -85,11 +86,12 @@ def test_failed_save_and_torn_line_then_resume_equals_an_uninterrupted_run(toy_d
             truncate_file(path)
             raise OSError(28, "No space left on device", path)
     monkeypatch.setattr(runs, "save_file", disk_full)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(UserError, match=r"step_000002: cannot write the checkpoint \(No space left on "
+                       r"device\); the newest complete one is .*step_000001: free space, then --resume"):
         grpo(monkeypatch, [*args, "--out", str(b)])
     monkeypatch.setattr(runs, "save_file", real_save)
     assert runs.newest_checkpoint(b) == str(b / "step_000001")
-    assert (b / "step_000002.tmp").exists() and not (b / "step_000002").exists()
+    assert not (b / "step_000002.tmp").exists() and not (b / "step_000002").exists()
     with open(b / "metrics.jsonl", "a") as f:
         f.write('{"step": 3, "rew')                                          # and a kill mid-row
     grpo(monkeypatch, [*args, "--out", str(b), "--resume"])
@@ -205,7 +207,8 @@ def test_scripts_exit_2_naming_the_truncated_file(toy_dir, tmp_path, monkeypatch
     res = subprocess.run([sys.executable, "grpo.py", *args, "--steps", "2", "--resume"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stdout[-1500:] + res.stderr[-1500:]
-    assert res.stderr.strip().splitlines()[-1] == f"error: {state}: not a readable safetensors file (Error while " \
+    assert res.stderr.strip().splitlines()[-1] == f"error: {out}: no readable checkpoint to resume from; " \
+        f"step_000001 is damaged: {state}: not a readable safetensors file (Error while " \
         f"deserializing header: incomplete metadata, file not fully covered); truncated or corrupt?"
     monkeypatch.setattr(gsm8k, "reward", lambda completion, answer: 0.0)
     exits_2(monkeypatch, capsys, "grpo.py", [*args, "--resume"], str(state))
@@ -226,12 +229,12 @@ def test_scripts_exit_2_naming_the_truncated_file(toy_dir, tmp_path, monkeypatch
 def test_flag_errors_exit_2_in_one_line(toy_dir, tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as e:
         grpo(monkeypatch, [*TINY_RUN, "--model", toy_dir, "--rank", "-1", "--out", str(tmp_path / "x")])
-    assert e.value.code == 2 and "--rank >= 0 (-1)" in capsys.readouterr().err
+    assert e.value.code == 2 and "argument --rank: must be >= 0, got -1" in capsys.readouterr().err
     with pytest.raises(UserError, match="LoRA rank must be an integer >= 1"):
         lora.apply_lora(M.load_model(toy_dir, device="cpu", verbose=False), 0, 8)
     with pytest.raises(SystemExit) as e:
         script(monkeypatch, "sft.py", ["--toy", "--model", toy_dir, "--rank", "-2", "--out", str(tmp_path / "y")])
-    assert e.value.code == 2 and "--rank >= 0 (-2)" in capsys.readouterr().err
+    assert e.value.code == 2 and "argument --rank: must be >= 0, got -2" in capsys.readouterr().err
 
 # -----------------------------------------------------------------------------
 # --data: a folder holding {split}.jsonl, or a file, in every script
