@@ -288,7 +288,6 @@ if __name__ == "__main__":
         raise user_exit(f"no folder {args.runs_dir}/: train some runs first (`python grpo.py "
                         f"--toy --rank 1`), or try --bench-scale 100")
     out = Path(args.out or Path(args.runs_dir) / "geometry")
-    check_writable(out, folder=True)  # before the work, not after it
     # a run folder itself (runs/grpo_toy_r1, as grpo.py prints it) is one run of its parent
     one = run_folders.is_run(args.runs_dir)
     root = os.path.dirname(os.path.abspath(args.runs_dir)) if one else args.runs_dir
@@ -302,6 +301,7 @@ if __name__ == "__main__":
         names = sorted(set(map(str, bases.values())))
         raise user_exit(f"the runs name different base models {names}: their updates live in "
                         f"different spaces (pass --model if they share one)")
+    check_writable(out, folder=True)  # before the work, not after it
     print(f"{len(runs)} runs, {len(ckpts)} points ({len(origins)} origins added): "
           + ", ".join(f"{run} rank {updates[last[run]].config['r']}" for run in runs))
     K = gram(updates, gram_device)

@@ -37,7 +37,7 @@ from gsm8k import (STOP_STRINGS, extract_answer, format_prompt, load_splits, rew
                    truncate)
 from lora import adapters_disabled, lora_modules
 from logprobs import completion_logprobs
-from model import TOY_BASE, load_model, load_tokenizer
+from model import TOY_BASE, load_config, load_model, load_tokenizer, pick_dtype
 from runs import (append_metrics, load_trainer_state, newest_checkpoint, on_ctrl_c, read_metrics,
                   save_checkpoint, start_run, trim_metrics)
 from sampler import generate, sample_key
@@ -268,6 +268,11 @@ if __name__ == "__main__":
         args.dtype = "float32"
         torch.backends.cuda.matmul.allow_tf32 = True
         print("full fine-tuning: float32 weights (bf16 would drop Adam's small updates), TF32")
+    # everything that can be refused is checked before the run folder is written
+    pick_dtype(args.dtype, device)
+    load_config(args.model)
+    tokenizer = load_tokenizer(args.model)
+    train_set, eval_set = load_splits(args.task, args.data, args.eval_limit)
     free = {"resume", "out", "steps", "device", "eval_every", "eval_batch_size",
             "save_every", "grad_checkpoint"}  # what a resume may change
     ckpt = start_run(args, free, rank)
@@ -275,7 +280,6 @@ if __name__ == "__main__":
 
     # --- model, adapter, optimizer
     torch.manual_seed(args.seed)
-    tokenizer = load_tokenizer(args.model)
     model = load_model(ckpt if (ckpt and full) else args.model, device=device, dtype=args.dtype)
     if full:
         model.requires_grad_(True)
@@ -308,7 +312,6 @@ if __name__ == "__main__":
         os.remove(os.path.join(args.out, "metrics.jsonl"))
 
     # --- data: this process's prompts of each step are lo..hi, its evaluation problems a stride
-    train_set, eval_set = load_splits(args.task, args.data, args.eval_limit)
     eval_share = eval_set[rank::world]
     B, G = args.batch, args.group
     lo, hi = rank * B // world, (rank + 1) * B // world

@@ -273,9 +273,14 @@ def pick_dtype(dtype, device):
     return torch.float32, f"no bf16 GPU ({device.type})"
 
 
+def load_config(name_or_path):
+    """The Qwen2Config of a model folder or hub id (config.json only: cheap, and checked)."""
+    return Qwen2Config.from_json(os.path.join(resolve_path(name_or_path), "config.json"))
+
+
 def load_model(name_or_path, device=None, dtype=None, verbose=True):
     path = resolve_path(name_or_path)
-    config = Qwen2Config.from_json(os.path.join(path, "config.json"))
+    config = load_config(path)
     device = pick_device(device)
     dtype, why = pick_dtype(dtype, device)
     with torch.device("meta"):  # no memory, no random init: every tensor comes from the file

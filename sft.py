@@ -41,8 +41,7 @@ from errors import (COUNT, COUNT0, FRACTION, NONNEGATIVE, POSITIVE, exit_on_user
 from eval_gsm8k import eval_metrics
 from gsm8k import format_prompt, format_solution, load_splits, stop_ids
 from logprobs import logprobs_from_hidden
-from hub import resolve_path
-from model import (TOY_CONFIG, Qwen2, Qwen2Config, load_model, load_tokenizer,
+from model import (TOY_CONFIG, Qwen2, load_config, load_model, load_tokenizer, pick_dtype,
                    save_model, toy_tokenizer)
 from runs import (append_metrics, load_trainer_state, on_ctrl_c, read_metrics, save_checkpoint,
                   start_run, trim_metrics)
@@ -249,8 +248,7 @@ if __name__ == "__main__":
     args = parse_args()
     scratch, full, lr_rule = args.scratch, args.rank == 0, args.lr_rule
     del args.scratch, args.lr_rule  # derived, not arguments: args.json holds what was asked
-    config = TOY_CONFIG if scratch else \
-        Qwen2Config.from_json(os.path.join(resolve_path(args.model), "config.json"))
+    config = TOY_CONFIG if scratch else load_config(args.model)
     if args.lr is None:
         args.lr, lr_rule = default_lr(config, not full)
     # one process per device under torchrun (rank 0 writes the run folder and prints)
@@ -261,6 +259,10 @@ if __name__ == "__main__":
     if full and args.dtype is None and device.type != "cpu":
         args.dtype = "float32"  # Adam's steps (~LR relative to a weight) would vanish in bf16
         print("full fine-tuning: float32 weights (bf16 would drop Adam's small updates)")
+    # everything that can be refused is checked before the run folder is written
+    pick_dtype(args.dtype, device)
+    tokenizer = toy_tokenizer() if scratch else load_tokenizer(args.model)
+    train_problems, eval_set = load_splits(args.task, args.data, args.eval_limit)
     free = {"resume", "out", "steps", "device", "eval_every", "eval_batch_size",
             "log_every", "save_every"}  # what a resume may change
     ckpt = start_run(args, free, rank)
@@ -269,7 +271,6 @@ if __name__ == "__main__":
     # --- model, tokenizer, optimizer
     torch.manual_seed(args.seed)
     if scratch:
-        tokenizer = toy_tokenizer()
         if ckpt:
             model = load_model(ckpt, device=device, dtype=args.dtype)
         else:
@@ -277,7 +278,6 @@ if __name__ == "__main__":
         n = sum(p.numel() for p in model.parameters())
         print(f"toy base from scratch: {n:,} parameters on {device}, float32")
     else:
-        tokenizer = load_tokenizer(args.model)
         model = load_model(ckpt if (ckpt and full) else args.model, device=device, dtype=args.dtype)
     if full:
         model.requires_grad_(True)
@@ -302,7 +302,6 @@ if __name__ == "__main__":
         os.remove(os.path.join(args.out, "metrics.jsonl"))
 
     # --- data
-    train_problems, eval_set = load_splits(args.task, args.data, args.eval_limit)
     train = encode(tokenizer, train_problems)
     n_all = len(train)
     train = [ex for ex in train if len(ex[0]) + len(ex[1]) <= args.max_len]

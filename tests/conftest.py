@@ -27,3 +27,26 @@ def toy_dir(tmp_path_factory):
     """A random toy checkpoint on disk: config.json, model.safetensors, tokenizer.json."""
     import model
     return model.make_toy_checkpoint(str(tmp_path_factory.mktemp("toy")), seed=0)
+
+
+def assert_same_tokens(a, b, scores, at_least=None):
+    """Token lists a[i] and b[i] are equal, or part only where the two tokens tie to float rounding:
+    scores(i, prefix) gives the 1-D scores (logits, plus the keyed noise when sampling) the
+    reference ranks after `prefix` of row i. Batching, a cache or another CPU round the last bits
+    of the logits differently, which may flip a near-tie, and the rest of the row may then differ:
+    an exact comparison would fail there on some machine, while a real bug (a wrong mask, a wrong
+    key, a row mixed up) moves the scores far more than 1e-5 of their scale. at_least: how many
+    rows must agree exactly (default all but one)."""
+    assert len(a) == len(b), (len(a), len(b))
+    same = 0
+    for i, (x, y) in enumerate(zip(a, b)):
+        t = next((t for t, (p, q) in enumerate(zip(x, y)) if p != q), None)
+        if t is None:
+            assert len(x) == len(y), f"row {i}: one stopped where the other went on: {x} {y}"
+            same += 1
+            continue
+        s = scores(i, y[:t]).float()
+        gap = (s[x[t]] - s[y[t]]).abs() / s.abs().max()
+        assert gap < 1e-5, f"row {i} differs at token {t} by {gap:.2e} of the scores: not a tie"
+    need = len(a) - 1 if at_least is None else at_least
+    assert same >= need, f"only {same} of {len(a)} rows identical"

@@ -33,11 +33,20 @@ def _worker(rank, world, port, script, argv):
     runpy.run_path(os.path.join(ROOT, script), run_name="__main__")
 
 
-def launch(script, argv, procs):
-    with socket.socket() as s:  # a free port for the rendezvous
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.start_processes(_worker, args=(procs, port, script, argv), nprocs=procs, start_method="fork")
+def launch(script, argv, procs, tries=3):
+    """Fork the processes; a port found free can be taken by another program before the
+    rendezvous binds it, so an address in use means another port, up to `tries` times (the
+    processes fail at the rendezvous, before they write anything)."""
+    for attempt in range(tries):
+        with socket.socket() as s:  # a free port for the rendezvous
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        try:
+            return mp.start_processes(_worker, args=(procs, port, script, argv), nprocs=procs,
+                                      start_method="fork")
+        except Exception as e:  # mp.ProcessRaisedException carries the child's traceback
+            if "address already in use" not in str(e).lower() or attempt == tries - 1:
+                raise
 
 
 def rows(run):
@@ -79,7 +88,7 @@ def test_grpo_two_processes_equal_one_and_resume_exactly(toy_dir, tmp_path, monk
     diff = max_rel_diff(w1, w2)
     print(f"grpo: 2 processes vs 1, final adapter: max relative difference {diff:.1e}, max absolute "
           f"{max_abs_diff(w1, w2):.1e} (largest entry {max(v.abs().max().item() for v in w1.values()):.2f})")
-    assert diff < 1e-3, diff
+    assert diff < 1e-4, diff  # RESULTS.md gives the measured figure; micro-batch sums regroup
 
     # resume under 2 processes: killed after step 2's checkpoint, with step 3's row already written
     os.makedirs(resumed)
@@ -110,4 +119,4 @@ def test_sft_two_processes_equal_one(toy_dir, tmp_path):
     diff = max_rel_diff(w1, w2)
     print(f"sft: 2 processes vs 1, final adapter: max relative difference {diff:.1e}, max absolute "
           f"{max_abs_diff(w1, w2):.1e} (largest entry {max(v.abs().max().item() for v in w1.values()):.2f})")
-    assert diff < 1e-3, diff
+    assert diff < 1e-4, diff  # RESULTS.md gives the measured figure

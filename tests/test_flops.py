@@ -35,8 +35,9 @@ def measure(fn):
     return counter.get_total_flops()
 
 
-def close(measured, analytic, tol=0.02):
-    return abs(measured - analytic) <= tol * measured
+def close(measured, analytic):
+    """Equal to the FLOP, as RESULTS.md claims: every matmul counted, no tolerance."""
+    return measured == analytic
 
 
 # -----------------------------------------------------------------------------
@@ -118,7 +119,7 @@ def test_lora_step_matches_counter(targets, rank):
     # gradient under LoRA) overcounts by 3% (all, attn) to 15% (mlp) here: the rule is needed.
     naive = sum(2 * f for r, (f, _, _) in rows.items() if r != "lora") + 3 * rows["lora"][0] + \
         rows["attn_scores"][0] + rows["attn_values"][0]
-    assert not close(step, naive), (step, naive)
+    assert naive >= 1.03 * step, (step, naive)
 
 
 def test_sampling_matches_counter():

@@ -4,6 +4,7 @@ import json
 import os
 import runpy
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -172,7 +173,7 @@ def test_the_hook_turns_a_user_error_into_one_line_and_exit_2(capsys, monkeypatc
 
 
 def run(*argv):
-    return subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=900)
 
 
 def assert_one_line_exit_2(res, *needles):
@@ -205,7 +206,7 @@ def test_scripts_exit_2_naming_the_truncated_file(toy_dir, tmp_path, monkeypatch
     shutil.copy(state, tmp_path / "state")
     truncate_file(state)
     res = subprocess.run([sys.executable, "grpo.py", *args, "--steps", "2", "--resume"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=900)
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stdout[-1500:] + res.stderr[-1500:]
     assert res.stderr.strip().splitlines()[-1] == f"error: {out}: no readable checkpoint to resume from; " \
         f"step_000001 is damaged: {state}: not a readable safetensors file (Error while " \
@@ -279,3 +280,40 @@ def test_data_is_a_folder_or_a_file_in_every_script(toy_dir, tmp_path, monkeypat
         script(monkeypatch, "geometry.py", [str(tmp_path / "runs"), "--truncate", "1", "--data", d, "--eval-limit", "10",
                                             "--max-new-tokens", "4", "--out", str(tmp_path / "geo")])
         assert f"evaluating on {n} gsm8k test problems" in capsys.readouterr().out
+
+
+def test_ctrl_c_resume_by_content_and_a_damaged_newest_checkpoint(toy_dir, tmp_path, monkeypatch, capsys):
+    """Ctrl-C: exit 130 and one line naming the newest checkpoint and the command that continues.
+    --resume: the same model named another way is the same model, a changed --eval-limit is refused,
+    and a damaged newest checkpoint falls back to the one before; the run then ends as one never
+    interrupted."""
+    import sampler
+    a, b = tmp_path / "a", tmp_path / "b"
+    args = [*TINY_RUN, "--steps", "3", "--save-every", "1"]
+    grpo(monkeypatch, [*args, "--model", toy_dir, "--out", str(a)])
+    real, calls = sampler.generate, []
+
+    def interrupted(*x, **k):  # the third rollout is interrupted by Ctrl-C
+        calls.append(1)
+        if len(calls) == 3:  # rollouts 1, 2, 3 (evaluation reads eval_gsm8k's own import)
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*x, **k)
+    monkeypatch.setattr(sampler, "generate", interrupted)
+    with pytest.raises(SystemExit) as e:
+        grpo(monkeypatch, [*args, "--model", toy_dir, "--out", str(b)])
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    monkeypatch.setattr(sampler, "generate", real)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 130 and err[-1].startswith(f"interrupted: the newest checkpoint is {b / 'step_000002'}")
+    assert err[-1].endswith("--resume") and "Traceback" not in "\n".join(err)
+    with pytest.raises(UserError, match="eval_limit"):
+        grpo(monkeypatch, [*args, "--model", toy_dir, "--out", str(b), "--resume", "--eval-limit", "3"])
+    truncate_file(b / "step_000002" / "adapter_model.safetensors")          # damaged after its rename
+    here = os.path.relpath(toy_dir, ROOT)
+    monkeypatch.chdir(ROOT)                                                   # a relative --model path
+    grpo(monkeypatch, [*args, "--model", here, "--out", str(b), "--resume"])
+    out = capsys.readouterr().out
+    assert "step_000002 is damaged" in out and f"resuming from step_000001" in out
+    for name in ("adapter_model.safetensors", "trainer_state.safetensors"):
+        ta, tb = load_file(a / "step_000003" / name), load_file(b / "step_000003" / name)
+        assert all(torch.equal(ta[k], tb[k]) for k in ta), name

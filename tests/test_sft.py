@@ -131,7 +131,7 @@ def test_loss_falls_on_new_problems(tiny_base, rank, lr):
 
 
 def run_sft(*args):
-    r = subprocess.run([sys.executable, str(ROOT / "sft.py"), *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, str(ROOT / "sft.py"), *args], cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     return r.stdout
 

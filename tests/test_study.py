@@ -121,15 +121,15 @@ def test_intervals():
 def test_dry_runs_print_the_plans():
     env = dict(os.environ, OMP_NUM_THREADS="1")
     out = subprocess.run([sys.executable, "study.py", "--toy", "--dry-run", "--out", "/nonexistent/study"], cwd=ROOT,
-                         capture_output=True, text=True, env=env, timeout=120)
+                         capture_output=True, text=True, env=env, timeout=900)
     assert out.returncode == 0, out.stderr
     assert "grpo_r1_lr1e-3_s0" in out.stdout and "geometry" in out.stdout and "min" in out.stdout
     out = subprocess.run([sys.executable, "study.py", "--model", "Qwen/Qwen2.5-3B", "--dry-run"], cwd=ROOT,
-                         capture_output=True, text=True, env=env, timeout=120)
+                         capture_output=True, text=True, env=env, timeout=900)
     assert out.returncode == 0, out.stderr
     assert "GPU-h" in out.stdout and "--rank 8" in out.stdout
     out = subprocess.run([sys.executable, "study.py", "--model", "Qwen/Qwen2.5-3B"], cwd=ROOT,
-                         capture_output=True, text=True, env=env, timeout=120)
+                         capture_output=True, text=True, env=env, timeout=900)
     assert out.returncode == 2 and "--dry-run" in out.stderr and "Traceback" not in out.stderr
 
 
