@@ -94,8 +94,12 @@ def reduce_eval(row):
     n = row["eval_n"]
     *counts, n_all = all_reduce([round(row[k] * n) for k in rates] + [n])
     seconds, = all_reduce([row["eval_seconds"]], op="max")
+    shares = [None] * dist.get_world_size()  # each process's problems by stride: interleave them
+    dist.all_gather_object(shares, row["eval_correct"])
+    correct = "".join(s[i // len(shares)] for i, s in
+                      ((i, shares[i % len(shares)]) for i in range(int(n_all))))
     return {**row, **{k: c / max(n_all, 1) for k, c in zip(rates, counts)},
-            "eval_n": int(n_all), "eval_seconds": round(seconds, 2)}
+            "eval_n": int(n_all), "eval_seconds": round(seconds, 2), "eval_correct": correct}
 
 
 def barrier():

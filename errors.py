@@ -133,6 +133,7 @@ def write_atomic(path, write):
     """write(tmp) writes the file under a temporary name; it is flushed to disk and renamed into
     place, so a reader never sees half a file and a failed write (a full disk, a kill) leaves the
     old one whole. A failure is a UserError naming the file."""
+    path = os.fspath(path)
     tmp = path + ".tmp"
     try:
         write(tmp)

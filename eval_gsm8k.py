@@ -25,18 +25,22 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 import adapters
 import factored
 import lm_eval_harness as H
-from errors import COUNT, COUNT0, check_writable, exit_on_user_error, user_exit, write_lines
+from data_parallel import reduce_eval
+from errors import (COUNT, COUNT0, NONNEGATIVE, check_writable, exit_on_user_error, user_exit,
+                    write_lines)
 from gsm8k import (STOP_STRINGS, data_path, extract_answer, format_prompt, format_solution,
                    gold_answer, load_task, reward, stop_ids, truncate)
 from gsm8k import load_gsm8k  # noqa: F401  the contract's eval_gsm8k.load_gsm8k, gsm8k.py's
 from model import TOY_BASE, load_model, load_tokenizer
-from sampler import generate
+from sampler import generate, sample_key
+import toy_task
 from toy_task import toy_problems
 # -----------------------------------------------------------------------------
 # Evaluation
@@ -142,12 +146,104 @@ def eval_metrics(model, tokenizer, problems, stop, max_new_tokens, batch_size):
     """evaluate() as the metrics row fields the training scripts log; the model's train/eval
     mode is left as it was."""
     was_training = model.training
-    s, _ = evaluate(model, tokenizer, problems, batch_size=batch_size,
-                    max_new_tokens=max_new_tokens, stop=stop, progress=False)
+    s, rows = evaluate(model, tokenizer, problems, batch_size=batch_size,
+                       max_new_tokens=max_new_tokens, stop=stop, progress=False)
     model.train(was_training)
     return dict(eval_accuracy=s["accuracy"], eval_flexible_accuracy=s["flexible_accuracy"],
                 eval_format_rate=s["format_rate"], eval_n=s["n"],
-                eval_seconds=round(s["seconds"], 2))
+                eval_seconds=round(s["seconds"], 2),
+                eval_correct="".join("1" if r["correct"] else "0" for r in rows))  # by problem
+
+def training_eval(model, tokenizer, problems, args, final=False, val=(), rank=0, world=1):
+    """The metrics row of a training script's evaluation: greedy accuracy on the held-out
+    problems, each process scoring its share and the counts summed (data_parallel.reduce_eval);
+    at the final evaluation also, by rank 0, greedy accuracy on `val` (the toy's validation
+    problems, where the study picks learning rates) and args.eval_samples completions a problem
+    (pass@1, pass@k and on the toy task the latent mode's share)."""
+    stop, was_training = stop_ids(tokenizer), model.training
+    row = reduce_eval(eval_metrics(model, tokenizer, problems[rank::world], stop,
+                                   args.max_new_tokens, args.eval_batch_size))
+    if final and rank == 0 and val:
+        v = eval_metrics(model, tokenizer, val, stop, args.max_new_tokens, args.eval_batch_size)
+        row.update({"val" + k[len("eval"):]: x for k, x in v.items()})
+    if final and rank == 0 and args.eval_samples:
+        mode = toy_task.in_mode if args.task == "toy" else None
+        sampled, _ = evaluate_samples(model, tokenizer, problems, args.eval_samples, args.seed,
+                                      args.eval_batch_size, args.max_new_tokens, 1.0, mode, False)
+        model.train(was_training)
+        row.update({f"eval_{k}": x for k, x in sampled.items() if k not in ("n", "temperature")})
+    return row
+
+# -----------------------------------------------------------------------------
+# Sampled: pass@k, and the toy task's latent mode
+
+
+def pass_at_k(n, c, k):
+    """Chen et al. 2021's unbiased estimator of pass@k from n samples of which c are right: the
+    chance that k of them, drawn without replacement, hold a right one, 1 - C(n-c, k) / C(n, k)."""
+    return 1.0 if n - c < k else 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def over_problems(values, weights=None, n_boot=1000, seed=0):
+    """A mean (or, with weights, the ratio Σvalues / Σweights) over problems and its 95% interval
+    by a bootstrap over problems: the samples of one problem are not independent, the problems
+    are. nan when the weights sum to 0 (no sample in the latent mode, say)."""
+    v = np.asarray(values, dtype=float)
+    w = np.ones_like(v) if weights is None else np.asarray(weights, dtype=float)
+    if w.sum() == 0:
+        return float("nan"), [float("nan"), float("nan")]
+    idx = np.random.default_rng(seed).integers(0, len(v), (n_boot, len(v)))
+    boot = v[idx].sum(1) / np.maximum(w[idx].sum(1), 1e-12)
+    return float(v.sum() / w.sum()), np.quantile(boot, [0.025, 0.975]).tolist()
+
+
+@torch.inference_mode()
+def evaluate_samples(model, tokenizer, problems, k, seed=0, batch_size=64, max_new_tokens=512,
+                     temperature=1.0, in_mode=None, progress=True):
+    """k completions of each problem at `temperature`, sample j of problem i keyed by (seed, i, j)
+    -> (summary, rows): pass@1 and pass@k over problems and, given in_mode (toy_task.in_mode: is a
+    completion in the latent mode?), the mode's share of the samples and the accuracy within it
+    and outside it. rows: each problem's counts."""
+    stop = stop_ids(tokenizer)
+    model.eval()
+    rows, t0 = [], time.time()
+    with tqdm(total=len(problems), desc=f"{k} samples", disable=not progress) as bar:
+        for s in range(0, len(problems), batch_size):
+            chunk = problems[s:s + batch_size]
+            prompts = [tokenizer.encode(format_prompt(p["question"])) for p in chunk]
+            keys = [sample_key(seed, s + i) for i in range(len(chunk))]
+            outs = generate(model, prompts, max_new_tokens, temperature=temperature, n=k,
+                            stop_ids=stop, stop_strings=STOP_STRINGS, tokenizer=tokenizer,
+                            keys=keys)
+            for i, p in enumerate(chunk):
+                texts = [truncate(tokenizer.decode(c)) for c in outs[i * k:(i + 1) * k]]
+                right = [reward(t, p["answer"]) == 1.0 for t in texts]
+                modes = [bool(in_mode(t)) for t in texts] if in_mode else [False] * k
+                rows.append(dict(i=s + i, gold=gold_answer(p["answer"]), samples=k,
+                                 correct=sum(right), in_mode=sum(modes),
+                                 correct_in_mode=sum(r and m for r, m in zip(right, modes))))
+            bar.update(len(chunk))
+    c, m, cm = ([r[key] for r in rows] for key in ("correct", "in_mode", "correct_in_mode"))
+    summary = dict(n=len(rows), k=k, temperature=temperature, seconds=time.time() - t0)
+    stats = [("pass1", [x / k for x in c], None), ("passk", [pass_at_k(k, x, k) for x in c], None)]
+    if in_mode:  # the latent mode's share, and the accuracy within it and outside it
+        stats += [("mode_share", m, [k] * len(rows)), ("acc_in_mode", cm, m),
+                  ("acc_outside", [x - y for x, y in zip(c, cm)], [k - y for y in m])]
+    for key, values, weights in stats:
+        summary[key], summary[f"{key}_ci"] = over_problems(values, weights)
+    return summary, rows
+
+
+def print_samples(s, title):
+    iv = lambda key: f"[{s[key][0]:.3f}, {s[key][1]:.3f}]"
+    print(f"{title}  ({s['n']} problems x {s['k']} samples, temperature {s['temperature']:g}, "
+          f"{s['seconds']:.1f} s)")
+    print(f"pass@1 {s['pass1']:.3f} {iv('pass1_ci')}")
+    print(f"pass@{s['k']} {s['passk']:.3f} {iv('passk_ci')}")
+    if "mode_share" in s:
+        print(f"mode {s['mode_share']:.3f} {iv('mode_share_ci')}  (share of samples in the mode)")
+        print(f"accuracy in mode {s['acc_in_mode']:.3f} {iv('acc_in_mode_ci')}, outside it "
+              f"{s['acc_outside']:.3f} {iv('acc_outside_ci')}")
 
 # -----------------------------------------------------------------------------
 # Many adapters at once: K points of stacked factors side by side in every generate() call
@@ -171,26 +267,6 @@ def evaluate_points(model, tokenizer, problems, weights, shots=(), batch_size=64
     # each point's summary carries its share of the pass's seconds
     return [score(tokenizer, problems, completions[k * P:(k + 1) * P], stop, max_new_tokens,
                   shots, seconds / K) for k in range(K)]
-
-
-def points_per_pass(model, n_prompts, prompt_len, max_new_tokens, fraction=0.5, cpu_cap=4 * 2**30):
-    """How many points fit one pass of n_prompts rows each: per row, the KV cache of the whole
-    sequence and the prefill's activations (the larger of the MLP's and the attention scores'),
-    against `fraction` of the free memory (the GPU's, or MemAvailable up to cpu_cap on a CPU)."""
-    c, device = model.config, model.lm_head.weight.device
-    el, S = model.lm_head.weight.element_size(), prompt_len + max_new_tokens
-    kv = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * S * el
-    act = prompt_len * max(4 * c.intermediate_size * el, c.num_attention_heads * prompt_len * 4)
-    act += 2 * c.vocab_size * 4
-    if device.type == "cuda":
-        free = torch.cuda.mem_get_info(device)[0]
-    else:
-        meminfo = {}
-        if os.path.exists("/proc/meminfo"):
-            meminfo = dict(line.split(":", 1) for line in open("/proc/meminfo"))
-        free = int(meminfo.get("MemAvailable", "0 kB").split()[0]) * 1024
-        free = min(free or cpu_cap, cpu_cap)
-    return max(1, int(fraction * free // ((kv + act) * n_prompts)))
 
 
 def print_summary(s, title):
@@ -241,7 +317,7 @@ def evaluate_adapters(model, tokenizer, problems, shots, args, max_new_tokens):
     factored.set_stacked(model, factor_sets)
     prompt_len = max(len(tokenizer.encode(format_prompt(p["question"], shots))) for p in problems)
     n = len(args.adapter)
-    K = args.points_per_pass or points_per_pass(model, min(args.batch_size, len(problems)),
+    K = args.points_per_pass or factored.points_per_pass(model, min(args.batch_size, len(problems)),
                                                 prompt_len, max_new_tokens)
     K = -(-n // -(-n // K))  # as many passes, evenly filled
     rank = max(m.rank for m in factored.lora_modules(model).values())
@@ -282,7 +358,14 @@ if __name__ == "__main__":
         "once")
     add("--train-data", default=None, help="JSONL file of train, where the shots come from; none "
         "= --data's train.jsonl when --data is a folder, else the cache")
-    add("--split", default="test", choices=["train", "test"], help="which split to evaluate")
+    add("--split", default="test", choices=["train", "val", "test"], help="which split to "
+        "evaluate (val: the toy task's validation split, apart from train and test)")
+    add("--samples", type=COUNT0, default=0, help="also draw K completions a problem at "
+        "--temperature: pass@1, pass@K and, on the toy task, the latent mode's share and the "
+        "accuracy within it; 0 = greedy only")
+    add("--temperature", type=NONNEGATIVE, default=1.0, help="--samples' temperature")
+    add("--seed", type=COUNT0, default=0, help="--samples' seed: sample j of problem i is keyed "
+        "by (seed, i, j)")
     add("--limit", type=COUNT0, default=0, help="first N problems only; 0 = all")
     add("--shots", type=COUNT0, default=None, help="worked examples from train before each "
         "question; default 0 (zero-shot), 5 with --harness lm-eval")
@@ -354,6 +437,14 @@ if __name__ == "__main__":
             summary, rows = evaluate(model, tokenizer, problems, shots, args.batch_size,
                                      max_new_tokens)
             print_summary(summary, title)
+        if args.samples:
+            mode = toy_task.in_mode if args.toy else None
+            summary, counts = evaluate_samples(model, tokenizer, problems, args.samples,
+                                               args.seed, args.batch_size, max_new_tokens,
+                                               args.temperature, mode)
+            print_samples(summary, title)
+            rows = [dict(r, **{f"sampled_{k}": v for k, v in c.items() if k != "i"})
+                    for r, c in zip(rows, counts)]
     if args.out:
         write_lines(args.out, [json.dumps(r) for r in rows])
         print(f"wrote {len(rows)} rows to {args.out}")

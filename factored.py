@@ -13,6 +13,7 @@ Many points at once: with the stacked factors B = [s1·B1 | s2·B2 | ...] (out, 
 its own w gets its own update, z = ((x Aᵀ) ⊙ w) Bᵀ, and the base weights are read once per
 forward for every point in the batch (geometry.py's plane, a run's checkpoints in eval_gsm8k.py).
 """
+import os
 from contextlib import contextmanager
 
 import torch
@@ -238,3 +239,23 @@ if __name__ == "__main__":
     print(f"per-row adapter weights vs each point installed alone: max relative error {err:.1e}")
     assert err < 1e-5, err
     print("factored.py: all checks passed")
+
+
+def points_per_pass(model, n_prompts, prompt_len, max_new_tokens, fraction=0.5, cpu_cap=4 * 2**30):
+    """How many points fit one pass of n_prompts rows each: per row, the KV cache of the whole
+    sequence and the prefill's activations (the larger of the MLP's and the attention scores'),
+    against `fraction` of the free memory (the GPU's, or MemAvailable up to cpu_cap on a CPU)."""
+    c, device = model.config, model.lm_head.weight.device
+    el, S = model.lm_head.weight.element_size(), prompt_len + max_new_tokens
+    kv = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * S * el
+    act = prompt_len * max(4 * c.intermediate_size * el, c.num_attention_heads * prompt_len * 4)
+    act += 2 * c.vocab_size * 4
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        meminfo = {}
+        if os.path.exists("/proc/meminfo"):
+            meminfo = dict(line.split(":", 1) for line in open("/proc/meminfo"))
+        free = int(meminfo.get("MemAvailable", "0 kB").split()[0]) * 1024
+        free = min(free or cpu_cap, cpu_cap)
+    return max(1, int(fraction * free // ((kv + act) * n_prompts)))

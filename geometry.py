@@ -38,7 +38,7 @@ import runs as run_folders  # "runs" below is the list of run names
 from adapters import SavedFactors
 from errors import (COUNT, COUNT0, NONNEGATIVE, check_writable, exit_on_user_error, fsync_tree,
                     number, open_safetensors, read_json, user_exit)
-from factored import gram
+from factored import factored_svd, gram
 from geometry_figures import save_figures
 from geometry_plane import explore_plane, truncation_report
 from geometry_scale import bench_scale, print_decode_bytes
@@ -228,6 +228,22 @@ def update_to_weight(K, runs, ckpts, updates, last, bases, notes):
     return ratio
 
 
+def rank1_energy(runs, updates, last):
+    """Per adapted matrix, the share of ||ΔW||² in its top singular direction, σ₁²/Σσ², at each
+    run's last checkpoint (the statistic recent work reports beside PCA; 1 for a rank-1 run)
+    -> {"per_matrix": {run: {module: share}}, "mean_over_matrices": {run: mean share}}."""
+    per = {}
+    for run in runs:
+        shares = {}
+        for name, (s, B, A) in dict(updates[last[run]]).items():
+            S2 = factored_svd(s, B, A)[1].pow(2)
+            shares[name] = float(S2[0] / S2.sum()) if S2.sum() > 0 else math.nan
+        per[run] = shares
+    mean = {run: float(np.nanmean(list(v.values()))) for run, v in per.items()}
+    print("rank-1 SVD energy of the final ΔW, mean over matrices: "
+          + ", ".join(f"{run} {m:.3f}" for run, m in mean.items()))
+    return dict(per_matrix=per, mean_over_matrices=mean)
+
 # -----------------------------------------------------------------------------
 
 
@@ -308,7 +324,8 @@ if __name__ == "__main__":
     report, scores, coef, index = trajectory_report(K, runs, ckpts, updates, root,
                                                     args.components)
     ratio = update_to_weight(K, runs, ckpts, updates, last, bases, notes)
-    report.update(update_to_weight=ratio, origin_added=origins, notes=notes)
+    report.update(update_to_weight=ratio, rank1_energy=rank1_energy(runs, updates, last),
+                  origin_added=origins, notes=notes)
     scores2 = np.pad(scores, ((0, 0), (0, max(0, 2 - scores.shape[1]))))[:, :2]  # PC1, PC2
     coef2 = np.pad(coef, ((0, 0), (0, max(0, 2 - coef.shape[1]))))[:, :2]
     origin = -(K.mean(0) @ coef2)  # where ΔW = 0 falls: <0 - mean, pc1>, <0 - mean, pc2>

@@ -22,7 +22,7 @@ import gsm8k
 import model as qwen
 from errors import user_exit
 from factored import gram
-from geometry_figures import save_plane_figure
+from geometry_figures import plane_levels, save_plane_figure
 
 
 def plane_weights(coef, a, b):
@@ -42,16 +42,18 @@ def truncation(factors, k):
 def accuracies(net, tok, problems, factor_sets, W, per_pass, max_new_tokens, batch_size, stop,
                desc="eval"):
     """Strict accuracy of each point Σ_j W[k, j]·ΔW_j (W (K, N)) of the base model plus the
-    stacked, unmerged factor sets, per_pass points per generate() call."""
+    stacked, unmerged factor sets, per_pass points per generate() call -> (accuracies (K,), each
+    point's per-problem results as a "0"/"1" string, for tests paired by problem)."""
     factored.set_stacked(net, factor_sets)
     per_pass = -(-len(W) // -(-len(W) // per_pass))  # as many passes, evenly filled
-    out = []
+    out, correct = [], []
     for k in tqdm(range(0, len(W), per_pass), desc=desc, unit="pass"):
         results = eval_gsm8k.evaluate_points(net, tok, problems, W[k:k + per_pass],
                                              batch_size=batch_size, max_new_tokens=max_new_tokens,
                                              stop=stop, progress=False)
         out += [s["accuracy"] for s, _ in results]
-    return np.array(out)
+        correct += ["".join("1" if r["correct"] else "0" for r in rows) for _, rows in results]
+    return np.array(out), correct
 
 
 def plane_points(scores2, coef, grid, margin):
@@ -73,7 +75,8 @@ def plane_report(acc, a_ax, b_ax, base_acc, n, args, rng_seed):
     order = sorted(zip(*np.nonzero(acc >= 0)),
                    key=lambda p: (-acc[p], math.hypot(a_ax[p[1]], b_ax[p[0]])))
     point = lambda p, kind: dict(a=float(a_ax[p[1]]), b=float(b_ax[p[0]]),
-                                 accuracy=float(acc[p]), kind=kind)
+                                 accuracy=float(acc[p]), kind=kind,
+                                 grid_index=int(p[0] * grid + p[1]))
     best = [point(order[0], "best")]
     good = acc >= 0.9 * top if top > 0 else np.zeros_like(acc, dtype=bool)
     above = acc > base_acc
@@ -113,7 +116,7 @@ def explore_plane(args, report, bases, run_args, runs, ckpts, updates, last, coe
     net, tok = qwen.load_model(base, device=args.device), qwen.load_tokenizer(base)
     stop = gsm8k.stop_ids(tok)
     prompt_len = max(len(tok.encode(gsm8k.format_prompt(p["question"]))) for p in problems)
-    per_pass = args.points_per_pass or eval_gsm8k.points_per_pass(
+    per_pass = args.points_per_pass or factored.points_per_pass(
         net, min(args.batch_size, len(problems)), prompt_len, max_new)
     print(f"evaluating on {len(problems)} {task} test problems, {max_new} new tokens, greedy, "
           f"{per_pass} point(s) per pass of {args.batch_size} prompts each"
@@ -138,14 +141,16 @@ def explore_plane(args, report, bases, run_args, runs, ckpts, updates, last, coe
               f"matrices' multiply-adds")
     W = np.concatenate([np.zeros((1, N)), finals, grid])
     t0 = time.perf_counter()
-    acc_all = accuracies(net, tok, problems, factor_sets, W, per_pass, max_new, args.batch_size,
-                         stop, desc="points")
+    acc_all, correct = accuracies(net, tok, problems, factor_sets, W, per_pass, max_new,
+                                  args.batch_size, stop, desc="points")
     seconds = time.perf_counter() - t0
     base_acc, acc_final = float(acc_all[0]), dict(zip(runs, acc_all[1:1 + len(runs)].tolist()))
     print(f"base model (the origin): accuracy {base_acc:.3f}; {len(W)} points in {seconds:.1f} s "
           f"({seconds / len(W):.2f} s a point, {-(-len(W) // per_pass)} passes)")
     context = dict(net=net, tok=tok, problems=problems, factor_sets=factor_sets,
-                   per_pass=per_pass, max_new=max_new, stop=stop, batch_size=args.batch_size)
+                   per_pass=per_pass, max_new=max_new, stop=stop, batch_size=args.batch_size,
+                   correct=dict(zip(runs, correct[1:1 + len(runs)])), grid_correct=correct[
+                       1 + len(runs):])
     samples = []
     if args.plane:
         acc = acc_all[1 + len(runs):].reshape(args.grid, args.grid)  # [b, a]
@@ -163,11 +168,8 @@ def explore_plane(args, report, bases, run_args, runs, ckpts, updates, last, coe
         if plane["above_base_at_edge"]:
             print("note: the region above the base reaches the grid's edge; widen --margin to "
                   "find where it ends")
-        levels = [(base_acc + 0.5 / n, f"above the base ({base_acc:.3f})", ("w", "--"))]
-        if acc.max() > 0:
-            top = 0.9 * acc.max()
-            levels.append((top - 0.5 / n, f"good: >= 90% of the best ({top:.3f})", ("r", "-")))
-        save_plane_figure(out, traj, colors, origin, a_ax, b_ax, acc, best, levels, samples)
+        save_plane_figure(out, traj, colors, origin, a_ax, b_ax, acc, best,
+                          plane_levels(base_acc, acc.max(), n), samples)
     return context, acc_final, base_acc, samples
 
 
@@ -175,17 +177,18 @@ def truncation_report(k, runs, ckpts, last, coef, acc_final, base_acc, samples, 
     """Best rank-k versions of each run's final and of the plane samples, stacked in their turn
     and scored in one batched pass."""
     targets = [(f"{run} final (step {ckpts[last[run]][1]})", c["factor_sets"][last[run]],
-                acc_final[run]) for run in runs]
+                acc_final[run], c["correct"][run]) for run in runs]
     targets += [(f"plane {p['kind']} ({p['a']:.3g}, {p['b']:.3g})",
                  factored.combine(c["factor_sets"], plane_weights(coef, p["a"], p["b"])),
-                 p["accuracy"]) for p in samples]
-    cut = [truncation(f, k) for _, f, _ in tqdm(targets, desc=f"rank-{k} SVDs")]
-    acc_cut = accuracies(c["net"], c["tok"], c["problems"], [t for t, _, _ in cut],
-                         np.eye(len(cut)), c["per_pass"], c["max_new"], c["batch_size"],
-                         c["stop"], desc=f"rank-{k}")
+                 p["accuracy"], c["grid_correct"][p["grid_index"]]) for p in samples]
+    cut = [truncation(f, k) for _, f, _, _ in tqdm(targets, desc=f"rank-{k} SVDs")]
+    acc_cut, correct_cut = accuracies(c["net"], c["tok"], c["problems"], [t for t, _, _ in cut],
+                                      np.eye(len(cut)), c["per_pass"], c["max_new"],
+                                      c["batch_size"], c["stop"], desc=f"rank-{k}")
     rows = [dict(name=name, rank=k, accuracy=acc_full, accuracy_truncated=float(a_cut),
-                 energy_kept=kept, cosine=cos)
-            for (name, _, acc_full), (_, kept, cos), a_cut in zip(targets, cut, acc_cut)]
+                 energy_kept=kept, cosine=cos, correct=right, correct_truncated=right_cut)
+            for (name, _, acc_full, right), (_, kept, cos), a_cut, right_cut
+            in zip(targets, cut, acc_cut, correct_cut)]
     print(f"{'':40} | {'accuracy':>8} | {f'rank-{k}':>8} | {'||ΔW_k||²/||ΔW||²':>17} | cos")
     for r in rows:
         print(f"{r['name']:40} | {r['accuracy']:8.3f} | {r['accuracy_truncated']:8.3f} | "

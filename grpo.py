@@ -29,14 +29,14 @@ import torch
 
 import adapters
 from data_parallel import (all_gather, all_reduce, barrier, close_distributed, init_distributed,
-                           reduce_eval, sum_grads)
+                           sum_grads)
 from errors import (COUNT, COUNT0, FRACTION, NONNEGATIVE, POSITIVE, exit_on_user_error, number,
                     user_exit)
-from eval_gsm8k import eval_metrics
-from gsm8k import (STOP_STRINGS, extract_answer, format_prompt, load_splits, reward, stop_ids,
-                   truncate)
+from eval_gsm8k import training_eval
+from gsm8k import (STOP_STRINGS, extract_answer, format_prompt, load_splits, load_task, reward,
+                   stop_ids, truncate)
 from lora import adapters_disabled, lora_modules
-from logprobs import completion_logprobs
+from logprobs import completion_logprobs, sampler_grid
 from model import TOY_BASE, load_config, load_model, load_tokenizer, pick_dtype
 from runs import (append_metrics, load_trainer_state, newest_checkpoint, on_ctrl_c, read_metrics,
                   save_checkpoint, start_run, trim_metrics)
@@ -127,13 +127,6 @@ def rollout(model, tokenizer, problems, keys, args):
     return prompts, completions, logps, texts, rewards.view(len(problems), args.group)
 
 
-def sampler_grid(sampler_logps, mask):
-    """The sampler's per-token log-probs laid on completion_logprobs' (n, L) grid, where mask is
-    True (row by row, left to right: the order of the lists)."""
-    old = torch.zeros(mask.shape, device=mask.device)
-    old[mask] = torch.tensor([x for lp in sampler_logps for x in lp], device=mask.device)
-    return old
-
 # -----------------------------------------------------------------------------
 # Arguments
 
@@ -210,6 +203,12 @@ def parse_args(argv=None):
         "= the whole split; default 200, 256 with --toy")
     add("--eval-batch-size", type=COUNT, default=None, help="prompts per generate() call in "
         "evaluation; default 64, 256 with --toy")
+    add("--val-limit", type=COUNT0, default=0, help="toy: at the final evaluation also the first N "
+        "val problems (where the study picks LRs); 0 = none")
+    add("--eval-start", action=argparse.BooleanOptionalAction, default=True, help="evaluate "
+        "the base at step 0 (--no-eval-start: skip it; the study measures each base once)")
+    add("--eval-samples", type=COUNT0, default=0, help="at the final evaluation also K samples a "
+        "problem: pass@1, pass@K, the toy's latent mode; 0 = greedy only")
     add("--save-every", type=COUNT, default=10, help="checkpoint every N steps (and at the end)")
     add("--out", default=None, help="run folder; default runs/grpo[_toy]_r<rank> "
         "(runs/grpo[_toy]_full for --rank 0)")
@@ -242,6 +241,8 @@ def resolve(args):
         kind = {"lora": f"r{args.rank}", "loraxs": f"xs{args.rank}",
                 "tinylora": f"tiny_u{args.u}_tie{args.tie:g}"}[args.adapter]
         args.out = f"runs/grpo{'_toy' if args.toy else ''}_{kind if args.rank else 'full'}"
+    if args.val_limit and args.task != "toy":
+        raise user_exit("--val-limit: only the toy task has a validation split")
     lora_knobs = args.lr_ratio != 1 or args.init_scale != 1
     if (args.rank == 0 or args.adapter != "lora") and lora_knobs:
         raise user_exit(f"--lr-ratio ({args.lr_ratio}) and --init-scale ({args.init_scale}) are "
@@ -273,8 +274,9 @@ if __name__ == "__main__":
     load_config(args.model)
     tokenizer = load_tokenizer(args.model)
     train_set, eval_set = load_splits(args.task, args.data, args.eval_limit)
-    free = {"resume", "out", "steps", "device", "eval_every", "eval_batch_size",
-            "save_every", "grad_checkpoint"}  # what a resume may change
+    val_set = load_task(args.task, "val")[:args.val_limit] if args.val_limit else []
+    free = {"resume", "out", "steps", "device", "eval_every", "eval_batch_size", "save_every",
+            "grad_checkpoint", "val_limit", "eval_samples", "eval_start"}  # resumable
     ckpt = start_run(args, free, rank)
     on_ctrl_c(args.out)
 
@@ -312,7 +314,6 @@ if __name__ == "__main__":
         os.remove(os.path.join(args.out, "metrics.jsonl"))
 
     # --- data: this process's prompts of each step are lo..hi, its evaluation problems a stride
-    eval_share = eval_set[rank::world]
     B, G = args.batch, args.group
     lo, hi = rank * B // world, (rank + 1) * B // world
     micro = args.micro_batch or (hi - lo) * G
@@ -324,10 +325,11 @@ if __name__ == "__main__":
           + (f" | {world} processes, {B // world} prompts each" if world > 1 else ""))
 
     def evaluate(step):
-        """Greedy accuracy on the held-out problems: a metrics row and a line; returns seconds."""
-        row = dict(step=step, **reduce_eval(eval_metrics(model, tokenizer, eval_share,
-                                                         stop_ids(tokenizer), args.max_new_tokens,
-                                                         args.eval_batch_size)))
+        """Greedy accuracy on the held-out problems (at the end also val and sampled metrics): a
+        metrics row and a line; returns seconds."""
+        final = step == args.steps
+        row = dict(step=step, **training_eval(model, tokenizer, eval_set, args, final, val_set,
+                                              rank, world))
         if rank == 0:
             append_metrics(args.out, row)
         print(f"step {step:5d}/{args.steps} | eval accuracy {row['eval_accuracy']:.3f} | "
@@ -365,7 +367,7 @@ if __name__ == "__main__":
         barrier()  # the others wait until the checkpoint is on disk: it is the whole run's
 
     t_sample_total = t_train_total = t_eval_total = 0.0
-    if start == 0:
+    if start == 0 and args.eval_start:
         t_eval_total += evaluate(0)
 
     # -------------------------------------------------------------------------

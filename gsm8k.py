@@ -124,7 +124,8 @@ def load_gsm8k(split, path=None, cache_dir=GSM8K_CACHE):
 
 
 def load_task(task, split, path=None):
-    """The one entry point for sft/grpo/geometry: task "gsm8k" or "toy", split "train"/"test"."""
+    """The one entry point for sft/grpo/geometry: task "gsm8k" or "toy", split "train" or "test"
+    (or the toy's "val", drawn from the generator apart from both)."""
     if task == "gsm8k":
         return load_gsm8k(split, path)
     if task != "toy":

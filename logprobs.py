@@ -151,6 +151,14 @@ def completion_logprobs(model, prompts, completions, owner, temperature=1.0, chu
     return logp.view(K, L), mask_c
 
 
+def sampler_grid(sampler_logps, mask):
+    """The sampler's per-token log-probs laid on completion_logprobs' (n, L) grid, where mask is
+    True (row by row, left to right: the order of the lists)."""
+    old = torch.zeros(mask.shape, device=mask.device)
+    old[mask] = torch.tensor([x for lp in sampler_logps for x in lp], device=mask.device)
+    return old
+
+
 def whole_sequence_logprobs(model, prompts, completions, owner, temperature, chunk_size):
     """completion_logprobs by token_logprobs over each prompt + completion, right-padded."""
     device = model.lm_head.weight.device

@@ -360,8 +360,8 @@ def load_tokenizer(name_or_path):
 # The toy base the toy world's runs start from, shipped with the code (made by `python sft.py
 # --toy`, toy_base/README.md says how), so that every machine starts from the same weights.
 TOY_BASE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "toy_base")
-TOY_CONFIG = Qwen2Config(vocab_size=257, hidden_size=128, intermediate_size=384,
-                         num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+TOY_CONFIG = Qwen2Config(vocab_size=257, hidden_size=128, intermediate_size=256,
+                         num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=2,
                          rope_theta=1e4, max_position_embeddings=512,
                          bos_token_id=256, eos_token_id=256)
 

@@ -23,6 +23,7 @@ Every read names its file when it fails (errors.UserError): with 150 checkpoints
 Under torchrun, rank 0 alone writes the run folder (data_parallel.py).
 """
 import argparse
+import ast
 import hashlib
 import json
 import os
@@ -30,6 +31,7 @@ import re
 import shlex
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -48,11 +50,51 @@ STEP = re.compile(r"step_(\d+)")  # step_000010; written as step_{step:06d}
 # args.json
 
 
+HERE = Path(__file__).resolve().parent
+
+
+def local_sources(script, root=HERE):
+    """The script and every module of this repository it imports, transitively (by its import
+    statements, read with ast): the files that decide what a run computes."""
+    todo, seen = [Path(script).resolve()], set()
+    while todo:
+        path = todo.pop()
+        if path in seen or not path.exists():
+            continue
+        seen.add(path)
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+            todo += [root / f"{n.split('.')[0]}.py" for n in names]
+    return sorted(seen)
+
+
+def code_version(script=None, root=HERE):
+    """What made a run: {"hash": sha256 over the script, the repository's modules it imports and
+    toy_base/, "commit": git HEAD or None, "dirty": whether tracked files differ from it}. The
+    script defaults to the one running; outside this folder (a test), every top-level .py file.
+    study.py reuses a run only when its hash matches today's."""
+    script = Path(script or sys.argv[0]).resolve()
+    files = local_sources(script, root) if script.parent == root else sorted(root.glob("*.py"))
+    h = hashlib.sha256()
+    for f in files + sorted((root / "toy_base").glob("*")):
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    git = lambda *a: subprocess.run(["git", "-C", str(root), *a], capture_output=True, text=True)
+    try:
+        head, status = git("rev-parse", "HEAD"), git("status", "--porcelain", "-uno")
+        commit = head.stdout.strip() if head.returncode == 0 else None
+    except OSError:  # no git on this machine
+        commit, status = None, None
+    return {"hash": h.hexdigest()[:16], "commit": commit,
+            "dirty": bool(status and status.returncode == 0 and status.stdout.strip())}
+
+
 def write_args(out, args):
-    """args.json (vars(args)), the first file of a run; replaces the old one on --resume."""
+    """args.json (vars(args) and "code": code_version()), the first file of a run; replaces the
+    old one on --resume."""
     check_writable(out, folder=True)
-    write_json(os.path.join(out, "args.json"),
-               vars(args) if isinstance(args, argparse.Namespace) else args)
+    args = dict(vars(args) if isinstance(args, argparse.Namespace) else args)
+    write_json(os.path.join(out, "args.json"), dict(args, code=code_version()))
 
 
 def read_args(run) -> dict:
@@ -70,7 +112,7 @@ def check_resume_args(run, args, free):
     compared by what it is: toy_base, ./toy_base and its absolute path are one model."""
     saved = read_args(run)
     changed = {k: (saved.get(k), v) for k, v in vars(args).items()
-               if k not in free and saved.get(k) != v
+               if k not in free and k != "code" and saved.get(k) != v
                and not (k == "model" and same_model([saved.get(k), v]))}
     if changed:
         raise UserError(f"--resume of {run} with arguments that change training (saved, now): "

@@ -1,7 +1,7 @@
 """
 Supervised fine-tuning on prompt/solution pairs, LoRA or full, and the toy world's base model.
 
-    python sft.py --toy                               # the toy base from scratch -> runs/toy_base
+    python sft.py --toy                               # the toy base from scratch (~30 CPU-min)
     python sft.py --toy --model toy_base --rank 1     # LoRA SFT of the shipped toy base
     python sft.py --rank 1                            # rank-1 LoRA, Qwen2.5-3B on GSM8K train
     python sft.py --rank 0 --model Qwen/Qwen2.5-0.5B  # full fine-tuning
@@ -12,17 +12,14 @@ Supervised fine-tuning on prompt/solution pairs, LoRA or full, and the toy world
 The loss is the mean cross-entropy over solution tokens only (sft_loss): the prompt is given, not
 learned, and each solution ends in eos so the model learns to stop. Batches hold examples of
 similar length (--bucket: length-sorted windows of 16 batches, little padding on GSM8K); the toy
-task's lengths barely vary and length-homogeneous batches slowed its learning, so the toy uses
-shuffled batches. The batch of a step is a function of (seed, step), so resuming needs only it.
-Default LR: Thinking Machines' fitted rule, LR = 5e-5 x (10 if LoRA) x (2000/hidden)^p
-(docs/design.md); the toy world has its own preset. Training the toy base stops once held-out
-accuracy reaches --target-acc and keeps the evaluated model whose accuracy is *closest* to it:
-how soon a small model "gets" arithmetic varies with the seed and even with the CPU, so "the
-first model past the target" lands anywhere above it, while "the closest" lands near it.
-Simplified on purpose: no sequence packing, constant LR after a linear warmup. Under torchrun
-each process takes a contiguous share of every step's batch and the gradients are summed before
-clipping; the loss is divided by the whole batch's solution-token count, so N processes end where
-one does (data_parallel.py; --batch-size stays the global batch).
+uses shuffled batches. The batch of a step is a function of (seed, step), so resuming needs only
+it. Default LR: Thinking Machines' fitted rule, 5e-5 x (10 if LoRA) x (2000/hidden)^p
+(docs/design.md); the toy world has its own preset. The toy base (--toy without --model) is
+pretrained on toy_task's mix at skill dial --skill-p: the worked answers on every problem, the
+mode choice from a p-mix, 2,000 steps of cosine-decayed AdamW on one thread (toy_base/README.md).
+Simplified on purpose: no sequence packing. Under torchrun each process takes a contiguous share
+of every step's batch and the gradients are summed before clipping; the loss is divided by the
+whole batch's solution-token count, so N processes end where one does (data_parallel.py).
 """
 import argparse
 import math
@@ -34,12 +31,12 @@ import torch
 from tqdm import tqdm
 
 import adapters
-from data_parallel import (all_reduce, barrier, close_distributed, init_distributed, reduce_eval,
-                           sum_grads)
+from data_parallel import all_reduce, barrier, close_distributed, init_distributed, sum_grads
 from errors import (COUNT, COUNT0, FRACTION, NONNEGATIVE, POSITIVE, exit_on_user_error,
                     user_exit)
-from eval_gsm8k import eval_metrics
-from gsm8k import format_prompt, format_solution, load_splits, stop_ids
+from eval_gsm8k import training_eval
+from gsm8k import format_prompt, format_solution, load_splits, load_task
+from toy_task import pretrain_stream
 from logprobs import logprobs_from_hidden
 from model import (TOY_CONFIG, Qwen2, load_config, load_model, load_tokenizer, pick_dtype,
                    save_model, toy_tokenizer)
@@ -51,10 +48,14 @@ from runs import (append_metrics, load_trainer_state, on_ctrl_c, read_metrics, s
 
 
 def encode(tokenizer, problems):
-    """[(prompt ids, solution ids + eos)]. The two are encoded apart, as at inference, where the
-    model continues the encoded prompt; the eos teaches it to stop."""
-    return [(tokenizer.encode(format_prompt(p["question"])),
-             tokenizer.encode(format_solution(p["answer"])) + [tokenizer.eos_id]) for p in problems]
+    """[(prompt ids, solution ids + eos, loss flags)]. The two are encoded apart, as at inference,
+    where the model continues the encoded prompt; the eos teaches it to stop. Every solution token
+    is in the loss here; the toy base's pretraining leaves some out (toy_task.encode_doc)."""
+    out = []
+    for p in problems:
+        target = tokenizer.encode(format_solution(p["answer"])) + [tokenizer.eos_id]
+        out.append((tokenizer.encode(format_prompt(p["question"])), target, [True] * len(target)))
+    return out
 
 
 def epoch_batches(lengths, batch_size, seed, epoch, window=16):
@@ -76,15 +77,15 @@ def epoch_batches(lengths, batch_size, seed, epoch, window=16):
 
 def collate(examples, pad_id, device):
     """Right-padded inputs and targets (B, T) and the loss mask (B, T): targets[b, t] = the token
-    after inputs[b, t], learned only where it is a solution token (or the final eos)."""
-    B, T = len(examples), max(len(p) + len(s) for p, s in examples) - 1
+    after inputs[b, t], learned only where it is a solution token in the loss (or the eos)."""
+    B, T = len(examples), max(len(p) + len(s) for p, s, _ in examples) - 1
     inputs = torch.full((B, T), pad_id, dtype=torch.long)
     targets = torch.full((B, T), pad_id, dtype=torch.long)
     mask = torch.zeros(B, T, dtype=torch.bool)
-    for i, (p, s) in enumerate(examples):
+    for i, (p, s, flags) in enumerate(examples):
         ids = torch.tensor(p + s)
         inputs[i, :len(ids) - 1], targets[i, :len(ids) - 1] = ids[:-1], ids[1:]
-        mask[i, len(p) - 1:len(ids) - 1] = True                       # solution token j at P-1+j
+        mask[i, len(p) - 1:len(ids) - 1] = torch.tensor(flags)        # solution token j at P-1+j
     return inputs.to(device), targets.to(device), mask.to(device)
 
 # -----------------------------------------------------------------------------
@@ -104,6 +105,17 @@ def sft_loss(model, inputs, targets, mask, n_tokens=None, chunk_size=1024):
     return -logp.sum() / (n_tokens or len(t))
 
 
+def lr_at(step, args):
+    """Linear warmup over --warmup steps, then constant, or cosine decay to --min-lr x the LR
+    over the rest of the budget (the toy base's pretraining)."""
+    if args.warmup and step <= args.warmup:
+        return args.lr * step / args.warmup
+    if args.schedule == "constant":
+        return args.lr
+    t = (step - args.warmup) / max(1, args.steps - args.warmup)
+    return args.lr * (args.min_lr + (1 - args.min_lr) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
 def default_lr(config, lora):
     """Thinking Machines' rule fitted on SFT sweeps ("LoRA Without Regret"; docs/design.md)."""
     p = 0.0775 if config.attention_bias else 0.781                    # Qwen has q/k/v biases
@@ -111,14 +123,6 @@ def default_lr(config, lora):
     return 5e-5 * (10 if lora else 1) * (2000 / config.hidden_size) ** p, \
         f"5e-5 x {10 if lora else 1} x (2000/{config.hidden_size})^{p} (fitted for {family})"
 
-
-def save_weights(path, model, tokenizer, full, base_name):
-    """Full weights + tokenizer.json (a model folder load_model reads), or the PEFT adapter."""
-    if full:
-        save_model(model, path)
-        tokenizer.tok.save(os.path.join(path, "tokenizer.json"))
-    else:
-        adapters.save(model, path, base_model_name_or_path=base_name)
 
 # -----------------------------------------------------------------------------
 # Arguments
@@ -156,22 +160,28 @@ def parse_args(argv=None):
         "~/.cache/rank1/gsm8k (downloaded once)")
     add("--bucket", type=COUNT, default=None, help="batches per length-sorted window (less "
         "padding, less mixing); 1 = plain shuffled batches; default 16, toy 1")
-    add("--max-len", type=COUNT, default=1024, help="drop training examples longer than this many "
-        "tokens")
+    add("--max-len", type=COUNT, default=1024, help="drop training examples longer than this")
+    add("--skill-p", type=FRACTION, default=0.1, help="toy base from scratch: the skill dial, the "
+        "share of answers that start the worked mode (toy_task.pretrain_docs); 0 = never")
+    add("--choice-rate", type=FRACTION, default=0.25, help="toy base from scratch: the share of "
+        "problems that also teach the mode choice (toy_task.pretrain_docs)")
     # optimization
     add("--steps", type=COUNT, default=None, help="optimizer steps; default 250 (one epoch of "
-        "GSM8K "
-        "at batch 32); toy: 1500 (a budget; from scratch stops at --target-acc), 60 fine-tuning")
+        "GSM8K at batch 32); toy: 2000 from scratch, 60 fine-tuning")
     add("--batch-size", type=COUNT, default=None, help="examples per step, all processes together "
         "under torchrun; default 32, 64 with --toy")
     add("--lr", type=POSITIVE, default=None, help="AdamW LR; default the fitted rule (LoRA ~10x "
         "full), toy: its preset")
-    add("--warmup", type=COUNT0, default=None, help="steps of linear LR warmup, then constant; "
-        "default 0 (toy from scratch: 50)")
+    add("--warmup", type=COUNT0, default=None, help="steps of linear LR warmup; default 0 (toy "
+        "from scratch: 100)")
+    add("--schedule", default=None, choices=("constant", "cosine"), help="the LR after the "
+        "warmup: constant, or cosine decay to --min-lr x LR at the last step; default constant "
+        "(toy from scratch: cosine)")
+    add("--min-lr", type=FRACTION, default=0.05, help="--schedule cosine: the last step's LR as a "
+        "fraction of --lr")
     add("--micro-batch", type=COUNT0, default=None, help="examples per forward/backward (gradients "
         "accumulate), per process under torchrun; 0 = the whole batch (share); default 8, toy 0")
-    add("--weight-decay", type=NONNEGATIVE, default=0.0, help="AdamW decoupled weight decay; 0 = "
-        "plain Adam")
+    add("--weight-decay", type=NONNEGATIVE, default=0.0, help="AdamW weight decay; 0 = plain Adam")
     add("--grad-clip", type=NONNEGATIVE, default=1.0, help="clip the gradient's global norm to "
         "this; 0 = off")
     add("--seed", type=COUNT0, default=0, help="seed of the init (LoRA's A, or the whole toy "
@@ -185,9 +195,14 @@ def parse_args(argv=None):
         "evaluation; default 64, toy 256")
     add("--max-new-tokens", type=COUNT, default=None, help="completion budget in evaluation; "
         "default 512, 48 with --toy")
-    add("--target-acc", type=FRACTION, default=None, help="stop once eval accuracy reaches this, "
-        "keeping the evaluated model closest to it in --out; 0 = off; default 0 (0.5 for the "
-        "toy base)")
+    add("--target-acc", type=FRACTION, default=None, help="stop once eval accuracy reaches this; "
+        "0 = off (the default)")
+    add("--val-limit", type=COUNT0, default=0, help="toy: at the final evaluation also the first N "
+        "val problems (where the study picks LRs); 0 = none")
+    add("--eval-start", action=argparse.BooleanOptionalAction, default=True, help="evaluate "
+        "the base at step 0 (--no-eval-start: skip it; the study measures each base once)")
+    add("--eval-samples", type=COUNT0, default=0, help="at the final evaluation also K samples a "
+        "problem: pass@1, pass@K, the toy's latent mode; 0 = greedy only")
     add("--log-every", type=COUNT, default=10, help="print a progress line every N steps "
         "(metrics.jsonl gets every step)")
     add("--save-every", type=COUNT0, default=None, help="checkpoint every N steps (and at the "
@@ -210,27 +225,33 @@ def resolve(args):
         raise user_exit(f"--adapter {args.adapter} adapts a base model: it needs --model and "
                         f"--rank >= 1")
     toy = dict(task="toy", micro_batch=0, bucket=1, eval_limit=256, eval_batch_size=256,
-               max_new_tokens=48, save_every=0)
-    if scratch:
-        preset = dict(toy, rank=0, steps=1500, batch_size=64, lr=3e-3, warmup=50, eval_every=25,
-                      target_acc=0.5)
+               max_new_tokens=48, save_every=0, schedule="constant", target_acc=0)
+    if scratch:  # the shipped toy base (toy_base/README.md): 2,000 steps of the pretraining mix
+        preset = dict(toy, rank=0, steps=2000, batch_size=64, lr=3e-3, warmup=100,
+                      schedule="cosine", eval_every=250)
     elif args.toy:
-        preset = dict(toy, rank=1, steps=60, batch_size=64, warmup=0, eval_every=0, target_acc=0,
+        preset = dict(toy, rank=1, steps=60, batch_size=64, warmup=0, eval_every=0,
                       lr=3e-4 if args.rank == 0 else 1e-3)
     else:
         preset = dict(model="Qwen/Qwen2.5-3B", task="gsm8k", rank=1, steps=250, batch_size=32,
                       micro_batch=8, bucket=16, warmup=0, eval_every=0, eval_limit=200,
-                      eval_batch_size=64, max_new_tokens=512, target_acc=0, save_every=50)
+                      eval_batch_size=64, max_new_tokens=512, target_acc=0, save_every=50,
+                      schedule="constant")
     if args.lr is not None:
         args.lr_rule = "--lr"
     elif scratch:
-        args.lr_rule = "toy preset (from scratch)"
+        args.lr_rule = "toy preset (from scratch: warmup, then cosine)"
     elif args.toy:
         method = "LoRA" if args.rank != 0 else "full fine-tuning"
         args.lr_rule = f"toy preset ({method}: best of 3 LRs in 60-step SFT of the toy base)"
     for key, value in preset.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.val_limit and args.task != "toy":
+        raise user_exit("--val-limit: only the toy task has a validation split")
+    if not scratch and (args.skill_p != 0.1 or args.choice_rate != 0.25):
+        raise user_exit("--skill-p and --choice-rate shape the toy base's pretraining: they need "
+                        "--toy without --model")
     if scratch and args.rank != 0:
         raise user_exit(f"a model trained from scratch has no base to adapt: --rank {args.rank} "
                         f"needs --model")
@@ -263,12 +284,15 @@ if __name__ == "__main__":
     pick_dtype(args.dtype, device)
     tokenizer = toy_tokenizer() if scratch else load_tokenizer(args.model)
     train_problems, eval_set = load_splits(args.task, args.data, args.eval_limit)
-    free = {"resume", "out", "steps", "device", "eval_every", "eval_batch_size",
-            "log_every", "save_every"}  # what a resume may change
+    val_set = load_task(args.task, "val")[:args.val_limit] if args.val_limit else []
+    free = {"resume", "out", "steps", "device", "eval_every", "eval_batch_size", "log_every",
+            "save_every", "val_limit", "eval_samples", "eval_start"}  # resumable
     ckpt = start_run(args, free, rank)
     on_ctrl_c(args.out)
 
     # --- model, tokenizer, optimizer
+    if scratch:  # one thread: a sum split over threads rounds otherwise, so the base would differ
+        torch.set_num_threads(1)
     torch.manual_seed(args.seed)
     if scratch:
         if ckpt:
@@ -291,39 +315,54 @@ if __name__ == "__main__":
     params = [p for _, p in named]
     optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95),
                                   weight_decay=args.weight_decay)
-    start, kept = 0, None  # the kept model's accuracy
+    start = 0
     if ckpt:
         state, _ = load_trainer_state(ckpt, optimizer, named)
-        start, kept = state["step"], state["kept_accuracy"]
+        start = state["step"]
         if rank == 0:
             trim_metrics(args.out, start)
         print(f"resumed from {ckpt} at step {start}")
     elif rank == 0 and os.path.exists(os.path.join(args.out, "metrics.jsonl")):
         os.remove(os.path.join(args.out, "metrics.jsonl"))
 
-    # --- data
-    train = encode(tokenizer, train_problems)
-    n_all = len(train)
-    train = [ex for ex in train if len(ex[0]) + len(ex[1]) <= args.max_len]
-    eval_share = eval_set[rank::world]                                # evaluation by stride
-    lengths = [len(p) + len(s) for p, s in train]
-    n_batches = len(train) // args.batch_size
-    if n_batches == 0:
-        raise user_exit(f"{len(train)} training examples are fewer than one batch of "
-                        f"{args.batch_size} (--batch-size)")
+    # --- data: the batch of step s is a function of (seed, s), so resuming needs only s
     what = "full fine-tuning" if full else f"{args.adapter} rank {args.rank}"
-    print(f"{args.task}: {len(train)} train examples ({n_all - len(train)} longer than "
-          f"{args.max_len} dropped), {len(eval_set)} held out | batch {args.batch_size}, "
-          f"{args.steps} steps = {args.steps / n_batches:.2f} epochs | {what}, "
-          f"{sum(p.numel() for p in params):,} trainable parameters -> {args.out}"
+    if scratch:  # the toy base: toy_task's pretraining mix at dial --skill-p, streamed
+        stream = pretrain_stream(tokenizer.encode, tokenizer.eos_id, args.skill_p, args.seed,
+                                 args.batch_size, args.choice_rate)
+        for _ in range(start):
+            next(stream)
+        batch_of = lambda step: next(stream)
+        data = f"the toy pretraining mix, skill dial {args.skill_p}, {len(train_problems)} problems"
+    else:
+        train = encode(tokenizer, train_problems)
+        n_all = len(train)
+        train = [ex for ex in train if len(ex[0]) + len(ex[1]) <= args.max_len]
+        lengths = [len(p) + len(s) for p, s, _ in train]
+        n_batches = len(train) // args.batch_size
+        if n_batches == 0:
+            raise user_exit(f"{len(train)} training examples are fewer than one batch of "
+                            f"{args.batch_size} (--batch-size)")
+        epochs = {}
+
+        def batch_of(step):
+            e = (step - 1) // n_batches
+            if e not in epochs:
+                epochs.clear()
+                epochs[e] = epoch_batches(lengths, args.batch_size, args.seed, e, args.bucket)
+            return e, [train[i] for i in epochs[e][(step - 1) % n_batches]]
+        data = f"{len(train)} train examples ({n_all - len(train)} longer than {args.max_len} " \
+               f"dropped), {args.steps / n_batches:.2f} epochs"
+    print(f"{args.task}: {data}, {len(eval_set)} held out | batch {args.batch_size}, {args.steps} "
+          f"steps | {what}, {sum(p.numel() for p in params):,} trainable parameters -> {args.out}"
           + (f" | {world} processes, {args.batch_size // world} examples each"
              if world > 1 else ""))
 
     def evaluate(step, write=print):
-        """Greedy accuracy on the held-out problems: a metrics row and a line."""
-        row = dict(step=step, **reduce_eval(eval_metrics(model, tokenizer, eval_share,
-                                                         stop_ids(tokenizer), args.max_new_tokens,
-                                                         args.eval_batch_size)))
+        """Greedy accuracy on the held-out problems (at the end also val and sampled metrics): a
+        metrics row and a line."""
+        row = dict(step=step, **training_eval(model, tokenizer, eval_set, args, step == args.steps,
+                                              val_set, rank, world))
         if rank == 0:
             append_metrics(args.out, row)
         write(f"step {step:5d}/{args.steps} | eval accuracy {row['eval_accuracy']:.3f} | flexible "
@@ -331,35 +370,23 @@ if __name__ == "__main__":
               + (f" | {row['eval_seconds']:.1f} s" if step else ""))
         return row["eval_accuracy"]
 
-    def keep(step, acc):
-        """The kept model lives in the run folder itself: written beside, then moved in."""
-        if rank == 0:
-            save_weights(args.out + ".best.tmp", model, tokenizer, full, args.model)
-            for name in os.listdir(args.out + ".best.tmp"):
-                os.replace(os.path.join(args.out + ".best.tmp", name), os.path.join(args.out, name))
-            os.rmdir(args.out + ".best.tmp")
-            append_metrics(args.out, dict(step=step, kept_accuracy=acc))
-
-    if start == 0:
+    if start == 0 and args.eval_start:
         evaluate(0)
 
     # -------------------------------------------------------------------------
     # The loop
     model.train()
-    epoch, batches = None, None
+    epoch = None
     t_start, tokens_seen, step = time.time(), 0, start
     bar = tqdm(range(start + 1, args.steps + 1), desc="sft", initial=start, total=args.steps,
                dynamic_ncols=True, disable=rank > 0)
     for step in bar:
         t0 = time.time()
-        if (step - 1) // n_batches != epoch:  # the batch of step s is a function of (seed, s)
-            epoch = (step - 1) // n_batches
-            batches = epoch_batches(lengths, args.batch_size, args.seed, epoch, args.bucket)
-        examples = [train[i] for i in batches[(step - 1) % n_batches]]
-        lr = args.lr * min(1.0, step / args.warmup) if args.warmup else args.lr
+        epoch, examples = batch_of(step)
+        lr = lr_at(step, args)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        n_tokens = sum(len(s) for _, s in examples)                   # the whole batch's targets
+        n_tokens = sum(sum(flags) for _, _, flags in examples)        # the whole batch's targets
         share = len(examples) // world                                # this process's examples
         mine = examples[rank * share:(rank + 1) * share]
         micro = args.micro_batch or len(mine)
@@ -380,7 +407,7 @@ if __name__ == "__main__":
         optimizer.step()
         dt, = all_reduce([time.time() - t0], op="max")               # the slowest process's
         tokens_seen += n_tokens
-        real = sum(len(p) + len(s) - 1 for p, s in examples)
+        real = sum(len(p) + len(s) - 1 for p, s, _ in examples)
         row = dict(step=step, loss=loss, grad_norm=grad_norm, lr=lr, tokens=n_tokens,
                    seconds=round(dt, 3), padding=round(1 - real / padded, 4))
         if rank == 0:
@@ -390,21 +417,13 @@ if __name__ == "__main__":
                       f"{grad_norm:7.3f} | lr {lr:.1e} | {padded / dt:7.0f} tok/s | {dt:5.2f} s "
                       f"| {time.time() - t_start:6.1f} s total")
 
-        # --- evaluate; the toy base keeps the model closest to --target-acc, stops at it
+        # --- evaluate, checkpoint; --target-acc stops the run once it is reached
         done = False
         if step == args.steps or (args.eval_every and step % args.eval_every == 0):
             acc = evaluate(step, bar.write)
-            t = args.target_acc  # without a target, a model from scratch keeps its latest
-            closer = not t or kept is None or abs(acc - t) < abs(kept - t)
-            if (scratch or t) and closer:
-                kept = acc
-                keep(step, acc)
             done = bool(args.target_acc) and acc >= args.target_acc
-            if done:
-                bar.write(f"step {step:5d}/{args.steps} | eval accuracy {acc:.3f} >= --target-acc"
-                          f" {args.target_acc}: stopping")
         if done or step == args.steps or (args.save_every and step % args.save_every == 0):
-            state = dict(step=step, kept_accuracy=kept, epoch=epoch, data_seed=args.seed)
+            state = dict(step=step, epoch=epoch, data_seed=args.seed)
             if rank == 0:
                 save_checkpoint(os.path.join(args.out, f"step_{step:06d}"), model, optimizer,
                                 named, state, full=full, tokenizer=tokenizer, base_name=args.model)
@@ -418,10 +437,11 @@ if __name__ == "__main__":
 
     # --- summary
     evals = [r for r in read_metrics(args.out) if "eval_accuracy" in r]
-    print(f"eval accuracy {evals[0]['eval_accuracy']:.3f} (step {evals[0]['step']}) -> "
-          f"{evals[-1]['eval_accuracy']:.3f} (step {evals[-1]['step']}) | {tokens_seen:,} "
-          f"solution tokens, {time.time() - t_start:.1f} s this session")
-    if scratch or args.target_acc:
-        print(f"kept model: {args.out} (eval accuracy {kept:.3f}, the closest to --target-acc "
-              f"{args.target_acc}); evaluate it on the whole test split with `python "
-              f"eval_gsm8k.py {'--toy ' if args.toy else ''}--model {args.out}`")
+    first = f"{evals[0]['eval_accuracy']:.3f} (step {evals[0]['step']}) -> " * (len(evals) > 1)
+    print(f"eval accuracy {first}{evals[-1]['eval_accuracy']:.3f} (step {evals[-1]['step']}) | "
+          f"{tokens_seen:,} solution tokens, {time.time() - t_start:.1f} s this session")
+    if scratch:  # the base itself, a model folder beside its checkpoints
+        save_model(model, args.out)
+        tokenizer.tok.save(os.path.join(args.out, "tokenizer.json"))
+        print(f"the toy base: {args.out} (config.json, model.safetensors, tokenizer.json); measure "
+              f"it with `python eval_gsm8k.py --toy --model {args.out} --samples 8`")

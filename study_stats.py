@@ -2,7 +2,7 @@
 The statistics behind study.py's claim rows, after a statistician's review: each group of functions
 answers one flaw of the old code, numbered as in the review (tests/test_study_stats.py checks them).
 
-    python study_stats.py        # self-check: t quantiles, McNemar, Holm and pass@k on known values
+    python study_stats.py        # self-check: t quantiles, McNemar and Holm on known values
 
 1 winner's curse         best_lr, argmax_bootstrap, lr_ratio_interval (choose on validation seeds)
 2 paired data            paired_by_seed (exact Student t: t_quantile), mcnemar, paired_bootstrap
@@ -10,13 +10,12 @@ answers one flaw of the old code, numbered as in the review (tests/test_study_st
 4 zero-width intervals   binomial_se floors every standard error (mean_interval, paired_by_seed)
 5 1.96 for three seeds   error_bar: t quantile and floor, for figures
 6 multiplicity           holm, contrast_p_values, family_verdicts (Holm within a family)
-7 pass@k                 pass_at_k (unbiased), pass_at_k_interval (bootstrap over problems)
-8 prose beyond verdicts  sentence: a row's summary from its verdict and numbers only
-9 the claims contract    claim_row, check_claims, REQUIRED_IDS
+7 prose beyond verdicts  sentence: a row's summary from its verdict and numbers only
+8 the claims contract    claim_row, check_claims, REQUIRED_IDS
 
-References: Chen et al. 2021, "Evaluating Large Language Models Trained on Code" §2.1 (pass@k);
-Holm 1979, "A Simple Sequentially Rejective Multiple Test Procedure"; McNemar 1947 (the exact
-test on discordant pairs); Numerical Recipes §6.4 (betacf). Python and numpy only, no scipy.
+References: Holm 1979, "A Simple Sequentially Rejective Multiple Test Procedure"; McNemar 1947
+(the exact test on discordant pairs); Numerical Recipes §6.4 (betacf). Python and numpy only.
+pass@k and the bootstrap over problems live in eval_gsm8k.py, which computes them.
 """
 import math
 import numbers
@@ -315,27 +314,6 @@ def lr_ratio_interval(scores_a, scores_b, n_boot=2000, seed=0, level=0.95):
                 test="bootstrap over seeds")
 
 # -----------------------------------------------------------------------------
-# pass@k
-
-
-def pass_at_k(n, c, k):
-    """The chance that k of the n samples of a problem, drawn without replacement, include one of
-    its c correct ones: 1 − C(n−c, k)/C(n, k), unbiased (Chen et al. 2021, §2.1), computed as their
-    product 1 − Π_(i=n−c+1..n) (1 − k/i) so that no binomial coefficient overflows."""
-    assert 0 <= c <= n and 1 <= k <= n, f"need 0 ≤ c ≤ n and 1 ≤ k ≤ n, got n={n} c={c} k={k}"
-    if n - c < k:
-        return 1.0
-    return 1.0 - float(np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
-
-
-def pass_at_k_interval(counts, n, k, n_boot=10000, seed=0, level=0.95):
-    """pass@k over problems (counts: correct samples of n, per problem), with a bootstrap interval
-    over problems; it ignores the sampling noise within a problem, which n samples average."""
-    per_problem = [pass_at_k(n, int(c), k) for c in counts]
-    estimate, interval = bootstrap_mean(per_problem, n_boot, seed, level)
-    return dict(estimate=estimate, interval=interval, n_problems=len(per_problem), k=k)
-
-# -----------------------------------------------------------------------------
 # Claim rows: the contract of claims.json, and the sentence a row may say
 
 
@@ -447,4 +425,3 @@ if __name__ == "__main__":
     assert abs(p - 79 / 2048) < 1e-12 and np.allclose(adj, [0.03, 0.06, 0.06, 0.02]), (p, adj)
     print(f"McNemar, 10 vs 2 discordant: p = {p:.4f} (2·79/4096); Holm [.01, .04, .03, .005] -> "
           f"{[round(x, 3) for x in adj]}")
-    print(f"pass@k n=10 c=3: k=1 {pass_at_k(10, 3, 1):.3f}, k=5 {pass_at_k(10, 3, 5):.3f}")

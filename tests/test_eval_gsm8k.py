@@ -236,22 +236,64 @@ def test_stop_ids():
 # the toy task
 
 def test_toy_problems():
-    train, test = toy_task.toy_problems("train"), toy_task.toy_problems("test")
+    train, val, test = (toy_task.toy_problems(split) for split in ("train", "val", "test"))
     assert toy_task.toy_problems("test") == test and toy_task.toy_problems("test", seed=1) != test  # seeded
-    assert len(set(p["question"] for p in test)) == len(test) > 500  # each test problem once
+    assert len(set(p["question"] for p in test)) == len(test) > 1000  # each test problem once
+    assert len(val) > 1000 and len(train) > 7 * len(test)
 
     def last_step(p):  # "5*4=20\n23+20=43\n#### 43" -> "23+20"
         return p["answer"].split("\n")[1].split("=")[0]
-    assert not {last_step(p) for p in train} & {last_step(p) for p in test}  # disjoint
-    for p in train + test:
+    steps = [{last_step(p) for p in split} for split in (train, val, test)]
+    assert not steps[0] & steps[1] and not steps[0] & steps[2] and not steps[1] & steps[2]  # disjoint
+    for p in train + val + test:
         assert E.reward(p["answer"], p["answer"]) == 1.0
         assert E.reward(E.format_solution(p["answer"]), p["answer"]) == 1.0
         assert len(p["question"]) <= 80 and eval(last_step(p)) >= 0, p  # short, no negatives
     more = toy_task.toy_problems("test", n=2 * len(test) + 3)  # beyond the pool: cycles, new wording
     assert len(more) == 2 * len(test) + 3 and {last_step(p) for p in more} == {last_step(p) for p in test}
-    small = toy_task.toy_problems("train", n=50, start=(1, 9), factor=(2, 3), ops="+")  # the knobs
-    assert all(re.fullmatch(r"[23]\*[23]=\d+\n\d\+\d+=\d+\n#### \d+", p["answer"]) for p in small)
-    assert E.load_task("toy", "test") == test
+    assert E.load_task("toy", "test") == test and E.load_task("toy", "val") == val
+    p = test[0]  # the toy writes prompts and targets exactly as gsm8k.py does
+    assert toy_task.prompt_text(p["question"]) == E.format_prompt(p["question"])
+    assert toy_task.target_text(p["answer"]) == E.format_solution(p["answer"])
+
+
+def test_toy_modes_and_the_pretraining_mix():
+    """The latent mode: a completion is in it when it writes the steps; the pretraining mix shows
+    every problem worked with the mode-choice character out of the loss, and the choice itself in
+    the loss at the rate the dial sets."""
+    p = toy_task.toy_problems("train", n=1)[0]
+    worked, direct = toy_task.target_text(p["answer"]), toy_task.target_text(toy_task.direct_answer(p["answer"]))
+    assert toy_task.in_mode(worked) and not toy_task.in_mode(direct) and E.reward(direct, p["answer"]) == 1.0
+    assert not toy_task.in_mode(" 5 #### 43") and toy_task.in_mode(" 5*4=20\n#### 20")
+    assert toy_task.forced_prefix(p["answer"]) == worked[:2] and worked[1].isdigit() and direct[1] == "#"
+    for dial in (0.0, 0.3):
+        docs = toy_task.pretrain_docs(dial, epoch=0)
+        chosen = [t for _, t, ex in docs if t[1] != "#" and not ex]      # worked, mode char in the loss
+        hidden = [t for _, t, ex in docs if ex == ((1, 2),)]             # worked, mode char out of it
+        directs = [t for _, t, ex in docs if t[1] == "#"]
+        assert len(chosen) + len(hidden) == len(toy_task.toy_problems("train"))  # every problem worked once
+        share = len(chosen) / (len(chosen) + len(directs))
+        assert abs(share - dial) < 0.03, (dial, share)                  # the choice at the dial's rate
+    assert toy_task.pretrain_docs(0.1, 0) == toy_task.pretrain_docs(0.1, 0) != toy_task.pretrain_docs(0.1, 1)
+    ids, target, flags = toy_task.encode_doc(lambda t: list(t.encode()), 256, "Q", " 5*4", ((1, 2),))
+    assert ids == [81] and target == [32, 53, 42, 52, 256] and flags == [True, False, True, True, True]
+
+
+def test_pass_at_k_and_the_sampled_evaluation(toy_dir):
+    """pass@k by brute force over subsets, and evaluate_samples' counts against its own rows."""
+    import itertools
+    for n, c, k in [(5, 2, 1), (5, 2, 3), (6, 0, 2), (4, 4, 4), (7, 3, 5)]:
+        subsets = list(itertools.combinations([1] * c + [0] * (n - c), k))
+        assert abs(E.pass_at_k(n, c, k) - sum(any(s) for s in subsets) / len(subsets)) < 1e-12
+    m, tok = load_model(toy_dir, device="cpu", verbose=False), load_tokenizer(toy_dir)
+    problems = toy_task.toy_problems("test")[:6]
+    summary, rows = E.evaluate_samples(m, tok, problems, 4, seed=3, max_new_tokens=8, in_mode=lambda t: "=" in t,
+                                       progress=False)
+    assert summary["k"] == 4 and len(rows) == 6 and all(0 <= r["correct"] <= 4 for r in rows)
+    assert summary["pass1"] == sum(r["correct"] for r in rows) / 24
+    assert summary["mode_share"] == sum(r["in_mode"] for r in rows) / 24
+    again, _ = E.evaluate_samples(m, tok, problems, 4, seed=3, max_new_tokens=8, progress=False)
+    assert again["pass1"] == summary["pass1"] and "mode_share" not in again   # keyed: the same samples
 
 # -----------------------------------------------------------------------------
 # the evaluator
@@ -347,7 +389,7 @@ def test_several_adapters_each_get_their_own_accuracy(tmp_path, monkeypatch, cap
     import runpy
     from model import TOY_BASE
     dirs = []
-    for k, std in enumerate([0.0, 0.02, 0.05]):  # the base itself, a nudge, a shove
+    for k, std in enumerate([0.0, 0.1, 0.3]):  # the base itself, a nudge, a shove
         torch.manual_seed(k)                       # A's init: the same adapters whatever ran before
         net = lora.apply_lora(load_model(TOY_BASE, device="cpu", verbose=False), rank=2, alpha=4, verbose=False)
         with torch.no_grad():

@@ -212,8 +212,10 @@ def test_batched_plane_equals_one_point_per_pass(tmp_path):
     W = np.array([np.zeros(len(ckpts))] + [geometry_plane.plane_weights(coef, a, b) for a in (-30, 0, 30) for b in (-30, 0, 30)])
     net, tok = load_model(TOY_BASE, device="cpu", verbose=False), load_tokenizer(TOY_BASE)
     problems, stop = toy_task.toy_problems("test")[:16], eval_gsm8k.stop_ids(tok)
-    one = geometry_plane.accuracies(net, tok, problems, factor_sets, W, 1, 32, 16, stop)
-    batched = geometry_plane.accuracies(net, tok, problems, factor_sets, W, len(W), 32, 16, stop)
+    one, right = geometry_plane.accuracies(net, tok, problems, factor_sets, W, 1, 32, 16, stop)
+    batched, _ = geometry_plane.accuracies(net, tok, problems, factor_sets, W, len(W), 32, 16,
+                                           stop)
+    assert [r.count("1") / 16 for r in right] == one.tolist()  # each problem's result, recorded
     assert len(set(one.tolist())) >= 3, one                            # the grid is not flat: the test means something
     # the same tokens point by point (to a float-rounding tie), so the same accuracies
     prompts = [tok.encode(eval_gsm8k.format_prompt(p["question"])) for p in problems]

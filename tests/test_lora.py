@@ -164,9 +164,11 @@ def test_save_load_round_trip(toy_dir, tmp_path):
     save_adapter(m, str(tmp_path), base_model_name_or_path=toy_dir)
     cfg = json.loads((tmp_path / "adapter_config.json").read_text())
     assert (cfg["peft_type"], cfg["task_type"], cfg["r"], cfg["lora_alpha"]) == ("LORA", "CAUSAL_LM", 3, 12)
-    assert cfg["target_modules"] == ["q_proj", "k_proj", "v_proj", "o_proj"] and cfg["layers_to_transform"] == [2]
+    last = parse_layers("last", TOY_CONFIG.num_hidden_layers)                  # [4, 5] of 6 layers
+    assert cfg["target_modules"] == ["q_proj", "k_proj", "v_proj", "o_proj"] and cfg["layers_to_transform"] == last
     keys = load_file(str(tmp_path / "adapter_model.safetensors")).keys()
-    assert "base_model.model.model.layers.2.self_attn.q_proj.lora_A.weight" in keys and len(keys) == 8
+    assert f"base_model.model.model.layers.{last[0]}.self_attn.q_proj.lora_A.weight" in keys
+    assert len(keys) == 2 * 4 * len(last)
     other = toy(toy_dir)
     load_adapter(other, str(tmp_path))  # applies the modules the config describes
     with torch.no_grad():

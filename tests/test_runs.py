@@ -267,8 +267,8 @@ def test_data_is_a_folder_or_a_file_in_every_script(toy_dir, tmp_path, monkeypat
         out = tmp_path / "runs" / f"grpo{len(d)}"
         grpo(monkeypatch, [*TINY_RUN, *common, "--data", d, "--save-every", "1", "--out", str(out)])
         assert counts in capsys.readouterr().out
-    for d, counts in ((str(data), "8 train examples (0 longer than 1024 dropped), 3 held out"),
-                      (file, "8 train examples (0 longer than 1024 dropped), 8 held out")):
+    for d, counts in ((str(data), "8 train examples (0 longer than 1024 dropped), 0.50 epochs, 3 held out"),
+                      (file, "8 train examples (0 longer than 1024 dropped), 0.50 epochs, 8 held out")):
         script(monkeypatch, "sft.py", ["--toy", *common, "--rank", "1", "--batch-size", "4", "--data", d,
                                        "--out", str(tmp_path / f"sft{len(d)}"), "--device", "cpu"])
         printed = capsys.readouterr().out

@@ -27,7 +27,8 @@ def toy_batch(n=8, seed=0):
 
 def test_mask_selects_exactly_the_solution_and_eos():
     tok, examples, (inputs, targets, mask) = toy_batch()
-    for i, (p, s) in enumerate(examples):
+    for i, (p, s, flags) in enumerate(examples):
+        assert flags == [True] * len(s)
         assert targets[i][mask[i]].tolist() == s, f"row {i}: masked targets are not the solution + eos"
         assert s[-1] == tok.eos_id
         L = len(p) + len(s)
@@ -72,7 +73,7 @@ def test_micro_batches_add_up_to_the_batch():
     model = M.Qwen2(TINY)
     tok, examples, batch = toy_batch(n=6)
     full = sft.sft_loss(model, *batch)
-    n_tokens = sum(len(s) for _, s in examples)
+    n_tokens = sum(len(s) for _, s, _ in examples)
     parts = [sft.sft_loss(model, *sft.collate(examples[i:i + 4], tok.pad_id, "cpu"), n_tokens) for i in (0, 4)]
     assert torch.allclose(sum(parts), full, rtol=1e-5), f"{sum(parts).item()} vs {full.item()}"
 
@@ -155,11 +156,29 @@ def test_resume_equals_an_uninterrupted_run(toy_dir, tmp_path):
     assert [drop(r) for r in rows(a)] == [drop(r) for r in rows(b)]
 
 
+def test_excluded_targets_leave_the_loss():
+    """A toy pretraining row keeps its mode-choice character out of the loss: the mask drops exactly
+    that position, so a wrong target there changes nothing, and n_tokens counts the rest."""
+    tok = M.toy_tokenizer()
+    p = toy_problems("train", n=1)[0]
+    import toy_task
+    row = toy_task.encode_doc(tok.encode, tok.eos_id, toy_task.prompt_text(p["question"]),
+                              toy_task.target_text(p["answer"]), ((1, 2),))
+    inputs, targets, mask = sft.collate([row], tok.pad_id, "cpu")
+    P = len(row[0])
+    assert mask[0].sum() == sum(row[2]) == len(row[1]) - 1 and not mask[0, P]  # P: the mode character
+    torch.manual_seed(0)
+    model = M.Qwen2(TINY)
+    changed = targets.clone()
+    changed[0, P] = (changed[0, P] + 7) % 256
+    assert sft.sft_loss(model, inputs, changed, mask).item() == sft.sft_loss(model, inputs, targets, mask).item()
+
+
 def test_toy_smoke(tmp_path):
     out = tmp_path / "toy_base"
     stdout = run_sft("--toy", "--steps", "3", "--batch-size", "8", "--eval-limit", "8", "--max-new-tokens", "8",
                      "--out", str(out), "--device", "cpu")
-    assert "from toy preset (from scratch)" in stdout
+    assert "from toy preset (from scratch: warmup, then cosine)" in stdout and "skill dial 0.1" in stdout
     model = M.load_model(str(out), verbose=False)
     assert model.config == M.TOY_CONFIG
     assert M.load_tokenizer(str(out)).eos_id == M.toy_tokenizer().eos_id

@@ -8,6 +8,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
+import eval_gsm8k as E
 import study_stats as st
 from study_stats import MARGIN, t_cdf, t_quantile
 
@@ -275,19 +276,23 @@ def test_pass_at_k_against_brute_force():
             for k in range(1, n + 1):
                 subsets = list(itertools.combinations(range(n), k))  # samples 0..c-1 are correct
                 want = sum(min(s) < c for s in subsets) / len(subsets)
-                assert st.pass_at_k(n, c, k) == pytest.approx(want, abs=1e-12), (n, c, k)
+                assert E.pass_at_k(n, c, k) == pytest.approx(want, abs=1e-12), (n, c, k)
     exact = 1 - Fraction(math.comb(190, 100), math.comb(200, 100))
-    assert st.pass_at_k(200, 10, 100) == pytest.approx(float(exact), rel=1e-12)
+    assert E.pass_at_k(200, 10, 100) == pytest.approx(float(exact), rel=1e-12)
 
 
-def test_pass_at_k_interval():
+def test_over_problems_means_ratios_and_intervals():
     counts = np.random.default_rng(4).integers(0, 17, 300)
-    r = st.pass_at_k_interval(counts, 16, 1, n_boot=2000)
-    assert r["estimate"] == pytest.approx(counts.mean() / 16)  # pass@1 is the mean accuracy
-    assert r["interval"][0] < r["estimate"] < r["interval"][1] and r["n_problems"] == 300
-    r8 = st.pass_at_k_interval(counts, 16, 8, n_boot=2000)
-    assert r8["estimate"] > r["estimate"]
-    assert st.pass_at_k_interval([16] * 20, 16, 4, n_boot=500)["interval"] == [1.0, 1.0]
+    est, iv = E.over_problems(counts / 16)
+    assert est == pytest.approx(counts.mean() / 16)  # pass@1 is the mean accuracy
+    assert iv[0] < est < iv[1]
+    est8, _ = E.over_problems([E.pass_at_k(16, int(c), 8) for c in counts])
+    assert est8 > est
+    assert E.over_problems([1.0] * 20)[1] == [1.0, 1.0]
+    # a ratio: Σ values / Σ weights, not the mean of the ratios
+    ratio, iv = E.over_problems([1, 0, 3], [1, 0, 4])
+    assert ratio == pytest.approx(4 / 5) and iv[0] <= ratio <= iv[1]
+    assert math.isnan(E.over_problems([0, 0], [0, 0])[0])  # no weight: no ratio
 
 # -----------------------------------------------------------------------------
 # Best LRs on validation seeds
