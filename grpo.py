@@ -171,7 +171,7 @@ def parse_args(argv=None):
     # optimization
     add("--steps", type=COUNT, default=None, help="training steps (one batch of rollouts each); "
         "default 200, 60 with --toy")
-    add("--lr", type=POSITIVE, default=None, help="Adam LR, constant; default 5e-5 (2e-3 with "
+    add("--lr", type=POSITIVE, default=None, help="Adam LR, constant; default 5e-5 (1e-3 with "
         "--toy), a tenth of that for --rank 0")
     add("--epochs", type=COUNT, default=1, help="updates per batch of rollouts; > 1 turns on PPO "
         "clipping")
@@ -227,7 +227,7 @@ def resolve(args):
                         f"fine-tuning, --adapter lora)")
     if args.toy:
         preset = dict(model=TOY_BASE, task="toy", batch=32, group=8, max_new_tokens=48, steps=60,
-                      lr=2e-3, micro_batch=0, eval_every=10, eval_limit=256, eval_batch_size=256)
+                      lr=1e-3, micro_batch=0, eval_every=10, eval_limit=256, eval_batch_size=256)
     else:
         preset = dict(model="Qwen/Qwen2.5-3B", task="gsm8k", batch=32, group=8,
                       max_new_tokens=512, steps=200, lr=5e-5, micro_batch=8, eval_every=20,
