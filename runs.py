@@ -69,16 +69,32 @@ def local_sources(script, root=HERE):
     return sorted(seen)
 
 
+def code_text(path):
+    """A module as its syntax tree without docstrings, so that comments, docstrings and layout
+    do not change what counts as its code."""
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and \
+                isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
+
+
 def code_version(script=None, root=HERE):
-    """What made a run: {"hash": sha256 over the script, the repository's modules it imports and
-    toy_base/, "commit": git HEAD or None, "dirty": whether tracked files differ from it}. The
-    script defaults to the one running; outside this folder (a test), every top-level .py file.
-    study.py reuses a run only when its hash matches today's."""
+    """What made a run: {"hash": sha256 over the code of the script and of the repository's
+    modules it imports (code_text: docstrings and comments aside) and the toy base's weights,
+    config and tokenizer; "commit": git HEAD or None; "dirty": whether tracked files differ from
+    it}. The script defaults to the one running; outside this folder (a test), every top-level .py
+    file. study.py reuses a run only when its hash matches today's."""
     script = Path(script or sys.argv[0]).resolve()
     files = local_sources(script, root) if script.parent == root else sorted(root.glob("*.py"))
     h = hashlib.sha256()
-    for f in files + sorted((root / "toy_base").glob("*")):
-        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    for f in files:
+        h.update(f.name.encode() + b"\0" + code_text(f).encode())
+    for f in sorted((root / "toy_base").glob("*")):
+        if f.suffix != ".md":
+            h.update(f.name.encode() + b"\0" + f.read_bytes())
     git = lambda *a: subprocess.run(["git", "-C", str(root), *a], capture_output=True, text=True)
     try:
         head, status = git("rev-parse", "HEAD"), git("status", "--porcelain", "-uno")

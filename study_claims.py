@@ -51,8 +51,13 @@ def best_lrs(summaries):
     for g in sorted(groups):
         val = scores(summaries, g)
         if val:
-            out[g] = st.best_lr({lr: list(v.values()) for lr, v in val.items()})
+            out[g] = st.best_lr(lists(val))
     return out
+
+
+def lists(table):
+    """{lr: {seed: x}} -> {lr: [x, ...]}, what study_stats' LR functions take."""
+    return {lr: list(v.values()) for lr, v in table.items()}
 
 
 def at_best(summaries, best, group, key="eval_accuracy"):
@@ -112,24 +117,19 @@ def matches_row(rid, summaries, best, a, b, claim, source=LWR):
 def ratio_row(rid, summaries, a, b, claim, target=10.0, source=LWR):
     """best LR of a over b's, with the bootstrap over seeds; holds when the interval lies within a
     factor 2 of target, does not hold when it excludes target."""
-    va, vb = scores(summaries, a), scores(summaries, b)
+    va, vb = lists(scores(summaries, a)), lists(scores(summaries, b))
     if not va or not vb:
         return missing(rid, claim, source, f"no finished {a} or {b} sweep")
-    r = st.lr_ratio_interval({lr: list(v.values()) for lr, v in va.items()},
-                             {lr: list(v.values()) for lr, v in vb.items()})
-    k = min(len(v) for v in [*va.values(), *vb.values()])
-    lo, hi = r["interval"]
-    shown, refuted = target / 2 <= lo and hi <= target * 2, not lo <= target <= hi
-    verdict = st._verdict(shown, refuted, k, None, st.ALPHA)
-    edge = [m for m, v in ((a, va), (b, vb)) if st.best_lr({x: list(y.values()) for x, y in
-                                                             v.items()}) in (min(v), max(v))]
-    measured = (f"{r['ratio']:.3g}x (best {st.best_lr({x: list(y.values()) for x, y in va.items()}):g}"
-                f" vs {st.best_lr({x: list(y.values()) for x, y in vb.items()}):g})"
+    r, k = st.lr_ratio_interval(va, vb), min(len(v) for v in [*va.values(), *vb.values()])
+    (lo, hi), best = r["interval"], {m: st.best_lr(v) for m, v in ((a, va), (b, vb))}
+    edge = [m for m, v in ((a, va), (b, vb)) if best[m] in (min(v), max(v))]
+    measured = (f"{r['ratio']:.3g}x (best {best[a]:g} vs {best[b]:g})"
                 + (f"; at the grid's edge: {', '.join(edge)}" if edge else ""))
+    verdict = st._verdict(target / 2 <= lo and hi <= target * 2, not lo <= target <= hi, k,
+                          None, st.ALPHA)
     return row(rid, claim, source, measured, [lo, hi], "bootstrap over seeds", k,
                f"{VAL_SELECTION}; grids a factor 2 apart", verdict,
-               why="the bootstrap interval of the ratio neither lies within 2x of "
-                   f"{target:g} nor excludes it")
+               why=f"the ratio's interval neither lies within 2x of {target:g} nor excludes it")
 
 
 def lr_vs_rank_row(summaries):
@@ -137,7 +137,7 @@ def lr_vs_rank_row(summaries):
     groups = [g for g in ("r1", "r4", "r16") if scores(summaries, g)]
     if len(groups) < 2:
         return missing("lr_vs_rank", claim, LWR, "fewer than two ranks swept")
-    tables = {g: {lr: list(v.values()) for lr, v in scores(summaries, g).items()} for g in groups}
+    tables = {g: lists(scores(summaries, g)) for g in groups}
     rng = np.random.default_rng(0)
     draws = np.stack([st._bootstrap_best(t, 2000, rng) for t in tables.values()])  # (ranks, boot)
     spread = draws.max(0) / draws.min(0)
@@ -405,34 +405,36 @@ def flops_row(summaries, best):
 # The trajectory study's geometry
 
 
+GEOMETRY_CLAIMS = dict(
+    pc12_variance="PC1 + PC2 hold > 90% of the variance of all checkpoints of all runs",
+    orthogonal_finals="the final updates of different runs are nearly orthogonal (|cos| < 0.3)",
+    update_small="||ΔW|| / ||W|| is extremely small (< 0.05)",
+    plane_region="a large region (> 25%) of the PC1-PC2 plane is good (within 90% of its best)",
+    rank1_truncation="rank-1 truncation of the higher-rank finals and of plane points loses "
+                     "nothing (within the margin)")
+
+
 def geometry_rows(g):
     if not g:
-        return [missing(rid, claim, TRAJ, "no geometry.json") for rid, claim in (
-            ("pc12_variance", "PC1 + PC2 hold most of the variance of the checkpoints"),
-            ("orthogonal_finals", "the final updates of different runs are nearly orthogonal"),
-            ("update_small", "||ΔW|| / ||W|| is extremely small"),
-            ("plane_region", "a large region of the PC1-PC2 plane is good"),
-            ("rank1_truncation", "rank-1 truncation of the finals and plane points loses "
-                                 "nothing"))]
+        return [missing(rid, claim, TRAJ, "no geometry.json") for rid, claim in
+                GEOMETRY_CLAIMS.items()]
     rows, runs = [], g["runs"]
     descriptive = "descriptive: one PCA of every checkpoint"
     evr = g["explained_variance_ratio"]
     energy = g.get("rank1_energy", {}).get("mean_over_matrices", {})
     e_text = ("; per-matrix rank-1 SVD energy of the final ΔW, mean over matrices: "
               + ", ".join(f"{r} {v:.2f}" for r, v in energy.items())) if energy else ""
-    rows.append(row("pc12_variance", "PC1 + PC2 hold > 90% of the variance of all checkpoints of "
-                    "all runs", TRAJ, f"{sum(evr[:2]):.3f} ({len(g['checkpoints'])} checkpoints, "
+    rows.append(row("pc12_variance", GEOMETRY_CLAIMS["pc12_variance"], TRAJ, f"{sum(evr[:2]):.3f} ({len(g['checkpoints'])} checkpoints, "
                     f"{len(runs)} runs){e_text}", None, descriptive, len(runs),
                     "the validation-best runs of ranks 1, 4, 16",
                     "holds" if sum(evr[:2]) > 0.9 else "does not hold"))
     cos = np.array(g["cosine_final"])
     off = np.abs(cos[~np.eye(len(cos), dtype=bool)])
-    rows.append(row("orthogonal_finals", "the final updates of different runs are nearly "
-                    "orthogonal (|cos| < 0.3)", TRAJ, f"|cosine| {off.min():.2f}-{off.max():.2f} "
+    rows.append(row("orthogonal_finals", GEOMETRY_CLAIMS["orthogonal_finals"], TRAJ, f"|cosine| {off.min():.2f}-{off.max():.2f} "
                     f"over {len(off) // 2} pairs", None, descriptive, len(runs), "",
                     "holds" if off.max() < 0.3 else "does not hold"))
     u = g.get("update_to_weight", {})
-    rows.append(row("update_small", "||ΔW|| / ||W|| is extremely small (< 0.05)", TRAJ,
+    rows.append(row("update_small", GEOMETRY_CLAIMS["update_small"], TRAJ,
                     f"{min(u.values()):.3f}-{max(u.values()):.3f} over {len(u)} runs", None,
                     "descriptive", len(u), "", "holds" if max(u.values()) < 0.05
                     else "does not hold"))
@@ -440,8 +442,7 @@ def geometry_rows(g):
     if plane:
         acc = np.array(plane["accuracy"])
         finals = plane.get("final_accuracy", {})
-        rows.append(row("plane_region", "a large region (> 25%) of the PC1-PC2 plane is good "
-                        "(within 90% of its best)", TRAJ,
+        rows.append(row("plane_region", GEOMETRY_CLAIMS["plane_region"], TRAJ,
                         f"{100 * plane['good_fraction']:.0f}% of the {acc.shape[0]}x"
                         f"{acc.shape[1]} grid; best point {acc.max():.3f} (the max of "
                         f"{acc.size}: biased up) vs the best final {max(finals.values()):.3f}; "
@@ -463,8 +464,7 @@ def geometry_rows(g):
             refuted = any(e["interval"][1] < -st.MARGIN for _, e, _ in tests)
             measured = "; ".join(f"{n.split(' (')[0]}: {e['estimate']:+.3f} (McNemar p "
                                  f"{p:.2g})" for n, e, p in tests)
-            rows.append(row("rank1_truncation", "rank-1 truncation of the higher-rank finals "
-                            "and of plane points loses nothing (within the margin)", TRAJ,
+            rows.append(row("rank1_truncation", GEOMETRY_CLAIMS["rank1_truncation"], TRAJ,
                             measured + f" ({trunc['eval_limit']} test problems)", [lo, hi],
                             "paired by problem (bootstrap), McNemar beside", len(tests),
                             "", "holds" if shown else "does not hold" if refuted

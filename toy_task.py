@@ -35,9 +35,9 @@ guesses; decoupling trains it on all of them. p = 0 gives a base with the skill 
 using it (a control: RL has nothing to sample, hence nothing to steer).
 
 Splits: the final step (op, a, b*c) of a problem is hashed with crc32; % 10 == 0 is test (1,111
-problems), % 10 == 1 is val (1,040), the rest is train (8,054). A val or test problem's last step (the one
-with the carry) never appears in train. Pretraining, SFT and GRPO read train only; the study picks
-learning rates on val and reads its verdicts on test.
+problems), % 10 == 1 is val (1,040), the rest is train (8,054). A val or test problem's last step
+(the one with the carry) never appears in train. Pretraining, SFT and GRPO read train only; the
+study picks learning rates on val and reads its verdicts on test.
 """
 import random
 import re

@@ -317,3 +317,31 @@ def test_ctrl_c_resume_by_content_and_a_damaged_newest_checkpoint(toy_dir, tmp_p
     for name in ("adapter_model.safetensors", "trainer_state.safetensors"):
         ta, tb = load_file(a / "step_000003" / name), load_file(b / "step_000003" / name)
         assert all(torch.equal(ta[k], tb[k]) for k in ta), name
+
+
+def test_code_version_hashes_the_script_and_what_it_imports(tmp_path):
+    """A run's code hash covers its script, the repository modules it imports (transitively) and
+    toy_base/, and nothing else: editing the study or a README does not make old runs stale."""
+    (tmp_path / "toy_base").mkdir()
+    (tmp_path / "toy_base" / "config.json").write_text("{}")
+    (tmp_path / "train.py").write_text("import helper\nfrom os import path\n")
+    (tmp_path / "helper.py").write_text("from deep import f\n")
+    (tmp_path / "deep.py").write_text("def f(): return 1\n")
+    (tmp_path / "study.py").write_text("import train\n")
+    assert [p.name for p in runs.local_sources(tmp_path / "train.py", tmp_path)] == [
+        "deep.py", "helper.py", "train.py"]
+    h = lambda: runs.code_version(tmp_path / "train.py", tmp_path)["hash"]
+    first = h()
+    (tmp_path / "study.py").write_text("import train  # edited\n")
+    assert h() == first, "a file the run does not import"
+    (tmp_path / "helper.py").write_text('"""A docstring."""\nfrom deep import f  # a comment\n')
+    assert h() == first, "docstrings and comments are not code"
+    (tmp_path / "toy_base" / "README.md").write_text("about the base")
+    assert h() == first, "nor is the base's README"
+    (tmp_path / "deep.py").write_text("def f(): return 2\n")
+    assert h() != first, "a module imported two levels down"
+    second = h()
+    (tmp_path / "toy_base" / "config.json").write_text('{"a": 1}')
+    assert h() != second, "the shipped base"
+    version = runs.code_version(tmp_path / "train.py", tmp_path)
+    assert version["commit"] is None and version["dirty"] is False  # not a git checkout
