@@ -7,6 +7,7 @@ the capacity knee and the skill dial, in one command that writes RESULTS.md.
     python study.py --full                 # every claim (~5 h of two single-threaded jobs)
     python study.py --full --dry-run       # every run it would launch, with its estimated time
     python study.py --from results         # RESULTS.md and the figures again, from results/ alone
+    python study.py --model Qwen/Qwen2.5-3B --dry-run   # the plan at GPU scale, with GPU-hours
 
 It runs the scripts as subprocesses (grpo.py, sft.py, eval_gsm8k.py, geometry.py), one thread
 each, --jobs at a time, into runs/study/<run>/, in three phases (study_plan.py). LRs are chosen
@@ -244,12 +245,20 @@ def parse_args(argv=None):
         "claims.json, the figures and the report from the summaries in this folder")
     add("--dry-run", action="store_true", help="print every run it would launch, with its "
         "estimated time; run nothing")
+    add("--model", default=None, help="with --dry-run: print the plan at GPU scale for this "
+        "model (e.g. Qwen/Qwen2.5-3B) with its GPU-hours from flops.py; it does not run here")
     add("--no-train", action="store_true", help="launch nothing: report on the runs whose "
         "summaries are there")
     return p.parse_args(argv)
 
 
 def main(args):
+    if args.model:
+        if not args.dry_run:
+            raise user_exit("--model prints the plan at GPU scale, which study.py does not run "
+                            "on this machine: add --dry-run")
+        plan.gpu_plan(args.model)
+        return
     if args.from_:
         meta = read_json(Path(args.from_) / "study.json")
         study_report.write(Path(args.from_), Path(args.report), meta)

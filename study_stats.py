@@ -378,6 +378,12 @@ def claim_row(**fields):
     return row
 
 
+def row(rid, claim, source, measured, interval, test, n_seeds, selection, verdict, **extra):
+    """claim_row with the contract's fields in order (study_claims.py writes many)."""
+    return claim_row(id=rid, claim=claim, source=source, measured=measured, interval=interval,
+                     test=test, n_seeds=n_seeds, selection=selection, verdict=verdict, **extra)
+
+
 def check_claims(obj, required_ids=REQUIRED_IDS):
     """A whole claims object, {"rows": [...], ...}: every row valid, ids unique, every required
     id present. Returns the checked rows; raises ValueError naming the first problem."""
