@@ -84,11 +84,11 @@ def state(run, root, code):
 # Summaries: what results/ keeps of a run
 
 
-def summarize(run, root, code):
-    """A run folder reduced to what the claims read, a few KB."""
+def summarize(run, root, code, wall=None):
+    """A run folder reduced to what the claims read, a few KB; wall: its seconds, when launched."""
     folder = root / run.name
     s = dict(name=run.name, script=run.script, group=run.group, lr=run.lr, seed=run.seed,
-             steps=run.steps, meta=run.meta, argv=run.args, code=code)
+             steps=run.steps, meta=run.meta, argv=run.args, code=code, wall_seconds=wall)
     if run.script == "eval_gsm8k.py":
         s["base"] = base_summary([r for _, r in runs.jsonl_rows(folder / "rows.jsonl")])
         return s
@@ -117,9 +117,9 @@ def base_summary(rows):
     return out
 
 
-def write_summary(run, root, results, code):
+def write_summary(run, root, results, code, wall=None):
     (results / "runs").mkdir(parents=True, exist_ok=True)
-    write_json(results / "runs" / f"{run.name}.json", summarize(run, root, code))
+    write_json(results / "runs" / f"{run.name}.json", summarize(run, root, code, wall))
 
 
 def read_summaries(results):
@@ -161,19 +161,20 @@ def launch(todo, root, results, jobs, dry_run=False, ran=None):
         (ran if ran is not None else []).append(run.name)
         (root / run.name).mkdir(parents=True, exist_ok=True)
         write_json(root / run.name / "study.json", stamp(run, code(run)))
+        t0 = time.time()
         with open(root / "logs" / f"{run.name}.log", "a") as log:
             proc = subprocess.run(run.command(root), stdout=log, stderr=subprocess.STDOUT,
                                   env=env, cwd=HERE)
-        return run, proc.returncode
+        return run, proc.returncode, round(time.time() - t0, 1)
 
     failed = {}
     with ThreadPoolExecutor(jobs) as pool, tqdm(total=round(total), desc="study",
                                                 unit="s") as bar:
         for fut in as_completed([pool.submit(one, r) for r in todo]):
-            run, rc = fut.result()
+            run, rc, wall = fut.result()
             bar.update(round(run.seconds))
             if rc == 0 and finished(run, root):
-                write_summary(run, root, results, code(run))
+                write_summary(run, root, results, code(run), wall)
             else:
                 failed[run.name] = f"exit {rc}, see {root / 'logs' / (run.name + '.log')}"
                 bar.write(f"FAILED {run.name}: {failed[run.name]}")

@@ -33,10 +33,39 @@ PROMPT_TOKENS = 60  # a toy prompt's length in tokens, for the FLOP count (byte-
 
 
 def run_seconds(s):
-    """A run's own time: sampling, training and evaluation, one thread."""
+    """A run's own time: sampling, training and evaluation, one thread (the wall time of the
+    process where its rows do not say: a base evaluation, the geometry)."""
     t = sum(r.get("t_sample", 0) + r.get("t_train", 0) + (r.get("seconds", 0) if "t_train" not in
             r else 0) for r in s.get("train", []))
-    return t + sum(r.get("eval_seconds", 0) for r in s.get("evals", []))
+    t += sum(r.get("eval_seconds", 0) + r.get("val_seconds", 0) for r in s.get("evals", []))
+    return t or s.get("wall_seconds") or 0.0
+
+
+PIECES = [("GRPO sweeps, rank 1 and full", lambda g: g in ("r1", "full")),
+          ("GRPO ranks 4 and 16", lambda g: g in ("r4", "r16")),
+          ("GRPO α = 1", lambda g: g == "r1_alpha1"),
+          ("targets and layers", lambda g: g in {"r1_" + t for t in (
+              "attn", "mlp", *plan.THIRDS)}),
+          ("the capacity knee", lambda g: "_e" in g),
+          ("Adam's invariance", lambda g: g.startswith("adam")),
+          ("TinyLoRA (GRPO and SFT)", lambda g: g.split("_")[-1] in ("tiny1", "tiny13")
+           and not g.startswith("p")),
+          ("SFT sweeps", lambda g: g in ("sft_r1", "sft_full")),
+          ("SFT batch size", lambda g: g.startswith("sft_") and "_b" in g),
+          ("SFT of the direct answers by rank", lambda g: g.startswith("direct_")),
+          ("the dial: bases and their evaluations", lambda g: g in ("base_build", "base")),
+          ("the dial: adapters on the built bases", lambda g: g.startswith("p")),
+          ("geometry", lambda g: g == "geometry")]
+
+
+def time_table(summaries):
+    """(piece, runs, one-thread hours) for the report."""
+    rows = []
+    for name, member in PIECES:
+        mine = [s for s in summaries.values() if member(s["group"])]
+        if mine:
+            rows.append((name, len(mine), f"{sum(map(run_seconds, mine)) / 3600:.2f}"))
+    return rows
 
 
 def run_flops(s):
@@ -302,6 +331,8 @@ def report(summaries, rows, best, meta, g, dial, knee, figs):
                                                for k in sc.DIAL_KINDS),
                                              p.get(f"smallest_{reg}") or "none")
                                             for p in dial for reg in ("rl", "sft")]) + [""]
+    lines += ["### Where the time went", ""] + table(("piece", "runs", "one-thread hours"),
+                                                     time_table(summaries)) + [""]
     shown = [f for f in ("lr_sweep", "reward_curves", "sft_loss_by_rank", "trajectories",
                          "explained_variance", "cosine", "plane", "distance")
              if (figs / f"{f}.png").exists()]
