@@ -1,26 +1,18 @@
 """
 The run folder, read and written in one place: args.json, metrics.jsonl, atomic checkpoints, resume,
 and finding the runs under a folder. sft.py and grpo.py write run folders, geometry.py and study.py
-read them; all of them go through here (docs/formats.md).
+read them, all through here; docs/formats.md describes every file.
 
     python runs.py runs/             # every run under runs/: checkpoints, rows, last evaluation
     python runs.py --check           # self-check on a temporary run: torn line, cut save, resume
 
-    runs/<name>/args.json            the resolved arguments, written first
-    runs/<name>/metrics.jsonl        one JSON object per line: {"step": 12, "reward": 0.41, ...}
-    runs/<name>/step_000010/         adapter_config.json + adapter_model.safetensors (an adapter),
-                                     or config.json + model.safetensors + tokenizer.json (full),
-                                     and trainer_state.{safetensors,json}
-
-What a crash leaves behind, and what reading does with it:
-- A checkpoint is written into step_N.tmp/ and renamed in one step, so a kill or a full disk
-  during the write leaves only step_N.tmp/, which nothing reads: the previous checkpoint stays
-  the newest.
-- A metrics row is one write of one line, so a kill in the middle leaves a last line without its
-  newline. Reading drops that line with a note and --resume rewrites the file without it; any
-  other bad line is damage a crash of ours cannot cause, and stops with file:line.
-Every read names its file when it fails (errors.UserError): with 150 checkpoints, the bad one.
-Under torchrun, rank 0 alone writes the run folder (data_parallel.py).
+What a crash leaves behind, and what reading does with it. A checkpoint is written into
+step_N.tmp/ and renamed in one step: a kill or a full disk during the write leaves only
+step_N.tmp/, which nothing reads, and the previous checkpoint stays the newest. A metrics row is
+one write of one line: a kill leaves a last line without its newline, which reading drops with a
+note and --resume rewrites; any other bad line is damage a crash of ours cannot cause, and stops
+with file:line. Every read names its file when it fails (errors.UserError): with 150 checkpoints,
+the bad one. Under torchrun, rank 0 alone writes the run folder (data_parallel.py).
 """
 import argparse
 import ast
@@ -82,11 +74,9 @@ def code_text(path):
 
 
 def code_version(script=None, root=HERE):
-    """What made a run: {"hash": sha256 over the code of the script and of the repository's
-    modules it imports (code_text: docstrings and comments aside) and the toy base's weights,
-    config and tokenizer; "commit": git HEAD or None; "dirty": whether tracked files differ from
-    it}. The script defaults to the one running; outside this folder (a test), every top-level .py
-    file. study.py reuses a run only when its hash matches today's."""
+    """What made a run: {"hash": sha256 of the code (code_text) of the script (default: the one
+    running; outside this folder, every .py here) and the modules it imports, and the toy base's
+    files; "commit": git HEAD or None; "dirty": tracked files changed}. study.py reuses on it."""
     script = Path(script or sys.argv[0]).resolve()
     files = local_sources(script, root) if script.parent == root else sorted(root.glob("*.py"))
     h = hashlib.sha256()
@@ -301,9 +291,8 @@ def resumable_checkpoint(run):
 def save_checkpoint(path, model, optimizer, named, state, full=False, tokenizer=None,
                     base_name=None, extra=None):
     """Weights (full: config + safetensors + tokenizer.json; else the PEFT adapter), Adam's
-    moments by parameter name and `extra` tensors (RNG states) as safetensors, `state` as JSON; no
-    pickle. Written into path.tmp, then one rename: a crash never leaves half a checkpoint under
-    the real name."""
+    moments by name and `extra` tensors (RNG states) as safetensors, `state` as JSON; no pickle.
+    Written into path.tmp, then one rename: a crash never leaves half a checkpoint."""
     tmp = path + ".tmp"
     try:
         shutil.rmtree(tmp, ignore_errors=True)  # what an earlier save cut short left
@@ -368,11 +357,9 @@ def is_run(folder):
 
 
 def find_runs(root, adapters_only=False):
-    """({run name: [(step, checkpoint folder), ...]}, notes) for the run folders directly under
-    root, names sorted, steps ascending. A run is a folder with args.json or step_*/ checkpoints;
-    a checkpoint is a step_N/ folder holding weights (a save cut short is still step_N.tmp/, never
-    listed). adapters_only (geometry.py): adapter checkpoints only; full fine-tuning runs are
-    skipped with a note."""
+    """({run: [(step, checkpoint folder), ...]}, notes) for the run folders (args.json or step_N/
+    folders with weights; never a cut save's step_N.tmp/) directly under root, sorted.
+    adapters_only (geometry.py): full fine-tuning runs are skipped with a note."""
     if not os.path.isdir(root):
         raise UserError(f"{root}: no such folder")
     runs, notes = {}, []
