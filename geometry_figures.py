@@ -116,7 +116,7 @@ def save_plane_figure(out, traj, colors, origin, a, b, acc, best, levels=(), sam
         ax.plot([p["a"] for p in samples], [p["b"] for p in samples], "wo", ms=5, mfc="none",
                 label="truncated samples")
     ax.plot([p["a"] for p in best], [p["b"] for p in best], "r*", ms=12, label="best")
-    outside_legend(ax)
+    outside_legend(ax, facecolor="0.8")  # grey: the white contour and circles show in it
     ax.set_title(f"accuracy over the PC1-PC2 plane ({len(a)}x{len(b)} grid)", fontsize=10)
     fig.savefig(out / "plane.png", dpi=120, bbox_inches="tight")
     plt.close(fig)

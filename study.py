@@ -92,6 +92,8 @@ def summarize(run, root, code, wall=None):
     if run.script == "eval_gsm8k.py":
         s["base"] = base_summary([r for _, r in runs.jsonl_rows(folder / "rows.jsonl")])
         return s
+    if run.script == "geometry.py":  # no args.json; its geometry.json goes to results/ whole
+        return s
     args = runs.read_args(folder)
     s["code"] = args.get("code", code)
     rows = runs.read_metrics(folder)

@@ -108,13 +108,18 @@ def lr_figure(summaries, best, out):
             m = g.replace("sft_", "")
             xs = sorted(table)
             ys = [np.mean(list(table[x].values())) for x in xs]
-            es = [st.error_bar(list(table[x].values()), plan.VAL) for x in xs]
-            ax.errorbar(xs, ys, yerr=np.nan_to_num(es), marker="o", capsize=3, color=COLORS[m],
+            es = np.nan_to_num([st.error_bar(list(table[x].values()), plan.VAL) for x in xs])
+            ys_ = np.array(ys)  # bars clipped to [0, 1], where an accuracy lives
+            yerr = [np.minimum(es, ys_), np.minimum(es, 1 - ys_)]
+            ax.errorbar(xs, ys, yerr=yerr, marker="o", capsize=3, color=COLORS[m],
                         label=f"{LABELS.get(m, m)} ({len(next(iter(table.values())))} seeds)")
+            for x in xs:  # every seed, so a collapsed one shows as what it is
+                ax.plot([x] * len(table[x]), list(table[x].values()), ".", ms=4, alpha=0.5,
+                        color=COLORS[m])
             if g in best:
                 ax.plot(best[g], ys[xs.index(best[g])], "o", ms=12, mfc="none", color=COLORS[m])
         ax.set(xscale="log", xlabel="learning rate", title=f"{title}: validation accuracy "
-               f"({plan.VAL} problems; ring: the chosen LR)")
+               f"({plan.VAL} problems)\nring: the chosen LR; dots: each seed")
         ax.set_ylabel("accuracy (mean over seeds, 95% t interval)")
         outside_legend(ax)
     fig.tight_layout()
@@ -161,11 +166,14 @@ def knee_figure(points, out):
 
 
 def loss_figure(summaries, out):
+    """Training loss of the direct-answer SFT by rank; no figure (and no stale one) without runs."""
+    ranks = {m: sc.loss_curves(summaries, f"direct_{m}") for m in ("r1", "r4", "r16", "full")}
+    ranks = {m: c for m, c in ranks.items() if c[0]}
+    if not ranks:
+        (out / "sft_loss_by_rank.png").unlink(missing_ok=True)
+        return
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for m in ("r1", "r4", "r16", "full"):
-        curves, seeds = sc.loss_curves(summaries, f"direct_{m}")
-        if not curves:
-            continue
+    for m, (curves, seeds) in ranks.items():
         n = min(map(len, curves.values()))
         low = np.min(np.stack([c[:n] for c in curves.values()]), 0)  # pointwise min over LRs
         ax.plot(np.arange(1, n + 1), low, color=COLORS[m], label=f"{LABELS[m]} ({len(curves)} "

@@ -285,6 +285,19 @@ def best_lr(scores):
     return best
 
 
+def cross_fit(table):
+    """{lr: {seed: x}} -> {seed: x at the LR the other seeds choose}: each seed is read at the LR
+    with the best mean over the other seeds, so no seed is scored at an LR it picked itself (the
+    leave-one-seed-out answer to the winner's curse when selection and score are the same number).
+    Needs two seeds or more that every LR has; {} otherwise."""
+    common = set.intersection(*(set(v) for v in table.values())) if table else set()
+    seeds = sorted(common)
+    if len(seeds) < 2:
+        return {}
+    return {s: table[best_lr({lr: [v[o] for o in seeds if o != s] for lr, v in table.items()})][s]
+            for s in seeds}
+
+
 def _bootstrap_best(scores, n_boot, rng):
     """n_boot draws of the best LR, each after resampling every LR's seeds with replacement."""
     lrs = sorted(scores)

@@ -303,6 +303,15 @@ def test_best_lr_breaks_ties_toward_the_smaller_lr():
     assert st.best_lr({1e-3: [0.8, 0.82], 1e-4: [0.5, 0.5]}) == 1e-3
 
 
+def test_cross_fit_scores_each_seed_at_the_lr_the_other_seeds_pick():
+    table = {1e-4: {0: 0.9, 1: 0.1, 2: 0.1}, 1e-3: {0: 0.52, 1: 0.52, 2: 0.52}}
+    # seed 0 alone favours 1e-4: read at 1e-3, which seeds 1 and 2 pick; they are read at 1e-3 too
+    assert st.cross_fit(table) == {0: 0.52, 1: 0.52, 2: 0.52}
+    table[1e-4] = {0: 0.9, 1: 0.8, 2: 0.3}  # seed 2 is read where the others are best, not it
+    assert st.cross_fit(table) == {0: 0.9, 1: 0.8, 2: 0.3}
+    assert st.cross_fit({1e-4: {0: 0.9}, 1e-3: {0: 0.5}}) == {}, "one seed: nothing to hold out"
+
+
 def test_argmax_bootstrap_clear_and_tied():
     clear = {1e-4: [0.50, 0.52, 0.51], 1e-3: [0.80, 0.81, 0.79], 1e-2: [0.30, 0.31, 0.29]}
     assert st.argmax_bootstrap(clear, 2000, 0) == {1e-4: 0.0, 1e-3: 1.0, 1e-2: 0.0}
