@@ -30,9 +30,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 import runs
-import study_claims
 import study_plan as plan
 import study_report
+import study_summaries
 from eval_gsm8k import over_problems, pass_at_k
 from errors import COUNT, UserError, exit_on_user_error, read_json, user_exit, write_json
 
@@ -200,7 +200,7 @@ def geometry_choice(summaries, best):
     """The validation-best runs of ranks 1, 4 and 16, every seed."""
     return sorted(s["name"] for s in summaries.values()
                   if s["group"] in plan.GEOMETRY and s["lr"] == best.get(s["group"])
-                  and study_claims.final(s))
+                  and study_summaries.final(s))
 
 
 def matmul_rate(n=512, repeat=20):
@@ -278,7 +278,8 @@ def main(args):
     first = plan.phase1(root, mode)
     failed |= go(first)
     summaries = read_summaries(results) if not args.dry_run else {}
-    best = study_claims.best_lrs(summaries)
+    best = study_summaries.best_lrs(summaries) | {
+        f"fast_{g}": lr for g, lr in study_summaries.fast_lrs(summaries).items()}
     if args.dry_run:  # phase 2's grids follow phase 1's optima: planned at a guess
         best = {"r1": 2e-3, "full": 2e-4, "sft_r1": 2e-3, "sft_full": 2e-4, "tiny1": 1e-2,
                 "tiny13": 1e-2, "sft_tiny1": 1e-2, "sft_tiny13": 1e-2} | best
@@ -288,7 +289,7 @@ def main(args):
         print(f"  {plan.geometry_run(root, mode).seconds:6.0f} s  geometry (every core)")
         return
     summaries = read_summaries(results)
-    best = study_claims.best_lrs(summaries)
+    best = study_summaries.best_lrs(summaries)
     geo = plan.geometry_run(root, mode)
     chosen = geometry_choice(summaries, best)
     if chosen and not args.no_train:

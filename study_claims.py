@@ -1,9 +1,8 @@
 """
 The study's claim rows, from run summaries alone (results/runs/*.json and results/geometry.json,
 which study.py writes): every LR chosen on the validation split, every verdict read on the test
-split with study_stats' tests. A row follows the contract of study_stats.claim_row.
-
-    summaries: {name: {"group", "lr", "seed", "script", "args", "evals": [...], "train": [...]}}
+split with study_stats' tests, over the summaries study_summaries.py reads. A row follows the
+contract of study_stats.claim_row.
 
 The margin for "A matches B" is study_stats.MARGIN (0.05 accuracy); a verdict needs three seeds.
 """
@@ -16,66 +15,12 @@ import study_plan as plan
 import study_stats as st
 from study_stats import row
 from study_geometry import geometry_rows
+from study_summaries import at_best, base_stats, best_lrs, done, final, lists, n_lrs, scores
 from model import TOY_CONFIG
 
 TEST = 1111          # the toy test split; every study run is scored on all of it
 LWR, TRAJ, TINY = "LoRA Without Regret", "the trajectory study", "Morris et al. 2026 (TinyLoRA)"
 VAL_SELECTION = "validation split: the LR with the best mean over seeds"
-
-# -----------------------------------------------------------------------------
-# Reading summaries
-
-
-def final(s):
-    """The last evaluation row of a run (its final one), or None."""
-    evals = [r for r in s.get("evals", []) if "eval_accuracy" in r]
-    return evals[-1] if evals else None
-
-
-def done(summaries, group):
-    return [s for s in summaries.values() if s["group"] == group and final(s)]
-
-
-def scores(summaries, group, key="val_accuracy"):
-    """{lr: {seed: final[key]}} of one group's finished runs."""
-    out = {}
-    for s in done(summaries, group):
-        if key in final(s):
-            out.setdefault(s["lr"], {})[s["seed"]] = final(s)[key]
-    return out
-
-
-def best_lrs(summaries):
-    """{group: its LR with the best mean validation accuracy over seeds}; groups without a
-    validation evaluation (SFT of the direct answers) pick nothing here."""
-    groups = {s["group"] for s in summaries.values()}
-    out = {}
-    for g in sorted(groups):
-        val = scores(summaries, g)
-        if val:
-            out[g] = st.best_lr(lists(val))
-    return out
-
-
-def lists(table):
-    """{lr: {seed: x}} -> {lr: [x, ...]}, what study_stats' LR functions take."""
-    return {lr: list(v.values()) for lr, v in table.items()}
-
-
-def at_best(summaries, best, group, key="eval_accuracy"):
-    """{seed: test accuracy} of a group at its validation-best LR ({} if unknown)."""
-    return scores(summaries, group, key).get(best.get(group), {})
-
-
-def base_stats(summaries, p=0.1):
-    """The eval_gsm8k.py summary of the dial's base at p (greedy and sampled), or None."""
-    s = summaries.get(f"eval_base_p{p:g}")
-    return s.get("base") if s else None
-
-
-def n_lrs(summaries, group):
-    return len(scores(summaries, group))
-
 
 def fmt(est):
     """An estimate in the measured text; its interval is the row's own, printed beside it."""
@@ -328,7 +273,8 @@ def knee_row(summaries, best):
     measured = "; ".join(f"fill {p['fill']:.3f} ({p['steps']}x{p['prompts']}): {p['gap']:+.3f}"
                          for p in points) + " (rank 1 minus full)"
     return row("capacity_knee", claim, LWR + " (capacity argument)", measured, None,
-               "paired by seed", k, VAL_SELECTION + " (3 LRs a point; 2 at the longest)",
+               "paired by seed", k, VAL_SELECTION + " (40x32: the main sweep; elsewhere 3 LRs, "
+               "2 at the longest, around each method's fastest)",
                st._verdict(shown, refuted, k, None, st.ALPHA), points=points)
 
 

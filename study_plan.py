@@ -8,7 +8,9 @@ LRs a factor 2 apart, so every LoRA/full ratio on the grid is 10·2^j, three see
 SFT sweeps, SFT of the direct answers by rank (the loss-by-rank figure), the skill-dial bases.
 Phase 2, grids a factor 2 around a phase-1 optimum chosen on the validation split: ranks 4 and 16,
 α = 1, targets and layers (each variant its own grid), the capacity knee, Adam's invariance, the
-batch-size pair, the dial's adapters on the other bases. Phase 3: geometry.py over the best LoRA
+batch-size pair, the dial's adapters on the other bases. The knee's and the dial's GRPO grids sit
+around each method's fastest LR instead (the best mean training reward), since the toy's final
+accuracies tie at a ceiling over much of the sweep. Phase 3: geometry.py over the best LoRA
 runs. Every verdict is read on the test split; no LR is ever chosen on it.
 
     python study_plan.py          # the plan's size: runs, steps and estimated one-thread hours
@@ -177,7 +179,10 @@ def phase2(root, mode, best):
                  grpo("adam_pq", P * c, 0, steps=30, extra=adam + [
                      "--alpha", a, "--init-scale", f"{P:g}", "--lr-ratio", f"{Q / P:g}"]),
                  grpo("adam_alpha", c, 0, steps=30, extra=adam + ["--alpha", a])]
-    for method, lr, rank in (("r1", c, 1), ("full", f, 0)):  # the capacity knee
+    # the capacity knee, its grids around each method's fastest LR (final accuracies tie at a
+    # ceiling, so the validation argmax is no guide to what a shorter or longer run wants)
+    for method, lr, rank in (("r1", best.get("fast_r1", c), 1),
+                             ("full", best.get("fast_full", f), 0)):
         for steps, prompts in KNEE:
             if lr is None or (steps, prompts) == (STEPS, PROMPTS):
                 continue  # the main sweep is the knee's middle point
@@ -191,19 +196,19 @@ def phase2(root, mode, best):
                 plan += [sft(f"sft_{'r1' if rank else 'full'}_b{batch}", x, s, steps=steps,
                              batch=batch, extra=rank_flags(rank)) for x in around(lr)
                          for s in SEEDS]
-    for p in DIAL:  # the dial's adapters on the bases this study builds, at LR c and 2c
-        base = base_path(root, p)
+    for p in DIAL:  # the dial's adapters on the bases this study builds: RL at half and the
+        base = base_path(root, p)  # whole of the fastest LR, SFT at 1x and 2x its best
         if p == 0.1 or not (base / "model.safetensors").exists():
             continue
         for kind, flags in [("tiny1", SMALL["tiny1"]), ("tiny13", SMALL["tiny13"]),
                             ("r1", rank_flags(1)), ("full", rank_flags(0))]:
             for regime in ("", "sft_"):
-                lr = best.get(regime + kind)
+                lr = best.get("sft_" + kind) if regime else best.get("fast_" + kind, best.get(kind))
                 if lr is None:
                     continue
                 make = sft if regime else grpo
                 plan += [make(f"p{p:g}_{regime}{kind}", x, 0, base=base, extra=flags)
-                         for x in around(lr, (1, 2))]
+                         for x in around(lr, (1, 2) if regime else (0.5, 1))]
     return plan
 
 # -----------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import study_claims as sc
 import study_plan as plan
 import study_report
 import study_stats as st
+import study_summaries
 from study_plan import Run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,6 +64,28 @@ def test_plan_grids_names_and_budget():
     assert float(arg(pq, "--alpha")) == pytest.approx(32 / (plan.P * plan.Q), rel=1e-5)
     hours = sum(r.seconds for r in full.values()) / 3600 / 2
     assert hours < 5.5, f"the full plan's estimate, {hours:.1f} h on two jobs"
+
+
+def test_the_knee_and_the_dial_centre_on_the_fastest_lr(tmp_path):
+    base = plan.base_path(tmp_path, 0.3)
+    base.mkdir(parents=True)
+    (base / "model.safetensors").write_bytes(b"")
+    best = GUESS | {"fast_r1": 1e-3, "fast_full": 4e-4, "fast_tiny13": 1e-2}
+    p2 = {r.name: r for r in plan.phase2(tmp_path, "full", best)}
+    lrs = lambda g: sorted({r.lr for r in p2.values() if r.group == g})
+    assert lrs("r1_e640") == [5e-4, 1e-3, 2e-3] and lrs("full_e640") == [2e-4, 4e-4, 8e-4]
+    assert lrs("r1_e30720") == [5e-4, 1e-3] and lrs("r4") == [1e-3, 2e-3, 4e-3]
+    assert lrs("p0.3_r1") == [5e-4, 1e-3] and lrs("p0.3_sft_r1") == [2e-3, 4e-3]
+    assert lrs("p0.3_tiny1") == [5e-3, 1e-2], "no fast LR known: the validation one instead"
+
+
+def test_fast_lrs_pick_the_best_mean_reward():
+    S = {}
+    for lr, speed in ((1e-4, 0.3), (1e-3, 0.6), (1e-2, 0.5)):
+        for s in plan.SEEDS:
+            name, x = summary("r1", lr, s, 0.96, 0.96, rewards=[speed] * 40)
+            S[name] = x
+    assert study_summaries.fast_lrs(S) == {"r1": 1e-3} and sc.best_lrs(S)["r1"] == 1e-4
 
 
 # -----------------------------------------------------------------------------
@@ -228,7 +251,8 @@ def test_the_report_regenerates_byte_for_byte_from_results_alone(tmp_path):
     subprocess.run(cmd, check=True, cwd=tmp_path, capture_output=True, timeout=600)
     first = report.read_bytes()
     text = first.decode()
-    assert text.startswith("# Results\n\nhand-written\n") and text.endswith("<!-- /study -->\ntail\n")
+    assert text.startswith("# Results\n\nhand-written\n")
+    assert text.endswith("<!-- /study -->\ntail\n")
     assert "old\n" not in text and "| rank1_matches_full_rl |" in text
     claims = json.loads((results / "claims.json").read_text())
     rows = st.check_claims(claims)  # every required id, every row valid
