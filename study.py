@@ -23,6 +23,7 @@ import os
 import platform
 import shutil
 import subprocess
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -159,7 +160,21 @@ def launch(todo, root, results, jobs, dry_run=False, ran=None):
     threads = "1" if jobs > 1 else str(os.cpu_count() or 1)
     env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
 
+    todo = sorted(todo, key=lambda r: bool(r.needs))  # what others need goes first
+    by_name, done = {r.name: r for r in todo}, {r.name: threading.Event() for r in todo}
+
     def one(run):
+        try:
+            for need in run.needs:  # made by this launch (else reused): wait, then check it
+                if need in by_name:
+                    done[need].wait()
+                    if not finished(by_name[need], root):
+                        return run, f"needs {need}, which did not finish", 0.0
+            return run_one(run)
+        finally:
+            done[run.name].set()
+
+    def run_one(run):
         (ran if ran is not None else []).append(run.name)
         (root / run.name).mkdir(parents=True, exist_ok=True)
         write_json(root / run.name / "study.json", stamp(run, code(run)))
@@ -178,7 +193,8 @@ def launch(todo, root, results, jobs, dry_run=False, ran=None):
             if rc == 0 and finished(run, root):
                 write_summary(run, root, results, code(run), wall)
             else:
-                failed[run.name] = f"exit {rc}, see {root / 'logs' / (run.name + '.log')}"
+                failed[run.name] = rc if isinstance(rc, str) else \
+                    f"exit {rc}, see {root / 'logs' / (run.name + '.log')}"
                 bar.write(f"FAILED {run.name}: {failed[run.name]}")
     return failed
 

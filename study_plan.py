@@ -52,6 +52,7 @@ class Run:
     steps: int = 0           # training steps (0: not a training run)
     seconds: float = 0.0     # estimated, one thread
     meta: dict = field(default_factory=dict)
+    needs: tuple = ()        # runs that must finish first (a base's evaluation needs its build)
 
     def command(self, root):
         out = root / self.name
@@ -145,7 +146,7 @@ def phase1(root, mode):
                          steps=2000, seconds=2000 * SECONDS["pretrain"], meta=dict(p=p))]
             plan += [Run(f"eval_{out.name}", "eval_gsm8k.py", ["--toy", "--model", str(out),
                          "--samples", str(SAMPLES)], "base", meta=dict(p=p),
-                         seconds=SECONDS["eval"] + SECONDS["samples"])]
+                         seconds=SECONDS["eval"] + SECONDS["samples"], needs=(out.name,))]
     return plan
 
 # -----------------------------------------------------------------------------

@@ -62,6 +62,7 @@ def test_plan_grids_names_and_budget():
     pq = full["grpo_adam_pq_lr0.006_s0"]
     assert float(arg(pq, "--lr-ratio")) * float(arg(pq, "--lr")) == pytest.approx(plan.Q * 2e-3)
     assert float(arg(pq, "--alpha")) == pytest.approx(32 / (plan.P * plan.Q), rel=1e-5)
+    assert full["eval_base_p0"].needs == ("base_p0",) and full["eval_base_p0.1"].needs == ()
     hours = sum(r.seconds for r in full.values()) / 3600 / 2
     assert hours < 5.5, f"the full plan's estimate, {hours:.1f} h on two jobs"
 
@@ -320,6 +321,30 @@ def test_a_geometry_run_is_summarized_from_its_plan(tmp_path):
     study.write_summary(run, tmp_path, tmp_path / "results", "h1", wall=12.5)
     s = json.loads((tmp_path / "results" / "runs" / "geometry.json").read_text())
     assert s["group"] == "geometry" and s["code"] == "h1" and study_report.run_seconds(s) == 12.5
+
+
+def test_a_run_waits_for_the_run_it_needs(tmp_path, monkeypatch):
+    """A base's evaluation starts only after its build has finished, on two jobs at once; and
+    is not run at all when the build fails."""
+    build = Run("base_p0", "sft.py", [], "base_build", steps=0)
+    evaluate = Run("eval_base_p0", "eval_gsm8k.py", [], "base", needs=("base_p0",))
+    make_base = ("import json, pathlib, sys, time; time.sleep(1); o = pathlib.Path(sys.argv[1]); "
+                 "(o / 'metrics.jsonl').write_text(json.dumps(dict(step=0, eval_accuracy=0.0)));"
+                 " (o / 'model.safetensors').write_bytes(b'x')")
+    read_base = ("import pathlib, sys; o = pathlib.Path(sys.argv[1]); "
+                 "assert (o.parent / 'base_p0' / 'model.safetensors').exists(); "
+                 "(o / 'rows.jsonl').write_text('')")
+    def command(run, root, fail=False):
+        code = "raise SystemExit(1)" if fail and run.needs == () else \
+            make_base if run.needs == () else read_base
+        return [sys.executable, "-c", code, str(root / run.name)]
+    monkeypatch.setattr(study, "write_summary", lambda *a, **k: None)
+    monkeypatch.setattr(Run, "command", command)
+    assert study.launch([evaluate, build], tmp_path, tmp_path / "results", 2) == {}
+    root = tmp_path / "again"
+    monkeypatch.setattr(Run, "command", lambda run, r: command(run, r, fail=True))
+    failed = study.launch([evaluate, build], root, tmp_path / "results", 2)
+    assert failed["eval_base_p0"] == "needs base_p0, which did not finish" and "base_p0" in failed
 
 
 def test_dry_run_prints_the_plan():
