@@ -65,11 +65,27 @@ def stamp(run, code):
     return {"argv": run.args, "meta": run.meta, "code": code}
 
 
-def state(run, root, code):
-    """"reuse", "resume" (ours, unfinished) or "new" (nothing there, or another run's: moved)."""
+def known_from_summary(run, results, code):
+    """A finished run whose folder is gone (a fresh clone, say) is known from its summary alone
+    when that records the same arguments, plan metadata and code: the claims read nothing else.
+    A base build is not (later runs read the base), a geometry run only with its geometry.json."""
+    path = results / "runs" / f"{run.name}.json"
+    if run.group == "base_build" or not path.exists() or \
+            run.group == "geometry" and not (results / "geometry.json").exists():
+        return False
+    s = read_json(path)
+    c = s.get("code")
+    return s.get("argv") == run.args and s.get("meta") == run.meta and \
+        (c.get("hash") if isinstance(c, dict) else c) == code
+
+
+def state(run, root, code, results, files=()):
+    """"reuse", "resume" (ours, unfinished) or "new" (nothing there, or another run's: moved).
+    files: the names whose folders later runs read, which a summary cannot stand in for."""
     folder = root / run.name
     if not folder.exists():
-        return "new"
+        return "reuse" if run.name not in files and known_from_summary(run, results, code) \
+            else "new"
     mine = (folder / "study.json").exists() and read_json(folder / "study.json") == stamp(run, code)
     if mine and (folder / "args.json").exists():  # the run's own record of the code it ran
         mine = runs.read_args(folder).get("code", {}).get("hash") == code
@@ -135,13 +151,14 @@ def read_summaries(results):
 # Launching
 
 
-def launch(todo, root, results, jobs, dry_run=False, ran=None):
+def launch(todo, root, results, jobs, dry_run=False, ran=None, files=()):
     """Run what is not finished, `jobs` at a time, one thread each; a summary after each; the
-    names launched are appended to `ran`. -> {name: why} of the runs that failed."""
+    names launched are appended to `ran`; files: runs whose folders must be there (state).
+    -> {name: why} of the runs that failed."""
     hashes = {s: runs.code_version(HERE / s)["hash"] for s in {r.script for r in todo}}
     code = lambda run: hashes[run.script]  # today's code of the run's script
-    states = {r.name: ("new" if dry_run and not (root / r.name).exists() else
-                       "dry" if dry_run else state(r, root, code(r))) for r in todo}
+    states = {r.name: ("dry" if dry_run and (root / r.name).exists() else
+                       state(r, root, code(r), results, files)) for r in todo}
     for r in todo:
         summary = results / "runs" / f"{r.name}.json"
         if states[r.name] == "reuse" and not summary.exists():
@@ -308,9 +325,13 @@ def main(args):
     best = study_summaries.best_lrs(summaries)
     geo = plan.geometry_run(root, mode)
     chosen = geometry_choice(summaries, best)
-    if chosen and not args.no_train:
+    geo.meta["runs"] = chosen
+    code = runs.code_version(HERE / geo.script)["hash"]
+    if chosen and not args.no_train and not known_from_summary(geo, results, code):
+        # their checkpoints: rerun where only a summary is left
+        failed |= launch([r for r in first + second if r.name in chosen], root, results,
+                         args.jobs, ran=ran, files=set(chosen))
         link_geometry_runs(root, chosen)
-        geo.meta["runs"] = chosen
         failed |= launch([geo], root, results, 1, ran=ran)
     if (root / "geometry" / "geometry.json").exists():
         g = read_json(root / "geometry" / "geometry.json")

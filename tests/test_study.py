@@ -284,15 +284,34 @@ def test_reuse_needs_the_same_args_and_code(tmp_path):
     (folder / "metrics.jsonl").write_text(json.dumps(dict(step=4, eval_accuracy=0.5)) + "\n")
     (folder / "args.json").write_text(json.dumps(dict(code=dict(hash="h1"))))
     (folder / "study.json").write_text(json.dumps(study.stamp(run, "h1")))
-    assert study.state(run, tmp_path, "h1") == "reuse"
+    assert study.state(run, tmp_path, "h1", tmp_path / "results") == "reuse"
     (folder / "metrics.jsonl").write_text(json.dumps(dict(step=2, eval_accuracy=0.5)) + "\n")
-    assert study.state(run, tmp_path, "h1") == "resume", "unfinished: resumed"
-    assert study.state(run, tmp_path, "h2") == "new", "other code: not reused"
+    assert study.state(run, tmp_path, "h1", tmp_path / "results") == "resume", "unfinished: resumed"
+    assert study.state(run, tmp_path, "h2", tmp_path / "results") == "new", "other code: not reused"
     assert not folder.exists() and len(list((tmp_path / "stale").iterdir())) == 1
     folder.mkdir()
     (folder / "study.json").write_text(json.dumps(study.stamp(run, "h1")))
     other = Run(run.name, "grpo.py", ["--toy", "--lr", "0.002"], "r1", 2e-3, 0, 4)
-    assert study.state(other, tmp_path, "h1") == "new", "other flags: not reused"
+    assert study.state(other, tmp_path, "h1", tmp_path / "results") == "new", "other flags: not reused"
+
+
+def test_a_summary_stands_in_for_a_missing_folder_only_when_it_matches(tmp_path):
+    """A fresh clone has results/runs/ but no run folders: a summary of the same args, plan
+    metadata and code is the finished run, unless later runs read its folder."""
+    results = tmp_path / "results"
+    (results / "runs").mkdir(parents=True)
+    run = Run("grpo_r1_lr0.001_s0", "grpo.py", ["--toy", "--lr", "0.001"], "r1", 1e-3, 0, 4)
+    summary = dict(name=run.name, argv=run.args, meta=run.meta, code=dict(hash="h1"))
+    (results / "runs" / f"{run.name}.json").write_text(json.dumps(summary))
+    assert study.state(run, tmp_path, "h1", results) == "reuse"
+    assert study.state(run, tmp_path, "h2", results) == "new", "other code"
+    assert study.state(run, tmp_path, "h1", results, files={run.name}) == "new", \
+        "its checkpoints are read later"
+    other = Run(run.name, "grpo.py", ["--toy", "--lr", "0.002"], "r1", 2e-3, 0, 4)
+    assert study.state(other, tmp_path, "h1", results) == "new", "other flags"
+    build = Run(run.name, "sft.py", run.args, "base_build", None, 0, 4)
+    assert study.state(build, tmp_path, "h1", results) == "new", "a base is read by its users"
+    assert not (tmp_path / run.name).exists() and not (tmp_path / "stale").exists()
 
 
 def test_a_real_launch_summarizes_and_then_reuses(tmp_path):
@@ -347,8 +366,9 @@ def test_a_run_waits_for_the_run_it_needs(tmp_path, monkeypatch):
     assert failed["eval_base_p0"] == "needs base_p0, which did not finish" and "base_p0" in failed
 
 
-def test_dry_run_prints_the_plan():
-    out = subprocess.run([sys.executable, str(ROOT / "study.py"), "--full", "--dry-run"],
+def test_dry_run_prints_the_plan(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "study.py"), "--full", "--dry-run",
+                          "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "r")],
                          capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "grpo_r1_lr0.002_s0" in out.stdout and "geometry" in out.stdout
