@@ -16,7 +16,8 @@ study_stats.py). Each run folder records its exact arguments and the code versio
 args.json); a finished run is reused only when both match, an interrupted one resumes, and a run
 made by other code or flags is moved to runs/study/stale/. After each run, a small summary goes
 to results/runs/<run>.json (args, code, per-step metrics, final evaluations; no checkpoints):
-`--from results` rebuilds RESULTS.md byte for byte from those alone (study_report.py).
+`--from results` rebuilds RESULTS.md byte for byte from those alone (study_report.py), and a
+fresh clone takes them for its finished runs (known_from_summary).
 """
 import argparse
 import os
