@@ -69,9 +69,10 @@ def stamp(run, code):
 def known_from_summary(run, results, code):
     """A finished run whose folder is gone (a fresh clone, say) is known from its summary alone
     when that records the same arguments, plan metadata and code: the claims read nothing else.
-    A base build is not (later runs read the base), a geometry run only with its geometry.json."""
+    A base build is not (later runs read the base), nor a run on a built base (a build made
+    again on another CPU differs in its last bits), a geometry run only with its geometry.json."""
     path = results / "runs" / f"{run.name}.json"
-    if run.group == "base_build" or not path.exists() or \
+    if run.group == "base_build" or run.needs or not path.exists() or \
             run.group == "geometry" and not (results / "geometry.json").exists():
         return False
     s = read_json(path)
@@ -343,10 +344,11 @@ def main(args):
     seconds = sum(study_report.run_seconds(s) for n, s in read_summaries(results).items()
                   if n in known)
     invocation = dict(mode=mode, wall_seconds=round(time.time() - t0, 1), launched=len(ran),
-                      date=time.strftime("%Y-%m-%d"))
+                      date=time.strftime("%Y-%m-%d"), machine=machine())
     meta = dict(mode=mode, code=runs.code_version(HERE / "grpo.py"), machine=machine(),
                 jobs=args.jobs,
-                invocations=previous.get("invocations", []) + [invocation],
+                invocations=[i for i in previous.get("invocations", [])
+                             if i["mode"] == mode] + [invocation],
                 run_seconds=round(seconds, 1), matmul_flops=round(matmul_rate()),
                 runs=sorted(known | ({geo.name} if chosen else set())), failed=failed)
     write_json(results / "study.json", meta)

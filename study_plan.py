@@ -77,6 +77,11 @@ def base_path(root, p):
 SECONDS = dict(grpo=3.3, sft=0.6, eval=10.0, samples=30.0, pretrain=0.86, plane_point=10.0)
 
 
+def built(base):
+    """The build a run on a study-built base needs (its run's name is the base's folder)."""
+    return (Path(base).name,) if base else ()
+
+
 def grpo(group, lr, seed, base=None, steps=STEPS, prompts=PROMPTS, extra=(), samples=0, **meta):
     name = f"grpo_{group}_lr{lr_text(lr)}_s{seed}"
     args = ["--toy", "--lr", lr_text(lr), "--seed", str(seed), "--steps", str(steps),
@@ -88,7 +93,7 @@ def grpo(group, lr, seed, base=None, steps=STEPS, prompts=PROMPTS, extra=(), sam
     args += ["--eval-samples", str(samples)] if samples else []
     t = steps * SECONDS["grpo"] * prompts / PROMPTS + 2 * SECONDS["eval"] + \
         (SECONDS["samples"] if samples else 0)
-    return Run(name, "grpo.py", args, group, lr, seed, steps, t, meta)
+    return Run(name, "grpo.py", args, group, lr, seed, steps, t, meta, built(base))
 
 
 def sft(group, lr, seed, base=None, steps=SFT_STEPS, batch=SFT_BATCH, extra=(), val=True,
@@ -99,7 +104,7 @@ def sft(group, lr, seed, base=None, steps=SFT_STEPS, batch=SFT_BATCH, extra=(), 
             "--no-eval-start", *extra]
     args += ["--val-limit", str(VAL)] if val else []
     t = steps * SECONDS["sft"] * batch / SFT_BATCH + (2 if val else 1) * SECONDS["eval"]
-    return Run(name, "sft.py", args, group, lr, seed, steps, t, meta)
+    return Run(name, "sft.py", args, group, lr, seed, steps, t, meta, built(base))
 
 
 def rank_flags(rank):

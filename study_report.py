@@ -296,7 +296,8 @@ def report(summaries, rows, best, meta, g, dial, knee, figs):
     seconds = meta["run_seconds"]
     rate = meta["matmul_flops"]
     inv = "; ".join(f"`--{i['mode']}` on {i['date']}: {i['wall_seconds'] / 3600:.2f} h wall, "
-                    f"{i['launched']} runs launched" for i in meta["invocations"])
+                    f"{i['launched']} runs launched" + (f" on {i['machine']}" if "machine" in i
+                                                        else "") for i in meta["invocations"])
     lines = [f"Made by `python study.py --{meta['mode']}` at commit {str(code['commit'])[:10]}"
              f"{' (with uncommitted changes)' if code['dirty'] else ''}, code hash "
              f"{code['hash']}, on {meta['machine']}, {meta['jobs']} single-threaded jobs side by "

@@ -311,6 +311,8 @@ def test_a_summary_stands_in_for_a_missing_folder_only_when_it_matches(tmp_path)
     assert study.state(other, tmp_path, "h1", results) == "new", "other flags"
     build = Run(run.name, "sft.py", run.args, "base_build", None, 0, 4)
     assert study.state(build, tmp_path, "h1", results) == "new", "a base is read by its users"
+    on_base = Run(run.name, "grpo.py", run.args, "r1", 1e-3, 0, 4, needs=("base_p0",))
+    assert study.state(on_base, tmp_path, "h1", results) == "new", "its base is built again"
     assert not (tmp_path / run.name).exists() and not (tmp_path / "stale").exists()
 
 
