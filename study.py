@@ -20,6 +20,7 @@ to results/runs/<run>.json (args, code, per-step metrics, final evaluations; no 
 fresh clone takes them for its finished runs (known_from_summary).
 """
 import argparse
+import hashlib
 import os
 import platform
 import shutil
@@ -66,19 +67,30 @@ def stamp(run, code):
     return {"argv": run.args, "meta": run.meta, "code": code}
 
 
-def known_from_summary(run, results, code):
+def built(run, root):
+    """{build: sha256 of its model.safetensors (None: not there)} for the builds a run needs."""
+    out = {}
+    for name in run.needs:
+        path = root / name / "model.safetensors"
+        out[name] = hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+    return out
+
+
+def known_from_summary(run, root, results, code):
     """A finished run whose folder is gone (a fresh clone, say) is known from its summary alone
-    when that records the same arguments, plan metadata and code: the claims read nothing else.
-    A base build is not (later runs read the base), nor a run on a built base (a build made
-    again on another CPU differs in its last bits), a geometry run only with its geometry.json."""
+    when that records the same arguments, plan metadata and code, and for a run on a built base
+    the same base, bit for bit (a build made again on another CPU differs in its last bits): the
+    claims read nothing else. A base build is not (later runs read the base); a geometry run
+    only with its geometry.json."""
     path = results / "runs" / f"{run.name}.json"
-    if run.group == "base_build" or run.needs or not path.exists() or \
+    if run.group == "base_build" or not path.exists() or \
             run.group == "geometry" and not (results / "geometry.json").exists():
         return False
     s = read_json(path)
     c = s.get("code")
     return s.get("argv") == run.args and s.get("meta") == run.meta and \
-        (c.get("hash") if isinstance(c, dict) else c) == code
+        (c.get("hash") if isinstance(c, dict) else c) == code and \
+        (not run.needs or s.get("built") == built(run, root))
 
 
 def state(run, root, code, results, files=()):
@@ -86,7 +98,7 @@ def state(run, root, code, results, files=()):
     files: the names whose folders later runs read, which a summary cannot stand in for."""
     folder = root / run.name
     if not folder.exists():
-        return "reuse" if run.name not in files and known_from_summary(run, results, code) \
+        return "reuse" if run.name not in files and known_from_summary(run, root, results, code) \
             else "new"
     mine = (folder / "study.json").exists() and read_json(folder / "study.json") == stamp(run, code)
     if mine and (folder / "args.json").exists():  # the run's own record of the code it ran
@@ -108,6 +120,8 @@ def summarize(run, root, code, wall=None):
     folder = root / run.name
     s = dict(name=run.name, script=run.script, group=run.group, lr=run.lr, seed=run.seed,
              steps=run.steps, meta=run.meta, argv=run.args, code=code, wall_seconds=wall)
+    if run.needs:
+        s["built"] = built(run, root)
     if run.script == "eval_gsm8k.py":
         s["base"] = base_summary([r for _, r in runs.jsonl_rows(folder / "rows.jsonl")])
         return s
@@ -329,7 +343,7 @@ def main(args):
     chosen = geometry_choice(summaries, best)
     geo.meta["runs"] = chosen
     code = runs.code_version(HERE / geo.script)["hash"]
-    if chosen and not args.no_train and not known_from_summary(geo, results, code):
+    if chosen and not args.no_train and not known_from_summary(geo, root, results, code):
         # their checkpoints: rerun where only a summary is left
         failed |= launch([r for r in first + second if r.name in chosen], root, results,
                          args.jobs, ran=ran, files=set(chosen))

@@ -312,7 +312,13 @@ def test_a_summary_stands_in_for_a_missing_folder_only_when_it_matches(tmp_path)
     build = Run(run.name, "sft.py", run.args, "base_build", None, 0, 4)
     assert study.state(build, tmp_path, "h1", results) == "new", "a base is read by its users"
     on_base = Run(run.name, "grpo.py", run.args, "r1", 1e-3, 0, 4, needs=("base_p0",))
-    assert study.state(on_base, tmp_path, "h1", results) == "new", "its base is built again"
+    (tmp_path / "base_p0").mkdir()
+    (tmp_path / "base_p0" / "model.safetensors").write_bytes(b"the base")
+    summary["built"] = study.built(on_base, tmp_path)
+    (results / "runs" / f"{run.name}.json").write_text(json.dumps(summary))
+    assert study.state(on_base, tmp_path, "h1", results) == "reuse", "the same base"
+    (tmp_path / "base_p0" / "model.safetensors").write_bytes(b"the base, built again")
+    assert study.state(on_base, tmp_path, "h1", results) == "new", "another base"
     assert not (tmp_path / run.name).exists() and not (tmp_path / "stale").exists()
 
 
