@@ -234,9 +234,10 @@ def tinylora_row(summaries, best):
     mode = [final(s).get("eval_mode_share") for s in done(summaries, "tiny13")
             if s["lr"] == best["tiny13"]]
     measured = (f"base {base['accuracy']:.3f} -> {np.mean(list(t.values())):.3f} (LR "
-                f"{best['tiny13']:g}); gain {fmt(est)}" + (
+                f"{best['tiny13']:g})" + (
                     f"; the worked mode's share {base['mode_share']:.3f} -> "
-                    f"{np.mean(mode):.3f}" if mode and None not in mode else ""))
+                    f"{np.mean(mode):.3f}" if mode and None not in mode else "") +
+                f"; gain {fmt(est)}")  # the interval printed after it is the gain's
     return row("tinylora_13", claim, TINY, measured, est["interval"], "paired by seed",
                est["n_seeds"], VAL_SELECTION + f" ({n_lrs(summaries, 'tiny13')} LRs)",
                verdict_greater(est["interval"], est["n_seeds"]))

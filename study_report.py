@@ -238,13 +238,13 @@ def base_section(summaries, best, g):
         share = [sc.final(s).get("eval_mode_share") for s in runs]
         acc = [sc.final(s).get("eval_pass1") for s in runs]
         if share and None not in share:
-            moved.append(f"{LABELS[grp]} moves the mode's share {b['mode_share']:.3f} -> "
+            moved.append(f"{LABELS[grp]}: the mode's share {b['mode_share']:.3f} -> "
                          f"{np.mean(share):.3f} and pass@1 {b['pass1']:.3f} -> {np.mean(acc):.3f} "
                          f"(mean of {len(runs)} seeds at LR {best[grp]:g})")
     thirds = [f"{t} {np.mean(list(sc.at_best(summaries, best, 'r1_' + t).values())):.3f}"
               for t in plan.THIRDS if sc.at_best(summaries, best, "r1_" + t)]
     if moved:
-        lines += ["", "RL: " + "; ".join(moved) + "."]
+        lines += ["", "What RL moves. " + "; ".join(moved) + "."]
     if thirds:
         lines += ["", "Rank-1 LoRA on one third of the layers (GRPO, test accuracy): "
                   + ", ".join(thirds) + "."]
@@ -331,7 +331,8 @@ def report(summaries, rows, best, meta, g, dial, knee, figs):
                                     p["n_seeds"]) for p in pts]) + [""]
     if dial:
         lines += ["### The skill dial", "", "![dial](results/figures/dial.png)", ""]
-        fmt = lambda acc, k: f"{acc[k]:.3f}" if k in acc else ""
+        fmt = lambda acc, k: (f"{acc[k]:.3f} ±{1.96 * st.binomial_se(acc[k], sc.TEST):.3f}"
+                              if k in acc else "")
         lines += table(("p", "base", "mode share", "regime", *sc.DIAL_KINDS, "smallest at half "
                         "of full's gain"), [(f"{p['p']:g}", f"{p['base']:.3f}",
                                              "" if p["mode_share"] is None else
@@ -339,7 +340,10 @@ def report(summaries, rows, best, meta, g, dial, knee, figs):
                                              *(fmt(p.get(f"accuracy_{reg}", {}), k)
                                                for k in sc.DIAL_KINDS),
                                              p.get(f"smallest_{reg}") or "none")
-                                            for p in dial for reg in ("rl", "sft")]) + [""]
+                                            for p in dial for reg in ("rl", "sft")])
+        lines += ["", f"Each accuracy is seed 0 at the better of its LRs on the validation split; "
+                  f"± is 1.96 binomial standard errors over the {sc.TEST} test problems, which "
+                  f"leaves out training noise (one seed a point: the budget).", ""]
     lines += ["### Where the time went", ""] + table(("piece", "runs", "one-thread hours"),
                                                      time_table(summaries)) + [""]
     shown = [f for f in ("lr_sweep", "reward_curves", "sft_loss_by_rank", "trajectories",
