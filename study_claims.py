@@ -268,9 +268,10 @@ def knee_row(summaries, best):
     ivs = [est["interval"] for est in low]
     shown = bool(ivs) and all(iv and iv[0] >= -st.MARGIN for iv in ivs)
     refuted = any(iv and iv[1] < -st.MARGIN for iv in ivs)
+    clip = lambda iv: [max(iv[0], -1.0), min(iv[1], 1.0)]  # a difference of two accuracies
     points = [dict(fill=fill, steps=steps, prompts=prompts, gap=est["estimate"],
-                   interval=est["interval"] or [est["estimate"]] * 2, n_seeds=est["n_seeds"])
-              for steps, prompts, fill, est in pts]
+                   interval=clip(est["interval"] or [est["estimate"]] * 2),
+                   n_seeds=est["n_seeds"]) for steps, prompts, fill, est in pts]
     measured = "; ".join(f"fill {p['fill']:.3f} ({p['steps']}x{p['prompts']}): {p['gap']:+.3f}"
                          for p in points) + " (rank 1 minus full)"
     return row("capacity_knee", claim, LWR + " (capacity argument)", measured, None,

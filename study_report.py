@@ -152,7 +152,7 @@ def knee_figure(points, out):
     gap = [p["gap"] for p in points]
     err = np.array([[p["gap"] - p["interval"][0], p["interval"][1] - p["gap"]] for p in points]).T
     ax.errorbar(fill, gap, yerr=err, marker="o", capsize=3, color=COLORS["r1"],
-                label="rank 1 minus full fine-tuning (95% t, paired by seed)")
+                label="rank 1 minus full fine-tuning (95% t, paired by seed; within ±1)")
     ax.axhline(0, color="0.5", lw=0.8)
     ax.axhline(-st.MARGIN, color="0.5", ls=":", label=f"the margin, -{st.MARGIN}")
     ax.axvline(1, color="C3", ls="--", lw=0.8, label="fill 1: bits = capacity")
@@ -324,8 +324,8 @@ def report(summaries, rows, best, meta, g, dial, knee, figs):
     if knee:
         pts = next(r["points"] for r in rows if r["id"] == "capacity_knee")
         lines += ["### The capacity knee", "", "![knee](results/figures/knee.png)", ""]
-        lines += table(("steps x prompts", "episodes", "fill", "rank 1 minus full", "95% t",
-                        "seeds"), [(f"{p['steps']}x{p['prompts']}", p["steps"] * p["prompts"] *
+        lines += table(("steps x prompts", "episodes", "fill", "rank 1 minus full",
+                        "95% t (in ±1)", "seeds"), [(f"{p['steps']}x{p['prompts']}", p["steps"] * p["prompts"] *
                                     plan.GROUP, f"{p['fill']:.3f}", f"{p['gap']:+.3f}",
                                     f"[{p['interval'][0]:+.3f}, {p['interval'][1]:+.3f}]",
                                     p["n_seeds"]) for p in pts]) + [""]
