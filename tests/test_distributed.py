@@ -89,7 +89,9 @@ def test_grpo_two_processes_equal_one_and_resume_exactly(toy_dir, tmp_path, monk
     diff = max_rel_diff(w1, w2)
     print(f"grpo: 2 processes vs 1, final adapter: max relative difference {diff:.1e}, max absolute "
           f"{max_abs_diff(w1, w2):.1e} (largest entry {max(v.abs().max().item() for v in w1.values()):.2f})")
-    assert diff < 1e-4, diff  # RESULTS.md gives the measured figure; micro-batch sums regroup
+    # micro-batch sums regroup, and Adam's first steps amplify the rounding: 9.8e-5 measured on an
+    # Intel Xeon, 3.9e-4 on an AMD EPYC; a wrong average or a lost micro-batch is O(1)
+    assert diff < 1e-3, diff
 
     # resume under 2 processes: killed after step 2's checkpoint, with step 3's row already written
     os.makedirs(resumed)
