@@ -38,6 +38,7 @@ from errors import (COUNT, COUNT0, NONNEGATIVE, check_writable, exit_on_user_err
 from gsm8k import (STOP_STRINGS, data_path, extract_answer, format_prompt, format_solution,
                    gold_answer, load_task, reward, stop_ids, truncate)
 from gsm8k import load_gsm8k  # noqa: F401  the contract's eval_gsm8k.load_gsm8k, gsm8k.py's
+from lora import merged
 from model import TOY_BASE, load_model, load_tokenizer
 from sampler import generate, sample_key
 import toy_task
@@ -160,6 +161,11 @@ def training_eval(model, tokenizer, problems, args, final=False, val=(), rank=0,
     at the final evaluation also, by rank 0, greedy accuracy on `val` (the toy's validation
     problems, where the study picks learning rates) and args.eval_samples completions a problem
     (pass@1, pass@k and on the toy task the latent mode's share)."""
+    with merged(model):  # W + ΔW as one matrix (a float32 base; lora.merged)
+        return _training_eval(model, tokenizer, problems, args, final, val, rank, world)
+
+
+def _training_eval(model, tokenizer, problems, args, final, val, rank, world):
     stop, was_training = stop_ids(tokenizer), model.training
     row = reduce_eval(eval_metrics(model, tokenizer, problems[rank::world], stop,
                                    args.max_new_tokens, args.eval_batch_size))

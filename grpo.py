@@ -35,7 +35,7 @@ from errors import (COUNT, COUNT0, FRACTION, NONNEGATIVE, POSITIVE, exit_on_user
 from eval_gsm8k import training_eval
 from gsm8k import (STOP_STRINGS, extract_answer, format_prompt, load_splits, load_task, reward,
                    stop_ids, truncate)
-from lora import adapters_disabled, lora_modules
+from lora import adapters_disabled, lora_modules, merged
 from logprobs import completion_logprobs, sampler_grid
 from model import TOY_BASE, load_config, load_model, load_tokenizer, pick_dtype
 from runs import (append_metrics, load_trainer_state, newest_checkpoint, on_ctrl_c, read_metrics,
@@ -117,10 +117,11 @@ def rollout(model, tokenizer, problems, keys, args):
     log-probs, the texts and rewards (b, G)."""
     prompts = [tokenizer.encode(format_prompt(p["question"])) for p in problems]
     model.eval()
-    completions, logps = generate(model, prompts, args.max_new_tokens, temperature=args.temperature,
-                                  stop_ids=stop_ids(tokenizer), stop_strings=STOP_STRINGS,
-                                  tokenizer=tokenizer, keys=keys, n=args.group,
-                                  return_logprobs=True, compile=args.compile)
+    with merged(model):  # W + ΔW as one matrix while sampling (a float32 base; lora.merged)
+        completions, logps = generate(model, prompts, args.max_new_tokens,
+                                      temperature=args.temperature, stop_ids=stop_ids(tokenizer),
+                                      stop_strings=STOP_STRINGS, tokenizer=tokenizer, keys=keys,
+                                      n=args.group, return_logprobs=True, compile=args.compile)
     texts = [tokenizer.decode(c) for c in completions]
     answers = [p["answer"] for p in problems for _ in range(args.group)]
     rewards = torch.tensor([reward(t, a) for t, a in zip(texts, answers)])
@@ -392,13 +393,19 @@ if __name__ == "__main__":
         for epoch in range(args.epochs):
             optimizer.zero_grad(set_to_none=True)
             loss_sum, gap, kl_sampler, kl_ref = 0.0, 0.0, 0.0, 0.0
-            for s in range(0, len(completions), micro):
-                # samples s..s+micro; sample k continues prompt k // G, run once for its samples
-                owner = [k // G - s // G for k in range(s, min(s + micro, len(completions)))]
-                batch = (prompts[s // G:s // G + owner[-1] + 1], completions[s:s + micro], owner)
+            # a group whose advantages are all 0 adds 0·ratio to the loss and nothing to the
+            # gradient: it is left out (not with --kl, whose term does not vanish)
+            teach = [k for k in range(len(completions)) if args.kl or adv[k // G * G:(k // G + 1) * G].any()]
+            for p in params:
+                p.grad = torch.zeros_like(p)
+            for s in range(0, len(teach), micro):
+                ks = teach[s:s + micro]
+                firsts = sorted({k // G for k in ks})
+                owner = [firsts.index(k // G) for k in ks]
+                batch = ([prompts[i] for i in firsts], [completions[k] for k in ks], owner)
                 logp, mask = completion_logprobs(model, *batch, temperature=args.temperature)
-                old = sampler_grid(sampler_logps[s:s + micro], mask)                  # (n, L)
-                loss = policy_loss(logp, old, adv[s:s + micro], mask, clip, n_tokens)
+                old = sampler_grid([sampler_logps[k] for k in ks], mask)                  # (n, L)
+                loss = policy_loss(logp, old, adv[ks], mask, clip, n_tokens)
                 if args.kl:
                     with torch.no_grad(), adapters_disabled(model):
                         ref, _ = completion_logprobs(model, *batch, temperature=args.temperature)

@@ -45,6 +45,9 @@ class KVCache:
     the slots that hold real tokens.
 
     Eager mode: `pos` slots are filled; a forward of T tokens appends them and attends over all.
+    Shared mode (`share`, after a prefill of prompts): what is cached becomes a read-only prefix
+    that several rows read in place (a prompt's n samples), and each row appends its own tokens
+    after it; attention reads a prompt's prefix once for all of its rows (shared_attention).
     Static mode (`make_static`, for generate(compile=True)): a forward writes one token per row at
     `slot`, a (1,) tensor, and attends over all S slots with the empty ones masked out. Every step
     then has the same shapes and reads no Python number that changes (torch.compile would
@@ -59,23 +62,54 @@ class KVCache:
         self.mask = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)
         self.pos = 0  # slots filled so far, the same for every row (prompts are left-padded)
         self.slot = None  # static mode: the slot the next token goes to, a (1,) tensor
+        self.prefix = None  # shared mode: (keys, values, mask, real lengths) of the prefixes
+
+    def share(self, owner, max_len):
+        """Shared mode: the cached prompts become a prefix read in place by len(owner) rows, row i
+        continuing prompt owner[i] (a sorted (N,) tensor), each with room for max_len tokens of
+        its own. No copy of the prefix is made: its keys and values are read once per prompt."""
+        N, (B, Hkv, P, D) = len(owner), self.k[0][:, :, :self.pos].shape
+        mask = self.mask[:, :self.pos]
+        self.prefix = ([k[:, :, :P] for k in self.k], [v[:, :, :P] for v in self.v], mask,
+                       mask.sum(-1))
+        # row i's place in a (B, n) grid of its prompt's rows: its slot in shared_attention
+        n = int(torch.bincount(owner, minlength=B).max())
+        first = torch.searchsorted(owner, owner, right=False)              # first row of its prompt
+        self.slots = owner * n + torch.arange(N, device=owner.device) - first
+        self.owner, self.n = owner, n
+        shape = (N, Hkv, max_len, D)
+        dtype, device = self.k[0].dtype, self.k[0].device
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in self.k]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in self.v]
+        self.mask = torch.zeros(N, max_len, dtype=torch.bool, device=device)
+        self.pos = 0
 
     def begin(self, T, pad_mask=None):
         """Qwen2.forward of T new tokens: record which are real (pad_mask (B, T), None = all) and
         return their positions (B, T) and the attention mask (B, 1, T, S)."""
+        shared = self.prefix is not None
+        if shared:  # the prefix's keys come first: its real tokens count toward positions
+            _, _, prefix_mask, prefix_len = self.prefix
+            prefix_mask, before = prefix_mask[self.owner], prefix_len[self.owner, None]
+        else:
+            before = 0
         if self.slot is not None:  # static decode step
             assert T == 1 and pad_mask is None, f"a static cache takes one token per row, got {T}"
             self.mask.index_fill_(1, self.slot, True)
-            positions = self.mask.sum(-1, keepdim=True) - 1                    # (B, 1)
-            return positions, self.mask[:, None, None, :]                      # (B, 1, 1, S)
+            positions = before + self.mask.sum(-1, keepdim=True) - 1              # (B, 1)
+            mask = torch.cat([prefix_mask, self.mask], 1) if shared else self.mask
+            return positions, mask[:, None, None, :]                           # (B, 1, 1, S)
         start = self.pos
         if pad_mask is None:
             pad_mask = torch.ones(self.mask.shape[0], T, dtype=torch.bool, device=self.mask.device)
         self.mask[:, start:start + T] = pad_mask
         key_mask = self.mask[:, :start + T]                                    # (B, S)
         # a token's position counts the real tokens before it, so padding shifts nothing
-        positions = (key_mask.long().cumsum(-1)[:, start:] - 1).clamp_min(0)   # (B, T)
-        return positions, attention_mask(key_mask, start, T)                   # (B, 1, T, S)
+        positions = (before + key_mask.long().cumsum(-1)[:, start:] - 1).clamp_min(0)  # (B, T)
+        mask = attention_mask(key_mask, start, T)                              # (B, 1, T, S)
+        if shared:
+            mask = torch.cat([prefix_mask[:, None, None, :].expand(-1, 1, T, -1), mask], -1)
+        return positions, mask
 
     def update(self, layer, k, v):
         """Store the new keys and values (B, Hkv, T, D); return the layer's whole filled cache."""
@@ -92,6 +126,10 @@ class KVCache:
     def attend(self, layer, q, k, v, mask):
         """Attention.forward with a cache: q (B, H, T, D) over every cached key -> (B, H, T, D)."""
         k, v = self.update(layer, k, v)                                        # (B, Hkv, S, D)
+        if self.prefix is not None:
+            keys, values, _, _ = self.prefix
+            return shared_attention(q, keys[layer], values[layer], k, v, mask, self.slots,
+                                    self.n)
         B, H, T, D = q.shape
         Hkv = k.shape[1]
         if T == 1:
@@ -117,8 +155,42 @@ class KVCache:
         self.k = [k[rows] for k in self.k]
         self.v = [v[rows] for v in self.v]
         self.mask = self.mask[rows]
+        if self.prefix is not None:
+            self.owner, self.slots = self.owner[rows], self.slots[rows]
         if self.slot is not None:  # new tensors: mark them too
             self.make_static(self.slot.item())
+
+
+def shared_attention(q, k_prefix, v_prefix, k, v, mask, slots, n):
+    """Attention of rows that share prefixes, each prefix read once for all of its rows.
+
+    q (N, H, T, D) the rows' new queries; k_prefix, v_prefix (B, Hkv, P, D) one prefix per prompt;
+    k, v (N, Hkv, S, D) each row's own keys and values; mask (N, 1, T, P + S), True = may attend;
+    row i holds place slots[i] of a (B, n) grid, its prompt slots[i] // n. The scores against the
+    prefix are one matmul per prompt and kv head, (n·rep·T, D) @ (D, P), instead of one per row
+    (cascade attention; FlashInfer's shared-prefix batch decoding); then one softmax over prefix
+    and own keys together. -> (N, H, T, D)."""
+    N, H, T, D = q.shape
+    B, Hkv, P, _ = k_prefix.shape
+    rep = H // Hkv                                   # query head h reads kv head h // rep
+
+    def by_prompt(x):  # rows (N, Hkv, rep·T, X) -> prompts (B, Hkv, n·rep·T, X), empty places 0
+        grid = x.new_zeros(B * n, *x.shape[1:])
+        grid[slots] = x
+        return grid.view(B, n, Hkv, -1, x.shape[-1]).transpose(1, 2).reshape(B, Hkv, -1,
+                                                                             x.shape[-1])
+
+    def by_row(x):     # prompts (B, Hkv, n·rep·T, X) -> rows (N, Hkv, rep·T, X)
+        X = x.shape[-1]
+        return x.view(B, Hkv, n, -1, X).transpose(1, 2).reshape(B * n, Hkv, -1, X)[slots]
+
+    q = q.reshape(N, Hkv, rep * T, D) * D ** -0.5
+    scores = torch.cat([by_row(by_prompt(q) @ k_prefix.transpose(-1, -2)),      # (N, Hkv, rep·T, P)
+                        q @ k.transpose(-1, -2)], -1)                          # (N, Hkv, rep·T, S)
+    scores = scores.view(N, Hkv, rep, T, -1).masked_fill(~mask[:, :, None], float("-inf"))
+    p = scores.float().softmax(-1).to(q.dtype).view(N, Hkv, rep * T, -1)
+    y = by_row(by_prompt(p[..., :P].contiguous()) @ v_prefix) + p[..., P:] @ v  # (N, Hkv, rep·T, D)
+    return y.view(N, H, T, D)
 
 
 def left_pad(prompts, device):
@@ -312,15 +384,17 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_p=1.0, stop_id
     B, N = len(prompts), len(prompts) * n
     keys = row_keys(prompt_keys(keys, B, temperature, generator), n, device)   # (N,)
     ids, pad_mask = left_pad(prompts, device)                                  # (B, P)
-    S = ids.shape[1] + max_new_tokens
+    S = max_new_tokens
     if compile:  # round up, so batches with other prompt lengths reuse the compiled shapes
         S = -(-S // 64) * 64
-    cache = KVCache(model.config, B, S, device, model.lm_head.weight.dtype)
+    cache = KVCache(model.config, B, ids.shape[1], device, model.lm_head.weight.dtype)
     h = model(ids, pad_mask=pad_mask, cache=cache, hidden_only=True)
     logits = model.lm_head(h[:, -1])                                           # (B, V)
-    if n > 1:  # fan each prefilled prompt out to its n samples
-        fan = torch.arange(B, device=device).repeat_interleave(n)
-        for c in (cache, *row_state):
+    # each prompt's n samples read its prefilled keys and values in place, and write their own
+    fan = torch.arange(B, device=device).repeat_interleave(n)
+    cache.share(fan, S)
+    if n > 1:
+        for c in row_state:
             c.select(fan)
         logits = logits[fan]
     stop = torch.tensor(list(stop_ids), dtype=torch.long, device=device)

@@ -89,3 +89,29 @@ def test_a_sample_depends_on_its_indices_alone(toy_dir):
     assert_same_samples(m, prompts[1:2] * 2, keys, reordered[2:4], alone, 1.0, 1)
     keys = sampler.row_keys([1], 2, "cpu")
     assert_same_samples(m, prompts[:1] * 2, keys, reordered[4:], together[:2], 1.0, 1)
+
+
+def test_shared_attention_equals_attention_over_copied_prefixes():
+    """Rows that read their prompt's prefix in place (shared_attention) get what plain attention
+    gets over a copy of the prefix in front of each row's own keys: grouped-query heads, ragged
+    prefixes (a left-padded prompt), several new tokens a row, and rows missing from the grid (a
+    finished sample that left the batch)."""
+    g = torch.Generator().manual_seed(0)
+    B, n, Hkv, rep, P, S, T, D = 3, 4, 2, 3, 7, 5, 2, 8
+    k_pre, v_pre = (torch.randn(B, Hkv, P, D, generator=g) for _ in range(2))
+    prefix_mask = torch.ones(B, P, dtype=torch.bool)
+    prefix_mask[1, :3] = False                                           # prompt 1 is shorter
+    slots = torch.tensor([0, 1, 3, 4, 6, 7, 8, 9, 11])                  # 9 of the 12 places
+    owner = slots // n
+    N = len(slots)
+    q = torch.randn(N, Hkv * rep, T, D, generator=g)
+    k, v = (torch.randn(N, Hkv, S, D, generator=g) for _ in range(2))
+    own = torch.ones(N, S, dtype=torch.bool)
+    own[2, 3:] = False                                                   # a row with fewer keys
+    mask = sampler.attention_mask(own, S - T, T)                         # (N, 1, T, S)
+    mask = torch.cat([prefix_mask[owner][:, None, None, :].expand(-1, 1, T, -1), mask], -1)
+    got = sampler.shared_attention(q, k_pre, v_pre, k, v, mask, slots, n)
+    keys, values = torch.cat([k_pre[owner], k], 2), torch.cat([v_pre[owner], v], 2)
+    want = torch.nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=mask,
+                                                            enable_gqa=True)
+    assert ((got - want).norm() / want.norm()).item() < 1e-6
