@@ -32,8 +32,8 @@ import platform
 
 import torch
 
-from bench_acceptance import GOALS, acceptance
-from bench_measure import (measure_bandwidth, measure_matmul, peer_logprobs, peer_model,
+from bench_parts.acceptance import GOALS, acceptance
+from bench_parts.measure import (measure_bandwidth, measure_matmul, peer_logprobs, peer_model,
                            print_table, random_model, reset_peak, run, train_step)
 from errors import COUNT, COUNT0, exit_on_user_error
 from flops import count_params, get_config, sampling_flops, si, step_flops, total
@@ -87,7 +87,7 @@ def parse_args(argv=None):
     add("--json", default=None, help="also write the results to this JSON file")
     # the one-shot acceptance run
     add("--acceptance", action="store_true", help="the GPU acceptance run (<= 8 min on one "
-        "H100/H200; bench_acceptance.py); on a CPU or with --toy its dry path at toy shapes "
+        "H100/H200; bench_parts/acceptance.py); on a CPU or with --toy its dry path at toy shapes "
         "(seconds). Writes --json (default runs/acceptance.json)")
     add("--tokenizer", default=None, help="--acceptance on a GPU: the real Qwen2.5 "
         "tokenizer.json for the GRPO steps")

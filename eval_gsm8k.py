@@ -15,7 +15,7 @@ the flexible accuracy (the last number in the text) and the format rate, so lear
 is never mistaken for learning arithmetic. Several adapters are scored side by side: each batch
 row carries its own adapter weights over the stacked factors (factored.py), and the base weights
 are read once per decode step for all of them. --harness lm-eval evaluates exactly as
-lm-evaluation-harness's gsm8k task (lm_eval_harness.py).
+lm-evaluation-harness's gsm8k task (gsm8k.py's lm_eval_* rules).
 """
 import argparse
 import json
@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 import adapters
 import factored
-import lm_eval_harness as H
+import gsm8k as H  # lm-evaluation-harness's rules (its LM_EVAL_* and lm_eval_*)
 from data_parallel import reduce_eval
 from errors import (COUNT, COUNT0, NONNEGATIVE, check_writable, exit_on_user_error, user_exit,
                     write_lines)

@@ -43,7 +43,7 @@ from geometry_figures import save_figures
 from geometry_plane import explore_plane, truncation_report
 from geometry_scale import bench_scale, print_decode_bytes
 from hub import resolve_path
-from runs import same_model
+from versions import same_model
 
 # -----------------------------------------------------------------------------
 # The math: kernel PCA of the Gram matrix, and what a plane point is

@@ -10,13 +10,13 @@ the capacity knee and the skill dial, in one command that writes RESULTS.md.
     python study.py --model Qwen/Qwen2.5-3B --dry-run   # the plan at GPU scale, with GPU-hours
 
 It runs the scripts as subprocesses (grpo.py, sft.py, eval_gsm8k.py, geometry.py), one thread
-each, --jobs at a time, into runs/study/<run>/, in three phases (study_plan.py). LRs are chosen
-on the toy's validation split, verdicts read on its test split (study_claims.py, with the tests of
-study_stats.py). Each run folder records its exact arguments and the code version (study.json,
+each, --jobs at a time, into runs/study/<run>/, in three phases (study_parts/plan.py). LRs are chosen
+on the toy's validation split, verdicts read on its test split (study_parts/claims.py, with the tests of
+study_parts/stats.py). Each run folder records its exact arguments and the code version (study.json,
 args.json); a finished run is reused only when both match, an interrupted one resumes, and a run
 made by other code or flags is moved to runs/study/stale/. After each run, a small summary goes
 to results/runs/<run>.json (args, code, per-step metrics, final evaluations; no checkpoints):
-`--from results` rebuilds RESULTS.md byte for byte from those alone (study_report.py), and a
+`--from results` rebuilds RESULTS.md byte for byte from those alone (study_parts/report.py), and a
 fresh clone takes them for its finished runs (known_from_summary).
 """
 import argparse
@@ -33,9 +33,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 import runs
-import study_plan as plan
-import study_report
-import study_summaries
+import versions
+from study_parts import plan
+from study_parts import report as study_report, summaries as study_summaries
 from eval_gsm8k import over_problems, pass_at_k
 from errors import COUNT, UserError, exit_on_user_error, read_json, user_exit, write_json
 
@@ -171,7 +171,7 @@ def launch(todo, root, results, jobs, dry_run=False, ran=None, files=()):
     """Run what is not finished, `jobs` at a time, one thread each; a summary after each; the
     names launched are appended to `ran`; files: runs whose folders must be there (state).
     -> {name: why} of the runs that failed."""
-    hashes = {s: runs.code_version(HERE / s)["hash"] for s in {r.script for r in todo}}
+    hashes = {s: versions.code_version(HERE / s)["hash"] for s in {r.script for r in todo}}
     code = lambda run: hashes[run.script]  # today's code of the run's script
     states = {r.name: ("dry" if dry_run and (root / r.name).exists() else
                        state(r, root, code(r), results, files)) for r in todo}
@@ -342,7 +342,7 @@ def main(args):
     geo = plan.geometry_run(root, mode)
     chosen = geometry_choice(summaries, best)
     geo.meta["runs"] = chosen
-    code = runs.code_version(HERE / geo.script)["hash"]
+    code = versions.code_version(HERE / geo.script)["hash"]
     if chosen and not args.no_train and not known_from_summary(geo, root, results, code):
         # their checkpoints: rerun where only a summary is left
         failed |= launch([r for r in first + second if r.name in chosen], root, results,
@@ -359,7 +359,7 @@ def main(args):
                   if n in known)
     invocation = dict(mode=mode, wall_seconds=round(time.time() - t0, 1), launched=len(ran),
                       date=time.strftime("%Y-%m-%d"), machine=machine())
-    meta = dict(mode=mode, code=runs.code_version(HERE / "grpo.py"), machine=machine(),
+    meta = dict(mode=mode, code=versions.code_version(HERE / "grpo.py"), machine=machine(),
                 jobs=args.jobs,
                 invocations=[i for i in previous.get("invocations", [])
                              if i["mode"] == mode] + [invocation],

@@ -20,6 +20,7 @@ import geometry
 from conftest import assert_same_tokens
 import lora
 import runs
+import versions
 from model import TOY_CONFIG
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -244,10 +245,10 @@ def test_one_base_by_content(tmp_path):
         save_file({"w": torch.full((4,), w)}, str(folder / "model.safetensors"))
         (folder / "config.json").write_text('{"hidden_size": 4}')
     (tmp_path / "link").symlink_to(a)
-    assert runs.same_model([str(a), str(tmp_path / "link")])
-    assert runs.same_model([str(a), str(b), str(a)])
-    assert not runs.same_model([str(a), str(c)])
-    assert not runs.same_model([str(a), "Qwen/Qwen2.5-3B"]) and runs.same_model(["Qwen/Qwen2.5-3B"] * 2)
+    assert versions.same_model([str(a), str(tmp_path / "link")])
+    assert versions.same_model([str(a), str(b), str(a)])
+    assert not versions.same_model([str(a), str(c)])
+    assert not versions.same_model([str(a), "Qwen/Qwen2.5-3B"]) and versions.same_model(["Qwen/Qwen2.5-3B"] * 2)
 
 
 def test_a_run_folder_is_one_run_and_outputs_survive_a_full_disk(runs_dir, tmp_path, monkeypatch, capsys):

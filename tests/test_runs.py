@@ -19,6 +19,7 @@ import gsm8k
 import lora
 import model as M
 import runs
+import versions
 from errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -328,9 +329,9 @@ def test_code_version_hashes_the_script_and_what_it_imports(tmp_path):
     (tmp_path / "helper.py").write_text("from deep import f\n")
     (tmp_path / "deep.py").write_text("def f(): return 1\n")
     (tmp_path / "study.py").write_text("import train\n")
-    assert [p.name for p in runs.local_sources(tmp_path / "train.py", tmp_path)] == [
+    assert [p.name for p in versions.local_sources(tmp_path / "train.py", tmp_path)] == [
         "deep.py", "helper.py", "train.py"]
-    h = lambda: runs.code_version(tmp_path / "train.py", tmp_path)["hash"]
+    h = lambda: versions.code_version(tmp_path / "train.py", tmp_path)["hash"]
     first = h()
     (tmp_path / "study.py").write_text("import train  # edited\n")
     assert h() == first, "a file the run does not import"
@@ -343,5 +344,5 @@ def test_code_version_hashes_the_script_and_what_it_imports(tmp_path):
     second = h()
     (tmp_path / "toy_base" / "config.json").write_text('{"a": 1}')
     assert h() != second, "the shipped base"
-    version = runs.code_version(tmp_path / "train.py", tmp_path)
+    version = versions.code_version(tmp_path / "train.py", tmp_path)
     assert version["commit"] is None and version["dirty"] is False  # not a git checkout

@@ -1,4 +1,4 @@
-"""study_stats.py: exact t quantiles, the paired interval's width and coverage, the binomial floor,
+"""study_parts/stats.py: exact t quantiles, the paired interval's width and coverage, the binomial floor,
 the seed rule, McNemar, Holm, pass@k against brute force, the LR bootstrap, the claims contract
 and the sentences. scipy, where installed, is a second reference; nothing here needs it."""
 import itertools
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import eval_gsm8k as E
-import study_stats as st
-from study_stats import MARGIN, t_cdf, t_quantile
+from study_parts import stats as st
+from study_parts.stats import MARGIN, t_cdf, t_quantile
 
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 10: 2.228, 30: 2.042}
 

@@ -1,13 +1,13 @@
 """
 Reading the study's run summaries (results/runs/*.json, which study.py writes): a run's final
 evaluation, a group's scores by LR and seed, the LR each group chose on the validation split and
-the one that learns fastest. study_claims.py builds its rows on these.
+the one that learns fastest. study_parts/claims.py builds its rows on these.
 
     summaries: {name: {"group", "lr", "seed", "script", "argv", "evals": [...], "train": [...]}}
 """
 import numpy as np
 
-import study_stats as st
+from study_parts import stats as st
 
 
 def final(s):
@@ -43,7 +43,7 @@ def best_lrs(summaries):
 
 def fast_lrs(summaries):
     """{group: its LR with the best mean training reward over seeds} of the GRPO groups: where
-    final accuracies tie at a ceiling, the speed of learning still tells the LRs apart (study_plan
+    final accuracies tie at a ceiling, the speed of learning still tells the LRs apart (plan
     centres the knee's and the dial's RL grids on it)."""
     table = {}
     for s in summaries.values():
@@ -54,7 +54,7 @@ def fast_lrs(summaries):
 
 
 def lists(table):
-    """{lr: {seed: x}} -> {lr: [x, ...]}, what study_stats' LR functions take."""
+    """{lr: {seed: x}} -> {lr: [x, ...]}, what stats' LR functions take."""
     return {lr: list(v.values()) for lr, v in table.items()}
 
 

@@ -17,13 +17,13 @@ import time
 
 import torch
 
-from bench_measure import peer_model, random_model
+from bench_parts.measure import peer_model, random_model
 from errors import user_exit
 from flops import get_config
 from model import TOY_CONFIG, pick_device, save_model, toy_tokenizer
 from sampler import generate
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
 # what the GPU run must show, beside every figure it writes
 GOALS = dict(sampling_vs_peer=">= 5", sampling_of_bandwidth_floor=">= 0.5", lora_step_vs_peer="> 1",
              lora_memory_vs_peer="<= 1", full_step_vs_peer="> 1", full_memory_vs_peer="<= 1")

@@ -1,21 +1,21 @@
 """
 The study's claim rows, from run summaries alone (results/runs/*.json and results/geometry.json,
 which study.py writes): every LR chosen on the validation split, every verdict read on the test
-split with study_stats' tests, over the summaries study_summaries.py reads. A row follows the
-contract of study_stats.claim_row.
+split with stats' tests, over the summaries study_parts/summaries.py reads. A row follows the
+contract of stats.claim_row.
 
-The margin for "A matches B" is study_stats.MARGIN (0.05 accuracy); a verdict needs three seeds.
+The margin for "A matches B" is stats.MARGIN (0.05 accuracy); a verdict needs three seeds.
 """
 import math
 
 import numpy as np
 
 import flops
-import study_plan as plan
-import study_stats as st
-from study_stats import row
-from study_geometry import geometry_rows
-from study_summaries import at_best, base_stats, best_lrs, done, final, lists, n_lrs, scores
+from study_parts import plan
+from study_parts import stats as st
+from study_parts.stats import row
+from study_parts.geometry_rows import geometry_rows
+from study_parts.summaries import at_best, base_stats, best_lrs, done, final, lists, n_lrs, scores
 from model import TOY_CONFIG
 
 TEST = 1111          # the toy test split; every study run is scored on all of it
@@ -103,7 +103,7 @@ def sample_efficiency_row(summaries):
     """Rank 1 against full fine-tuning over the steps: the mean training reward of a run (the area
     under its reward curve). Not at the validation-best LR: where final accuracy saturates, that
     argmax is a coin toss among ties and picks the slowest LR as readily as the fastest. Each
-    seed is read at the LR that the other seeds' mean reward picks (study_stats.cross_fit)."""
+    seed is read at the LR that the other seeds' mean reward picks (stats.cross_fit)."""
     claim = "RL: rank 1 learns as fast as full fine-tuning (mean training reward over the steps)"
     mean_reward = lambda s: float(np.mean([r["reward"] for r in s["train"] if "reward" in r]))
     per = {}

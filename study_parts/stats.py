@@ -2,7 +2,7 @@
 The statistics behind study.py's claim rows, after a statistician's review: each group of functions
 answers one flaw of the old code, numbered as in the review (tests/test_study_stats.py checks them).
 
-    python study_stats.py        # self-check: t quantiles, McNemar and Holm on known values
+    python study_parts/stats.py        # self-check: t quantiles, McNemar and Holm on known values
 
 1 winner's curse         best_lr, argmax_bootstrap, lr_ratio_interval (choose on validation seeds)
 2 paired data            paired_by_seed (exact Student t: t_quantile), mcnemar, paired_bootstrap
@@ -392,7 +392,7 @@ def claim_row(**fields):
 
 
 def row(rid, claim, source, measured, interval, test, n_seeds, selection, verdict, **extra):
-    """claim_row with the contract's fields in order (study_claims.py writes many)."""
+    """claim_row with the contract's fields in order (study_parts/claims.py writes many)."""
     return claim_row(id=rid, claim=claim, source=source, measured=measured, interval=interval,
                      test=test, n_seeds=n_seeds, selection=selection, verdict=verdict, **extra)
 

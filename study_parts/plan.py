@@ -1,6 +1,6 @@
 """
 The study's plan: every run as (script, arguments), in three phases. study.py launches them and
-study_claims.py reads them; nothing here trains or reads a result but the validation scores that
+study_parts/claims.py reads them; nothing here trains or reads a result but the validation scores that
 place phase 2's grids.
 
 Phase 1, fixed grids chosen before any result: GRPO sweeps of rank 1 and full fine-tuning (five
@@ -13,17 +13,17 @@ around each method's fastest LR instead (the best mean training reward), since t
 accuracies tie at a ceiling over much of the sweep. Phase 3: geometry.py over the best LoRA
 runs. Every verdict is read on the test split; no LR is ever chosen on it.
 
-    python study_plan.py          # the plan's size: runs, steps and estimated one-thread hours
+    python study_parts/plan.py          # the plan's size: runs, steps and estimated one-thread hours
 """
 import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import study_stats
+from study_parts import stats
 
-HERE = Path(__file__).resolve().parent
-SEEDS = (0, 1, 2)                          # MIN_SEEDS of study_stats: three for any verdict
+HERE = Path(__file__).resolve().parents[1]  # the repository: its scripts and toy_base/
+SEEDS = (0, 1, 2)                          # MIN_SEEDS of stats: three for any verdict
 STEPS, PROMPTS, GROUP = 40, 32, 8          # a study GRPO run: 10,240 episodes
 LORA_GRID = [5e-4 * 2 ** k for k in range(5)]   # 5e-4 .. 8e-3
 FULL_GRID = [5e-5 * 2 ** k for k in range(5)]   # 5e-5 .. 8e-4: LoRA/full ratios are 10·2^j
@@ -159,7 +159,7 @@ def phase1(root, mode):
 
 
 def phase2(root, mode, best):
-    """best: {group: LR} from phase 1's validation scores (study_claims.best_lrs). Runs that
+    """best: {group: LR} from phase 1's validation scores (claims.best_lrs). Runs that
     need an LR not yet known (its group unfinished) are left out."""
     plan, c, f = [], best.get("r1"), best.get("full")
     seeds = SEEDS if mode == "full" else (0,)
@@ -283,4 +283,4 @@ if __name__ == "__main__":
         print(f"--{mode}: {len(plan)} runs, {sum(r.steps for r in plan):,} steps, about "
               f"{hours:.1f} one-thread hours ({hours / 2:.1f} h on two jobs; the dial's runs on "
               f"the bases it builds are planned once those exist)")
-    assert study_stats.MIN_SEEDS <= len(SEEDS)
+    assert stats.MIN_SEEDS <= len(SEEDS)

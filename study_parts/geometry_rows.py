@@ -1,13 +1,13 @@
 """
 The trajectory study's claims, from geometry.py's report over the study's best LoRA runs
 (results/geometry.json): PC1 + PC2, orthogonal finals, the size of ΔW, the plane's good region,
-rank-1 truncation (paired by problem: a bootstrap interval and McNemar's test). study_claims.py
+rank-1 truncation (paired by problem: a bootstrap interval and McNemar's test). study_parts/claims.py
 puts these rows beside the others.
 """
 import numpy as np
 
-import study_stats as st
-from study_stats import row
+from study_parts import stats as st
+from study_parts.stats import row
 
 TRAJ = "the trajectory study"
 

@@ -6,7 +6,7 @@ geometry.json and study.json). Nothing here depends on a run folder, so
     python study.py --from results
 
 rewrites the same bytes. One colour per method in every figure; error bars are 95% t intervals
-over seeds with the binomial floor (study_stats.error_bar: t₂ = 4.30 for three seeds, not 1.96).
+over seeds with the binomial floor (stats.error_bar: t₂ = 4.30 for three seeds, not 1.96).
 """
 from pathlib import Path
 
@@ -16,9 +16,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import flops
-import study_claims as sc
-import study_plan as plan
-import study_stats as st
+from study_parts import claims as sc
+from study_parts import plan
+from study_parts import stats as st
 from errors import read_json, user_exit, write_atomic, write_json
 from geometry_figures import STYLES, figures_from_report, outside_legend
 from model import TOY_CONFIG

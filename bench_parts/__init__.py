@@ -1,0 +1,6 @@
+"""
+The bench's parts (bench.py runs them):
+
+    measure.py      timing, the physical floors, random models of a real shape, the peer's step
+    acceptance.py   the one-shot GPU acceptance run
+"""
