@@ -15,10 +15,41 @@ from collections.abc import Mapping
 
 import lora
 import tinylora
-from errors import UserError, open_safetensors, read_json
+from errors import COUNT, COUNT0, FRACTION, POSITIVE, UserError, open_safetensors, read_json
 from peft_format import PEFT_PREFIX, check_types
 
 KINDS = ("lora", "loraxs", "tinylora")
+
+
+def add_args(parser, full):
+    """The trainers' adapter flags, one meaning in every script. full: what --rank 0 means."""
+    add = parser.add_argument
+    add("--adapter", default="lora", choices=KINDS, help="lora: B·A; loraxs: only R (rank x "
+        "rank) in U Σ R Vᵀ; tinylora: R = Σ v_i P_i, only v trains (tinylora.py)")
+    add("--rank", type=COUNT0, default=None, help="LoRA rank (LoRA-XS, TinyLoRA: the SVD rank "
+        f"r); 0 = {full}; default 1, 2 for tinylora")
+    add("--alpha", type=POSITIVE, default=32.0, help="LoRA alpha; the update is scaled by "
+        "alpha/rank (LoRA only)")
+    add("--u", type=COUNT, default=13, help="TinyLoRA: trainable parameters per group of modules")
+    add("--tie", type=FRACTION, default=0.0, help="TinyLoRA weight tying (PEFT's): 0 = one v per "
+        "module, 1 = one v for all")
+    add("--targets", default="all", help="adapted projections: all, attn, mlp, or names like "
+        "q_proj,v_proj")
+    add("--layers", default=None, help="adapted layers: indices like 0,1,2 or first/middle/last "
+        "thirds; default all")
+
+
+def check(config, rank, targets, layers):
+    """The adapter flags against the model's shapes, before anything is built or written:
+    targets and layers that exist, and a rank no adapted matrix is too small for (the rank of
+    an (out, in) update is at most min(out, in); LoRA-XS and TinyLoRA take W's top-r SVD)."""
+    targets = lora.parse_targets(targets)
+    lora.parse_layers(layers, config.num_hidden_layers)
+    shapes = lora.projection_shapes(config)
+    t = min(targets, key=lambda t: min(shapes[t]))
+    if rank > min(shapes[t]):
+        raise UserError(f"--rank {rank}: {t} is {shapes[t][0]} x {shapes[t][1]}, so an update "
+                        f"of it has rank at most {min(shapes[t])}: pass a smaller --rank")
 
 
 def apply(model, kind, rank, alpha=32.0, u=13, tie=0.0, targets=lora.ALL_LINEAR, layers=None,

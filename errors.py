@@ -55,6 +55,36 @@ def read_json(path):
                         f"truncated or corrupt?") from None
 
 
+def jsonl_rows(path):
+    """[(line number, row)] of a JSONL file of objects, blank lines skipped. A last line without its
+    newline that does not parse is a write cut short: dropped, with a note on stderr. Any other line
+    that is not a JSON object is a UserError naming file:line."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:  # a torn line: mid-character
+            lines = f.read().split("\n")                      # "" last when the file ends in "\n"
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read it ({e})") from None
+    rows = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            if n == len(lines):  # the last line, and no newline after it
+                print(f"note: {path}:{n}: dropped a torn last line {line[:40]!r} (a write cut "
+                      f"short, e.g. by a kill)", file=sys.stderr)
+                break
+            raise UserError(f"{path}:{n}: not valid JSON ({e.msg}, column {e.colno}); the file is "
+                            f"damaged: fix or delete that line") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{path}:{n}: a {type(row).__name__}, not a JSON object")
+        rows.append((n, row))
+    return rows
+
+
 def open_safetensors(path):
     """safe_open(path) for tensors read one at a time, or a UserError that names the file. The
     header is checked against the file's size here, so a truncated file fails now, not later."""
@@ -100,11 +130,22 @@ def number(kind=float, low=None, high=None, above=None):
     return convert
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every script's --help: the module docstring as written, and each flag's default after its
+    help ("(default: 10)") unless the help already names it or there is none to name."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        quiet = action.default in (None, False, argparse.SUPPRESS) or "default" in text
+        return text if quiet or action.nargs == 0 else f"{text} (default: %(default)s)"
+
+
 COUNT = number(int, low=1)          # 1, 2, 3, ...
 COUNT0 = number(int, low=0)         # 0 = off / all / default, as each help says
 POSITIVE = number(float, above=0)   # > 0, finite
 NONNEGATIVE = number(float, low=0)  # >= 0, finite
 FRACTION = number(float, low=0, high=1)
+SEED = number(int, low=0, high=2 ** 63 - 1)  # torch.manual_seed takes a signed 64-bit integer
 
 # -----------------------------------------------------------------------------
 # Writing: atomically (tmp, fsync, rename), and checked before long work starts

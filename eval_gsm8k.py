@@ -32,17 +32,17 @@ from tqdm import tqdm
 import adapters
 import factored
 import gsm8k as H  # lm-evaluation-harness's rules (its LM_EVAL_* and lm_eval_*)
+import toy_task
 from data_parallel import reduce_eval
-from errors import (COUNT, COUNT0, NONNEGATIVE, check_writable, exit_on_user_error, user_exit,
-                    write_lines)
-from gsm8k import (STOP_STRINGS, data_path, extract_answer, format_prompt, format_solution,
-                   gold_answer, load_task, reward, stop_ids, truncate)
+from errors import (COUNT, COUNT0, NONNEGATIVE, HelpFormatter, check_writable, exit_on_user_error,
+                    user_exit, write_lines)
+from gsm8k import (STOP_STRINGS, data_path, extract_answer, format_prompt, gold_answer, load_task,
+                   reward, show_rules, stop_ids, truncate)
 from gsm8k import load_gsm8k  # noqa: F401  the contract's eval_gsm8k.load_gsm8k, gsm8k.py's
 from lora import merged
 from model import TOY_BASE, load_model, load_tokenizer
 from sampler import generate, sample_key
-import toy_task
-from toy_task import toy_problems
+
 # -----------------------------------------------------------------------------
 # Evaluation
 
@@ -154,6 +154,24 @@ def eval_metrics(model, tokenizer, problems, stop, max_new_tokens, batch_size):
                 eval_format_rate=s["format_rate"], eval_n=s["n"],
                 eval_seconds=round(s["seconds"], 2),
                 eval_correct="".join("1" if r["correct"] else "0" for r in rows))  # by problem
+
+def add_eval_args(parser, every, limit, batch_size):
+    """The trainers' evaluation flags, one meaning in every script; the strings are the defaults'
+    wording (the presets fill them in)."""
+    add = parser.add_argument
+    add("--eval-every", type=COUNT0, default=None, help="evaluate every N steps (also at step 0 "
+        f"and at the end); 0 = start and end only; default {every}")
+    add("--eval-limit", type=COUNT0, default=None, help="held-out test problems to evaluate on; 0 "
+        f"= the whole split; default {limit}")
+    add("--eval-batch-size", type=COUNT, default=None, help="prompts per generate() call in "
+        f"evaluation; default {batch_size}")
+    add("--val-limit", type=COUNT0, default=0, help="toy: at the final evaluation also the first N "
+        "val problems (where the study picks LRs); 0 = none")
+    add("--eval-start", action=argparse.BooleanOptionalAction, default=True, help="evaluate "
+        "the base at step 0 (default; --no-eval-start: skip it, the study measures each base once)")
+    add("--eval-samples", type=COUNT0, default=0, help="at the final evaluation also K samples a "
+        "problem: pass@1, pass@K, the toy's latent mode; 0 = greedy only")
+
 
 def training_eval(model, tokenizer, problems, args, final=False, val=(), rank=0, world=1):
     """The metrics row of a training script's evaluation: greedy accuracy on the held-out
@@ -296,27 +314,6 @@ def print_lm_eval_summary(s, title):
 # -----------------------------------------------------------------------------
 
 
-def show_rules():
-    """No model: what this file does, on examples; and the toy task's gold answers checked."""
-    toy = toy_problems("train", n=3)
-    n_train, n_test = len(toy_problems("train")), len(toy_problems("test"))
-    print(f"toy task: {n_train} train, {n_test} test problems")
-    print("a 2-shot toy prompt and its target:\n" + "-" * 40)
-    print(format_prompt(toy[2]["question"], [(p["question"], p["answer"]) for p in toy[:2]])
-          + format_solution(toy[2]["answer"]) + "\n" + "-" * 40)
-    for text in ["#### 1,080", "so $18.00.\n#### $18.00.", "#### -5\n\nQuestion: #### 7",
-                 "The answer is \\boxed{42}.", "it is 12 or 13", "no answer"]:
-        print(f"  extract {text!r:36} strict {extract_answer(text)!s:5} "
-              f"flexible {extract_answer(text, flexible=True)}")
-    text = (" She has 7 eggs.\n\nSo she sells 7 * 2 = 14 dollars.\n#### 14\n\nQuestion: Tom has "
-            "3 pens.\n#### 3")
-    print(f"  reward of {text!r} against 14: {reward(text, '14')} (cut at 'Question:'; blank "
-          f"lines stay)")
-    assert all(reward(p["answer"], p["answer"]) == 1.0 for p in toy_problems("test"))
-    print("every toy test gold answer earns reward 1 against itself. Evaluate with --toy or "
-          "--model.")
-
-
 def evaluate_adapters(model, tokenizer, problems, shots, args, max_new_tokens):
     """--adapter A B C: every adapter stacked once, scored side by side, K a pass."""
     factor_sets = [adapters.load_factors(a) for a in args.adapter]
@@ -345,8 +342,7 @@ def evaluate_adapters(model, tokenizer, problems, shots, args, max_new_tokens):
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add = parser.add_argument
     # what to evaluate
     add("--model", default=None, help="hub id or local folder (default with --toy: the shipped "
@@ -387,7 +383,7 @@ if __name__ == "__main__":
     args = parser.parse_args()
     exit_on_user_error()
     if args.model is None and not args.toy:
-        show_rules()
+        show_rules()  # gsm8k.py's: the prompt and the rule on examples
         raise SystemExit
 
     task = "toy" if args.toy else "gsm8k"

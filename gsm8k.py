@@ -301,3 +301,31 @@ def lm_eval_score(completion, answer):
     strict = _lm_eval_clean(_lm_eval_filter(LM_EVAL_STRICT, completion, 0))
     flexible = _lm_eval_clean(_lm_eval_filter(LM_EVAL_FLEXIBLE, completion, -1))
     return float(strict == gold), float(flexible == gold)
+
+# -----------------------------------------------------------------------------
+# python gsm8k.py (or eval_gsm8k.py without a model): the prompt and the rule on examples
+
+
+def show_rules():
+    """No model: what this file does, on examples; and the toy task's gold answers checked."""
+    toy = toy_problems("train", n=3)
+    n_train, n_test = len(toy_problems("train")), len(toy_problems("test"))
+    print(f"toy task: {n_train} train, {n_test} test problems")
+    print("a 2-shot toy prompt and its target:\n" + "-" * 40)
+    print(format_prompt(toy[2]["question"], [(p["question"], p["answer"]) for p in toy[:2]])
+          + format_solution(toy[2]["answer"]) + "\n" + "-" * 40)
+    for text in ["#### 1,080", "so $18.00.\n#### $18.00.", "#### -5\n\nQuestion: #### 7",
+                 "The answer is \\boxed{42}.", "it is 12 or 13", "no answer"]:
+        print(f"  extract {text!r:36} strict {extract_answer(text)!s:5} "
+              f"flexible {extract_answer(text, flexible=True)}")
+    text = (" She has 7 eggs.\n\nSo she sells 7 * 2 = 14 dollars.\n#### 14\n\nQuestion: Tom has "
+            "3 pens.\n#### 3")
+    print(f"  reward of {text!r} against 14: {reward(text, '14')} (cut at 'Question:'; blank "
+          f"lines stay)")
+    assert all(reward(p["answer"], p["answer"]) == 1.0 for p in toy_problems("test"))
+    print("every toy test gold answer earns reward 1 against itself. Evaluate with --toy or "
+          "--model.")
+
+
+if __name__ == "__main__":
+    show_rules()

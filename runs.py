@@ -4,7 +4,6 @@ and finding the runs under a folder. sft.py and grpo.py write run folders, geome
 read them, all through here; docs/formats.md describes every file.
 
     python runs.py runs/             # every run under runs/: checkpoints, rows, last evaluation
-    python runs.py --check           # self-check on a temporary run: torn line, cut save, resume
 
 What a crash leaves behind, and what reading does with it. A checkpoint is written into
 step_N.tmp/ and renamed in one step: a kill or a full disk during the write leaves only
@@ -15,21 +14,23 @@ with file:line. Every read names its file when it fails (errors.UserError): with
 the bad one. Under torchrun, rank 0 alone writes the run folder (data_parallel.py).
 """
 import argparse
+import atexit
 import json
 import os
 import re
 import shlex
 import shutil
 import signal
+import socket
 import sys
-import tempfile
+import time
 
 from safetensors.torch import save_file
 
 import adapters
-from errors import (UserError, check_writable, exit_on_user_error, fsync_dir, fsync_tree,
-                    load_safetensors, open_safetensors, read_json, user_exit, write_json,
-                    write_lines)
+from errors import (HelpFormatter, UserError, check_writable, exit_on_user_error, fsync_dir,
+                    fsync_tree, jsonl_rows, load_safetensors, open_safetensors, read_json,
+                    user_exit, write_json, write_lines)
 from model import save_model
 from versions import code_version, same_model
 
@@ -67,41 +68,163 @@ def check_resume_args(run, args, free):
         raise UserError(f"--resume of {run} with arguments that change training (saved, now): "
                         f"{changed}")
 
-def start_run(args, free, rank=0):
-    """The run folder of a training script, before anything trains: a folder that holds
-    checkpoints is continued only with --resume, and only with the arguments that made it (all but
-    `free`: the step budget, device, evaluation, logging); args.json is written (rank 0). Returns
-    the newest complete checkpoint to resume from, or None."""
+# -----------------------------------------------------------------------------
+# Opening a run folder: one writer, and nothing written before every check has passed
+
+LOCK = ".lock"  # out/.lock: {"pid", "host", "command", "started"} of the process writing the run
+
+
+def open_run(args, free, script, rank=0):
+    """The run folder of a training script, checked before a byte of the run is written: --out
+    is a new or empty folder, or a run of `script` (args.json), which is continued only with
+    --resume, only with the arguments that made it (all but `free`: the step budget, device,
+    evaluation, logging), and from its newest readable checkpoint. Rank 0 takes the folder's lock
+    (take_lock), so a refusal after this leaves the folder as it was. Returns the checkpoint to
+    resume from, or None; begin_run() then writes args.json."""
+    out = args.out
     if rank == 0:
-        check_writable(args.out, folder=True)  # a read-only or file --out fails now, in one line
-    ckpt = newest_checkpoint(args.out)
+        check_run_folder(out, script)
+        take_lock(out)
+    ckpt = newest_checkpoint(out)
     if ckpt and not args.resume:
-        raise user_exit(f"{args.out} already holds checkpoints ({os.path.basename(ckpt)}); pass "
+        raise user_exit(f"{out} already holds checkpoints ({os.path.basename(ckpt)}); pass "
                         f"--resume to continue it, or another --out")
     if args.resume and ckpt is None:
-        print(f"--resume: no complete checkpoint in {args.out}, starting from step 0")
-    if ckpt:
-        check_resume_args(args.out, args, free)
-        ckpt, damaged = resumable_checkpoint(args.out)
-        if ckpt is None:
-            raise UserError(f"{args.out}: no readable checkpoint to resume from; {damaged[-1]}")
-        for note in damaged:
-            print(f"note: {note}; resuming from {os.path.basename(ckpt)}")
-    if rank == 0:
-        write_args(args.out, args)
+        print(f"--resume: no complete checkpoint in {out}, starting from step 0")
+    if not ckpt:
+        return None
+    check_resume_args(out, args, free)
+    ckpt, damaged = resumable_checkpoint(out)
+    if ckpt is None:
+        raise UserError(f"{out}: no readable checkpoint to resume from; {damaged[-1]}")
+    for note in damaged:
+        print(f"note: {note}; resuming from {os.path.basename(ckpt)}")
+    step = int(STEP.fullmatch(os.path.basename(ckpt))[1])
+    if args.steps < step:
+        raise user_exit(f"--steps {args.steps} is below the newest checkpoint of {out} (step "
+                        f"{step}): a resumed run continues it; pass --steps {step} or more")
     return ckpt
 
-def on_ctrl_c(out):
-    """Ctrl-C ends a training script with one line, naming the newest checkpoint and the command
-    that continues the run, and exit status 130 (128 + SIGINT), not a 40-line traceback."""
+
+def begin_run(args, script, start, rank=0):
+    """args.json (written anew on --resume, with the new step budget) and metrics.jsonl cut to
+    the rows up to `start`, the step resumed from (a fresh run: no rows). Rank 0 writes."""
+    if rank == 0:
+        write_args(args.out, dict(vars(args), script=script))
+        path = os.path.join(args.out, "metrics.jsonl")
+        if start:
+            trim_metrics(args.out, start)
+        elif os.path.exists(path):
+            os.remove(path)
+
+
+def check_run_folder(out, script):
+    """--out must be a new folder, an empty one, or a run folder that `script` wrote (args.json,
+    with step_*/, metrics.jsonl beside it): a model folder, someone else's adapters or another
+    script's run are refused, untouched."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UserError(f"--out {out}: a file, not a folder")
+    if not os.path.exists(out):
+        parent = os.path.dirname(os.path.abspath(out))
+        while not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+            why = "a file, not a folder" if not os.path.isdir(parent) else "not writable"
+            raise UserError(f"--out {out}: cannot make it ({parent} is {why})")
+        return
+    if not os.access(out, os.W_OK):
+        raise UserError(f"--out {out}: not writable")
+    entries = sorted(os.listdir(out))
+    if not entries or entries == [LOCK]:
+        return
+    if "args.json" not in entries:
+        shown = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
+        raise UserError(f"--out {out} holds files that no run of {script} wrote ({shown}); a run "
+                        f"writes only into a new or empty folder or its own: pass another --out")
+    made_by = read_args(out).get("script")
+    if made_by not in (None, script):
+        raise UserError(f"--out {out} is a run of {made_by}, not of {script}: pass another --out "
+                        f"(or python {made_by} ... --resume to continue it)")
+
+
+def take_lock(out):
+    """One writer per run folder: out/.lock, created atomically (O_EXCL) and naming this process,
+    removed at exit (with the folder, if this process made it and it stayed empty). A lock whose
+    process is gone (this host, no such pid) is stale and taken over; a live one refuses."""
+    made = not os.path.exists(out)
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, LOCK)
+    me = dict(pid=os.getpid(), host=socket.gethostname(), command=" ".join(sys.argv),
+              started=time.strftime("%Y-%m-%d %H:%M:%S"))
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            try:
+                owner = read_json(path)
+            except UserError:
+                owner = {}  # a lock cut short as it was written: its writer died then
+            if lock_alive(owner):
+                raise UserError(f"--out {out} is being written by process {owner['pid']} on "
+                                f"{owner['host']} (since {owner.get('started')}: "
+                                f"{owner.get('command')}); wait for it, or pass another --out")
+            print(f"note: {path} was left by a process that is gone "
+                  f"({owner.get('pid', '?')}); taking it over")
+            os.remove(path)
+    with os.fdopen(fd, "w") as f:
+        json.dump(me, f)
+    HELD[path] = made
+
+
+HELD = {}  # the locks this process holds: {lock path: whether it made the run folder}
+
+
+@atexit.register
+def release_locks():
+    """Remove this process's locks, and a run folder it made that stayed empty (a refused run
+    leaves nothing). At exit; tests that run scripts in this process call it after each."""
+    for path, made in list(HELD.items()):
+        if os.path.exists(path) and read_json(path).get("pid") == os.getpid():
+            os.remove(path)
+            folder = os.path.dirname(path)
+            if made and not os.listdir(folder):
+                os.rmdir(folder)
+        del HELD[path]
+
+
+def lock_alive(owner):
+    """Is the process that wrote this lock still running? On this host: is its pid alive. On
+    another host (a shared disk) there is no telling: alive, so nothing is overwritten."""
+    if not isinstance(owner, dict) or not isinstance(owner.get("pid"), int):
+        return False
+    if owner.get("host") != socket.gethostname():
+        return True
+    if owner["pid"] == os.getpid():  # this process's own, from a run it finished (tests run
+        return False                 # scripts in-process, one after the other)
+    try:
+        os.kill(owner["pid"], 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def on_signals(out):
+    """Ctrl-C (SIGINT) or SIGTERM (what `kill` and schedulers send) ends a training script with
+    one line, naming the newest checkpoint and the command that continues the run, and exit
+    status 128 + the signal (130, 143), not a traceback; the lock goes at exit."""
     def stop(signum, frame):
         ckpt = newest_checkpoint(out)
         argv = [a for a in sys.argv if a != "--resume"]
         command = " ".join(shlex.quote(a) for a in ["python", *argv, "--resume"])
-        print(f"\ninterrupted: the newest checkpoint is {ckpt or 'none yet'}; continue with: "
+        what = "interrupted" if signum == signal.SIGINT else "terminated"
+        print(f"\n{what}: the newest checkpoint is {ckpt or 'none yet'}; continue with: "
               f"{command}", file=sys.stderr, flush=True)
-        raise SystemExit(130)
+        raise SystemExit(128 + signum)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
 
 # -----------------------------------------------------------------------------
 # metrics.jsonl
@@ -116,36 +239,6 @@ def append_metrics(run, row):
     except OSError as e:
         raise UserError(f"{path}: cannot append a row ({e.strerror or e}); the rows before it "
                         f"are intact, and --resume continues from the newest checkpoint") from None
-
-
-def jsonl_rows(path):
-    """[(line number, row)] of a JSONL file of objects, blank lines skipped. A last line without its
-    newline that does not parse is a write cut short: dropped, with a note on stderr. Any other line
-    that is not a JSON object is a UserError naming file:line."""
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:  # a torn line: mid-character
-            lines = f.read().split("\n")                      # "" last when the file ends in "\n"
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
-    except OSError as e:
-        raise UserError(f"{path}: cannot read it ({e})") from None
-    rows = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            if n == len(lines):  # the last line, and no newline after it
-                print(f"note: {path}:{n}: dropped a torn last line {line[:40]!r} (a write cut "
-                      f"short, e.g. by a kill)", file=sys.stderr)
-                break
-            raise UserError(f"{path}:{n}: not valid JSON ({e.msg}, column {e.colno}); the file is "
-                            f"damaged: fix or delete that line") from None
-        if not isinstance(row, dict):
-            raise UserError(f"{path}:{n}: a {type(row).__name__}, not a JSON object")
-        rows.append((n, row))
-    return rows
 
 
 def read_metrics(run) -> list:
@@ -195,6 +288,11 @@ def resumable_checkpoint(run):
     notes = []
     for ckpt in reversed(checkpoints(run)):
         try:
+            weights = ["adapter_config.json", "adapter_model.safetensors"] if os.path.exists(
+                os.path.join(ckpt, "adapter_config.json")) else ["config.json", "model.safetensors"]
+            for name in ["trainer_state.safetensors", *weights]:
+                if not os.path.isfile(os.path.join(ckpt, name)):
+                    raise UserError(f"{ckpt}: no {name}")
             state = read_json(os.path.join(ckpt, "trainer_state.json"))
             if not isinstance(state, dict) or not isinstance(state.get("step"), int):
                 raise UserError(f"{ckpt}/trainer_state.json: no integer \"step\"")
@@ -309,63 +407,38 @@ def find_runs(root, adapters_only=False):
     return runs, notes
 
 # -----------------------------------------------------------------------------
-# python runs.py RUNS_DIR: what is there. --check: the crash cases on a temporary run
+# python runs.py RUNS_DIR: what is there
 
 
-def self_check():
-    import torch
-    from model import TOY_CONFIG, Qwen2
-    from lora import apply_lora
-    with tempfile.TemporaryDirectory() as run:
-        torch.manual_seed(0)
-        model = apply_lora(Qwen2(TOY_CONFIG), 1, 32, verbose=False)
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        opt = torch.optim.Adam([p for _, p in named])
-        write_args(run, {"rank": 1})
-        for step in (1, 2):
-            model(torch.zeros(1, 4, dtype=torch.long)).sum().backward()
-            opt.step()
-            append_metrics(run, {"step": step, "loss": 1.0 / step})
-            folder = os.path.join(run, f"step_{step:06d}")
-            save_checkpoint(folder, model, opt, named, {"step": step})
-        with open(os.path.join(run, "metrics.jsonl"), "a") as f:
-            f.write('{"step": 3, "los')                                    # killed mid-write
-        os.makedirs(os.path.join(run, "step_000003.tmp"))                  # killed mid-save
-        assert [r["step"] for r in read_metrics(run)] == [1, 2]
-        assert newest_checkpoint(run) == os.path.join(run, "step_000002")
-        state, _ = load_trainer_state(newest_checkpoint(run), opt, named)
-        trim_metrics(run, state["step"])
-        append_metrics(run, {"step": 3, "loss": 0.3})
-        assert [r["step"] for r in read_metrics(run)] == [1, 2, 3]
-        print("torn last line dropped with a note, step_000003.tmp ignored, resumed at step 2: "
-              "rows 1, 2, 3")
-    print("runs.py: all checks passed")
+def describe(run):
+    """One row of the listing: (checkpoints, newest, metrics rows, last evaluation), or a
+    UserError naming what is damaged."""
+    rows = read_metrics(run) if os.path.exists(os.path.join(run, "metrics.jsonl")) else []
+    evals = [r for r in rows if "eval_accuracy" in r]
+    newest = newest_checkpoint(run)
+    last = f"{evals[-1]['eval_accuracy']:.3f} at step {evals[-1]['step']}" if evals else "-"
+    return len(checkpoints(run)), os.path.basename(newest) if newest else "-", len(rows), last
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs_dir", nargs="?", default=None,
-                        help="folder of run folders; default runs/ (the self-check if absent)")
-    parser.add_argument("--check", action="store_true",
-                        help="self-check the crash cases on a temporary run instead")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("runs_dir", nargs="?", default="runs", help="folder of run folders")
     args = parser.parse_args()
     exit_on_user_error()
-    if args.check or (args.runs_dir is None and not os.path.isdir("runs")):
-        self_check()
-        raise SystemExit
-    args.runs_dir = args.runs_dir or "runs"
     if not os.path.isdir(args.runs_dir):
         raise user_exit(f"{args.runs_dir}: no such folder (train a run first: python grpo.py "
-                        f"--toy --rank 1; or python runs.py --check, the self-check)")
+                        f"--toy --rank 1)")
     found, notes = find_runs(args.runs_dir)
     print("".join(f"note: {n}\n" for n in notes), end="")
     print(f"{'run':24} | {'checkpoints':>11} | {'newest':>11} | {'rows':>5} | last evaluation")
-    for name, steps in found.items():
-        run = os.path.join(args.runs_dir, name)
-        rows = read_metrics(run) if os.path.exists(os.path.join(run, "metrics.jsonl")) else []
-        evals = [r for r in rows if "eval_accuracy" in r]
-        newest = newest_checkpoint(run)
-        last = f"{evals[-1]['eval_accuracy']:.3f} at step {evals[-1]['step']}" if evals else "-"
-        newest = os.path.basename(newest) if newest else "-"
-        print(f"{name:24} | {len(steps):>11} | {newest:>11} | {len(rows):>5} | {last}")
+    damaged = []
+    for name in found:
+        try:
+            print("{:24} | {:>11} | {:>11} | {:>5} | {}".format(
+                name, *describe(os.path.join(args.runs_dir, name))))
+        except UserError as e:  # the others are still listed; this one is named below
+            damaged.append(f"{name}: {e}")
+    for d in damaged:
+        print(f"damaged: {d}", file=sys.stderr)
+    if damaged:
+        raise SystemExit(1)

@@ -32,16 +32,16 @@ from tqdm import tqdm
 
 import adapters
 from data_parallel import all_reduce, barrier, close_distributed, init_distributed, sum_grads
-from errors import (COUNT, COUNT0, FRACTION, NONNEGATIVE, POSITIVE, exit_on_user_error,
-                    user_exit)
-from eval_gsm8k import training_eval
+from errors import (COUNT, COUNT0, FRACTION, NONNEGATIVE, POSITIVE, SEED, HelpFormatter,
+                    exit_on_user_error, user_exit)
+from eval_gsm8k import add_eval_args, training_eval
 from gsm8k import format_prompt, format_solution, load_splits, load_task
 from toy_task import pretrain_stream
 from logprobs import logprobs_from_hidden
 from model import (TOY_CONFIG, Qwen2, load_config, load_model, load_tokenizer, pick_dtype,
                    save_model, toy_tokenizer)
-from runs import (append_metrics, load_trainer_state, on_ctrl_c, read_metrics, save_checkpoint,
-                  start_run, trim_metrics)
+from runs import (append_metrics, begin_run, load_trainer_state, on_signals, open_run,
+                  read_metrics, save_checkpoint)
 
 # -----------------------------------------------------------------------------
 # Data: tokenized examples, length-bucketed batches, the loss mask
@@ -129,27 +129,14 @@ def default_lr(config, lora):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add = p.add_argument
     # model and adapter
     add("--toy", action="store_true", help="toy world: the toy task and preset; without --model, "
         "train the toy base from scratch (model.TOY_CONFIG) into runs/toy_base")
     add("--model", default=None, help="hub id or local folder to fine-tune; default "
         "Qwen/Qwen2.5-3B (none with --toy: from scratch)")
-    add("--adapter", default="lora", choices=adapters.KINDS, help="lora: B·A; loraxs: only R "
-        "(rank x rank) in U Σ R Vᵀ; tinylora: R = Σ v_i P_i, only v trains (tinylora.py)")
-    add("--rank", type=COUNT0, default=None, help="LoRA rank (LoRA-XS, TinyLoRA: the SVD rank r); "
-        "0 = full fine-tuning; default 1, 2 for tinylora, 0 when training from scratch")
-    add("--alpha", type=POSITIVE, default=32.0, help="LoRA alpha; the update is scaled by "
-        "alpha/rank (LoRA only)")
-    add("--u", type=COUNT, default=13, help="TinyLoRA: trainable parameters per group of modules")
-    add("--tie", type=FRACTION, default=0.0, help="TinyLoRA weight tying (PEFT's): 0 = one v per "
-        "module, 1 = one v for all")
-    add("--targets", default="all", help="LoRA targets: all, attn, mlp, or projections like "
-        "q_proj,v_proj")
-    add("--layers", default=None, help="LoRA layers: indices like 0,1,2 or first/middle/last "
-        "thirds; default all")
+    adapters.add_args(p, full="full fine-tuning (and from scratch, the default there)")
     add("--dtype", default=None, help="float32 / bfloat16; default bf16 on a bf16 GPU (float32 "
         "for --rank 0), else fp32")
     add("--device", default=None, help="cuda / mps / cpu; default the best available")
@@ -184,33 +171,21 @@ def parse_args(argv=None):
     add("--weight-decay", type=NONNEGATIVE, default=0.0, help="AdamW weight decay; 0 = plain Adam")
     add("--grad-clip", type=NONNEGATIVE, default=1.0, help="clip the gradient's global norm to "
         "this; 0 = off")
-    add("--seed", type=COUNT0, default=0, help="seed of the init (LoRA's A, or the whole toy "
+    add("--seed", type=SEED, default=0, help="seed of the init (LoRA's A, or the whole toy "
         "model) and the data order")
     # evaluation, logging, checkpoints
-    add("--eval-every", type=COUNT0, default=None, help="evaluate every N steps (also at step 0 "
-        "and at the end); 0 = start and end only; default 0, toy base 25")
-    add("--eval-limit", type=COUNT0, default=None, help="held-out test problems to evaluate on; 0 "
-        "= the whole split; default 200, toy 256")
-    add("--eval-batch-size", type=COUNT, default=None, help="prompts per generate() call in "
-        "evaluation; default 64, toy 256")
+    add_eval_args(p, every="0, toy base 250", limit="200, toy 256", batch_size="64, toy 256")
     add("--max-new-tokens", type=COUNT, default=None, help="completion budget in evaluation; "
         "default 512, 48 with --toy")
     add("--target-acc", type=FRACTION, default=None, help="stop once eval accuracy reaches this; "
         "0 = off (the default)")
-    add("--val-limit", type=COUNT0, default=0, help="toy: at the final evaluation also the first N "
-        "val problems (where the study picks LRs); 0 = none")
-    add("--eval-start", action=argparse.BooleanOptionalAction, default=True, help="evaluate "
-        "the base at step 0 (--no-eval-start: skip it; the study measures each base once)")
-    add("--eval-samples", type=COUNT0, default=0, help="at the final evaluation also K samples a "
-        "problem: pass@1, pass@K, the toy's latent mode; 0 = greedy only")
     add("--log-every", type=COUNT, default=10, help="print a progress line every N steps "
         "(metrics.jsonl gets every step)")
     add("--save-every", type=COUNT0, default=None, help="checkpoint every N steps (and at the "
         "end); 0 = only at the end; default 50, toy 0")
     add("--out", default=None, help="run folder; default runs/sft[_toy]_r<rank> (_full for "
         "--rank 0), runs/toy_base from scratch")
-    add("--resume", action="store_true", help="continue from the newest complete checkpoint in "
-        "--out (a fresh start if none)")
+    add("--resume", action="store_true", help="continue --out from its newest good checkpoint")
     return resolve(p.parse_args(argv))
 
 
@@ -285,20 +260,30 @@ if __name__ == "__main__":
     tokenizer = toy_tokenizer() if scratch else load_tokenizer(args.model)
     train_problems, eval_set = load_splits(args.task, args.data, args.eval_limit)
     val_set = load_task(args.task, "val")[:args.val_limit] if args.val_limit else []
+    if not full:
+        adapters.check(config, args.rank, args.targets, args.layers)
+    if not scratch:  # the examples, and how many batches an epoch holds
+        train = encode(tokenizer, train_problems)
+        n_all = len(train)
+        train = [ex for ex in train if len(ex[0]) + len(ex[1]) <= args.max_len]
+        lengths = [len(p) + len(s) for p, s, _ in train]
+        n_batches = len(train) // args.batch_size
+        if n_batches == 0:
+            raise user_exit(f"{len(train)} of {n_all} training examples fit --max-len "
+                            f"{args.max_len}: fewer than one batch of {args.batch_size} "
+                            f"(--batch-size)")
     free = {"resume", "out", "steps", "device", "eval_every", "eval_batch_size", "log_every",
             "save_every", "val_limit", "eval_samples", "eval_start"}  # resumable
-    ckpt = start_run(args, free, rank)
-    on_ctrl_c(args.out)
+    ckpt = open_run(args, free, "sft.py", rank)  # its lock taken; nothing written yet
+    on_signals(args.out)
 
     # --- model, tokenizer, optimizer
     if scratch:  # one thread: a sum split over threads rounds otherwise, so the base would differ
         torch.set_num_threads(1)
     torch.manual_seed(args.seed)
     if scratch:
-        if ckpt:
-            model = load_model(ckpt, device=device, dtype=args.dtype)
-        else:
-            model = Qwen2(config).to(device)
+        model = load_model(ckpt, device=device, dtype=args.dtype) if ckpt else \
+            Qwen2(config).to(device)
         n = sum(p.numel() for p in model.parameters())
         print(f"toy base from scratch: {n:,} parameters on {device}, float32")
     else:
@@ -317,13 +302,9 @@ if __name__ == "__main__":
                                   weight_decay=args.weight_decay)
     start = 0
     if ckpt:
-        state, _ = load_trainer_state(ckpt, optimizer, named)
-        start = state["step"]
-        if rank == 0:
-            trim_metrics(args.out, start)
+        start = load_trainer_state(ckpt, optimizer, named)[0]["step"]
         print(f"resumed from {ckpt} at step {start}")
-    elif rank == 0 and os.path.exists(os.path.join(args.out, "metrics.jsonl")):
-        os.remove(os.path.join(args.out, "metrics.jsonl"))
+    begin_run(args, "sft.py", start, rank)  # args.json; metrics.jsonl cut to the checkpoint
 
     # --- data: the batch of step s is a function of (seed, s), so resuming needs only s
     what = "full fine-tuning" if full else f"{args.adapter} rank {args.rank}"
@@ -335,14 +316,6 @@ if __name__ == "__main__":
         batch_of = lambda step: next(stream)
         data = f"the toy pretraining mix, skill dial {args.skill_p}, {len(train_problems)} problems"
     else:
-        train = encode(tokenizer, train_problems)
-        n_all = len(train)
-        train = [ex for ex in train if len(ex[0]) + len(ex[1]) <= args.max_len]
-        lengths = [len(p) + len(s) for p, s, _ in train]
-        n_batches = len(train) // args.batch_size
-        if n_batches == 0:
-            raise user_exit(f"{len(train)} training examples are fewer than one batch of "
-                            f"{args.batch_size} (--batch-size)")
         epochs = {}
 
         def batch_of(step):

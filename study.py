@@ -12,8 +12,8 @@ the capacity knee and the skill dial, in one command that writes RESULTS.md.
 It runs the scripts as subprocesses (grpo.py, sft.py, eval_gsm8k.py, geometry.py), one thread
 each, --jobs at a time, into runs/study/<run>/, in three phases (study_parts/plan.py). LRs are chosen
 on the toy's validation split, verdicts read on its test split (study_parts/claims.py, with the tests of
-study_parts/stats.py). Each run folder records its exact arguments and the code version (study.json,
-args.json); a finished run is reused only when both match, an interrupted one resumes, and a run
+study_parts/stats.py). Each run records its exact arguments and the code version (its stamp in
+runs/study/stamps/, its args.json); a finished run is reused only when both match, an interrupted one resumes, and a run
 made by other code or flags is moved to runs/study/stale/. After each run, a small summary goes
 to results/runs/<run>.json (args, code, per-step metrics, final evaluations; no checkpoints):
 `--from results` rebuilds RESULTS.md byte for byte from those alone (study_parts/report.py), and a
@@ -37,7 +37,8 @@ import versions
 from study_parts import plan
 from study_parts import report as study_report, summaries as study_summaries
 from eval_gsm8k import over_problems, pass_at_k
-from errors import COUNT, UserError, exit_on_user_error, read_json, user_exit, write_json
+from errors import (COUNT, UserError, exit_on_user_error, jsonl_rows, read_json, user_exit,
+                    write_json)
 
 HERE = Path(__file__).resolve().parent
 TRAIN_KEYS = ("step", "reward", "loss", "tokens", "t_sample", "t_train", "seconds", "length")
@@ -62,9 +63,15 @@ def finished(run, root):
 
 
 def stamp(run, code):
-    """What study.json records: the run's arguments, its plan metadata (geometry's: the runs it
+    """What a run's stamp records: its arguments, its plan metadata (geometry's: the runs it
     reads) and the code hash (runs.code_version)."""
     return {"argv": run.args, "meta": run.meta, "code": code}
+
+
+def stamp_of(root, run):
+    """Where the study records what launched a run: beside its folder (a trainer writes only
+    into a folder of its own), root/stamps/<run>.json."""
+    return root / "stamps" / f"{run.name}.json"
 
 
 def built(run, root):
@@ -100,7 +107,7 @@ def state(run, root, code, results, files=()):
     if not folder.exists():
         return "reuse" if run.name not in files and known_from_summary(run, root, results, code) \
             else "new"
-    mine = (folder / "study.json").exists() and read_json(folder / "study.json") == stamp(run, code)
+    mine = stamp_of(root, run).exists() and read_json(stamp_of(root, run)) == stamp(run, code)
     if mine and (folder / "args.json").exists():  # the run's own record of the code it ran
         mine = runs.read_args(folder).get("code", {}).get("hash") == code
     if mine:
@@ -123,7 +130,7 @@ def summarize(run, root, code, wall=None):
     if run.needs:
         s["built"] = built(run, root)
     if run.script == "eval_gsm8k.py":
-        s["base"] = base_summary([r for _, r in runs.jsonl_rows(folder / "rows.jsonl")])
+        s["base"] = base_summary([r for _, r in jsonl_rows(folder / "rows.jsonl")])
         return s
     if run.script == "geometry.py":  # no args.json; its geometry.json goes to results/ whole
         return s
@@ -210,7 +217,8 @@ def launch(todo, root, results, jobs, dry_run=False, ran=None, files=()):
     def run_one(run):
         (ran if ran is not None else []).append(run.name)
         (root / run.name).mkdir(parents=True, exist_ok=True)
-        write_json(root / run.name / "study.json", stamp(run, code(run)))
+        stamp_of(root, run).parent.mkdir(parents=True, exist_ok=True)
+        write_json(stamp_of(root, run), stamp(run, code(run)))
         t0 = time.time()
         with open(root / "logs" / f"{run.name}.log", "a") as log:
             proc = subprocess.run(run.command(root), stdout=log, stderr=subprocess.STDOUT,

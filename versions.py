@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from errors import HelpFormatter
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -91,7 +93,7 @@ def same_model(paths):
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("scripts", nargs="*", default=["grpo.py", "sft.py", "eval_gsm8k.py"],
                         help="scripts of this folder to version")
     for name in parser.parse_args().scripts:

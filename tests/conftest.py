@@ -15,6 +15,15 @@ torch.set_num_threads(1)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+@pytest.fixture(autouse=True)
+def no_lock_left_behind():
+    """Scripts run in this process (runpy) hold their run folder's lock until exit, as a real
+    process does; after each test they are released, so later tests start clean."""
+    yield
+    import runs
+    runs.release_locks()
+
+
 @pytest.fixture(scope="session")
 def shared_data():
     if not (SHARED / "data").is_dir():

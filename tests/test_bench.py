@@ -32,8 +32,9 @@ def lively_toy(toy_dir):
 
 
 def test_static_decode_step_equals_eager(toy_dir):
-    """The same decode steps through an eager cache (slices, pos) and a static one (index_copy_ at a
-    tensor slot, attention over every slot with the empty ones masked): same logits."""
+    """The same decode steps through a plain eager cache (slices, pos, SDPA) and a shared static
+    one (the prompts a prefix with spare empty slots, index_copy_ at a tensor slot, attention over
+    every slot with the empty ones masked): same logits."""
     m = load_model(toy_dir, device="cpu", dtype=torch.float32)
     ids = torch.randint(0, 256, (3, 6), generator=torch.Generator().manual_seed(1))
     pad = torch.ones(3, 6, dtype=torch.bool)
@@ -45,14 +46,15 @@ def test_static_decode_step_equals_eager(toy_dir):
             cache = KVCache(m.config, 3, 6 + 5 + 7, "cpu", torch.float32)  # spare slots stay empty
             m(ids, pad_mask=pad, cache=cache)
             if static:
-                cache.make_static(cache.pos)
+                cache.share(1, 5 + 7)
+                cache.make_static()
             logits = []
             for t in range(5):
                 logits.append(sampler.decode_step(m, steps[:, t:t + 1], cache))
                 if static:
                     cache.slot += 1
             out[static] = torch.stack(logits)
-    assert cache.slot.item() == 11 and cache.mask.sum().item() == 3 * 5 + pad.sum().item()
+    assert cache.slot.item() == 5 and cache.mask.sum().item() == 3 * 5  # its own slots: 5 each
     err = ((out[True] - out[False]).abs().max() / out[False].abs().max()).item()
     assert err < 1e-5, err
 

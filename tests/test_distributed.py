@@ -15,6 +15,7 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 import gsm8k
+import runs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 4 prompts = 2 per process; micro-batches of 3 split 16 samples 3+3+3+3+3+1 on one process and 3+3+2
@@ -31,7 +32,10 @@ def _worker(rank, world, port, script, argv):
         os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     sys.argv = [script, *argv]
-    runpy.run_path(os.path.join(ROOT, script), run_name="__main__")
+    try:
+        runpy.run_path(os.path.join(ROOT, script), run_name="__main__")
+    finally:  # a forked worker ends with os._exit, which skips atexit: the lock goes here
+        runs.release_locks()
 
 
 def launch(script, argv, procs, tries=3):

@@ -15,7 +15,6 @@ import torch
 import eval_gsm8k as E
 from conftest import assert_same_tokens
 import gsm8k
-import gsm8k as lm_eval_harness  # its lm_eval_* rules
 import lora
 import toy_task
 from errors import UserError
@@ -114,9 +113,9 @@ def test_lm_eval_score_equals_the_harness():
     until = cfg["generation_kwargs"]["until"]
     metric = {k: v for k, v in cfg["metric_list"][0].items() if k not in ("metric", "aggregation", "higher_is_better")}
     filters = {f["name"]: f["filter"][0] for f in cfg["filter_list"]}
-    assert tuple(until) == lm_eval_harness.LM_EVAL_UNTIL and tuple(metric["regexes_to_ignore"]) == lm_eval_harness.LM_EVAL_IGNORE
-    assert filters["strict-match"]["regex_pattern"] == lm_eval_harness.LM_EVAL_STRICT and cfg["num_fewshot"] == lm_eval_harness.LM_EVAL_SHOTS
-    assert filters["flexible-extract"]["regex_pattern"] == lm_eval_harness.LM_EVAL_FLEXIBLE
+    assert tuple(until) == gsm8k.LM_EVAL_UNTIL and tuple(metric["regexes_to_ignore"]) == gsm8k.LM_EVAL_IGNORE
+    assert filters["strict-match"]["regex_pattern"] == gsm8k.LM_EVAL_STRICT and cfg["num_fewshot"] == gsm8k.LM_EVAL_SHOTS
+    assert filters["flexible-extract"]["regex_pattern"] == gsm8k.LM_EVAL_FLEXIBLE
     assert cfg["doc_to_text"] == "Question: {{question}}\nAnswer:" and cfg["metadata"]["version"] == 3.0
     theirs = []
     for completion, gold in LM_EVAL_CASES:
@@ -127,10 +126,10 @@ def test_lm_eval_score_equals_the_harness():
             pred = list(RegexFilter(f["regex_pattern"], f.get("group_select", 0)).apply([[text]], None))[0][0]
             scores.append(float(exact_match_hf_evaluate([pred], [gold], **metric)["exact_match"]))
         theirs.append(tuple(scores))
-    ours = [lm_eval_harness.lm_eval_score(c, g) for c, g in LM_EVAL_CASES]
+    ours = [gsm8k.lm_eval_score(c, g) for c, g in LM_EVAL_CASES]
     assert ours == theirs
     assert {s for s, _ in ours} == {0.0, 1.0} and {f for _, f in ours} == {0.0, 1.0}  # both outcomes occur
-    assert lm_eval_harness.lm_eval_score(" #### 18.00", "#### 18") == (0.0, 0.0)      # the harness's quirk, kept
+    assert gsm8k.lm_eval_score(" #### 18.00", "#### 18") == (0.0, 0.0)      # the harness's quirk, kept
 
 
 def test_lm_eval_shots_are_the_harness_draw():
@@ -141,8 +140,8 @@ def test_lm_eval_shots_are_the_harness_draw():
     train = [{"question": f"q{i}", "answer": f"a{i}\n#### {i}"} for i in range(200)]
     sampler = ContextSampler(train, rnd=1234)
     theirs = [sampler.sample(5) for _ in range(4)]
-    assert lm_eval_harness.lm_eval_shots(train, 4) == theirs and theirs[0] != theirs[1]
-    p = lm_eval_harness.lm_eval_prompt(" Q? ", theirs[0][:2])
+    assert gsm8k.lm_eval_shots(train, 4) == theirs and theirs[0] != theirs[1]
+    p = gsm8k.lm_eval_prompt(" Q? ", theirs[0][:2])
     assert p == "".join(f"Question: {s['question']}\nAnswer: {s['answer']}\n\n" for s in theirs[0][:2]) + \
         "Question:  Q? \nAnswer:"
 
@@ -160,11 +159,11 @@ def test_real_gsm8k():
         gold = E.extract_answer(p["answer"])
         assert gold is not None and re.fullmatch(r"-?\d+", gold), p["answer"]
         assert E.reward(p["answer"], p["answer"]) == 1.0                  # those six too
-        assert lm_eval_harness.lm_eval_score(p["answer"], p["answer"]) == (1.0, 1.0)
-        target = E.format_solution(p["answer"])   # the SFT target also earns the reward...
+        assert gsm8k.lm_eval_score(p["answer"], p["answer"]) == (1.0, 1.0)
+        target = gsm8k.format_solution(p["answer"])   # the SFT target also earns the reward...
         assert E.reward(target, p["answer"]) == 1.0, target
         assert "Question:" not in target and "<<" not in target  # ...and never contains the stop string
-    assert sum("\n\n" in E.format_solution(p["answer"]) for p in blank) == 6
+    assert sum("\n\n" in gsm8k.format_solution(p["answer"]) for p in blank) == 6
 
 
 @needs_gsm8k
@@ -222,8 +221,8 @@ def test_bad_jsonl(tmp_path):
 def test_prompt():
     assert E.format_prompt("What is 2+2?") == "Question: What is 2+2?\nAnswer:"
     shot = ("Ann has 3 pens.", "She buys 2: 3+2=<<3+2=5>>5 pens.\n\n#### 5")
-    assert E.format_solution(shot[1]) == " She buys 2: 3+2=5 pens.\n\n#### 5"  # a blank line stays
-    assert E.reward(E.format_solution(shot[1]), shot[1]) == E.reward(shot[1], shot[1]) == 1.0
+    assert gsm8k.format_solution(shot[1]) == " She buys 2: 3+2=5 pens.\n\n#### 5"  # a blank line stays
+    assert E.reward(gsm8k.format_solution(shot[1]), shot[1]) == E.reward(shot[1], shot[1]) == 1.0
     p = E.format_prompt("Q2?", [shot, shot])
     assert p == ("Question: Ann has 3 pens.\nAnswer: She buys 2: 3+2=5 pens.\n\n#### 5\n\n") * 2 + "Question: Q2?\nAnswer:"
     assert E.truncate(" 3+2=5\n\n#### 5\n\nQuestion: more") == " 3+2=5\n\n#### 5\n\n"
@@ -247,14 +246,14 @@ def test_toy_problems():
     assert not steps[0] & steps[1] and not steps[0] & steps[2] and not steps[1] & steps[2]  # disjoint
     for p in train + val + test:
         assert E.reward(p["answer"], p["answer"]) == 1.0
-        assert E.reward(E.format_solution(p["answer"]), p["answer"]) == 1.0
+        assert E.reward(gsm8k.format_solution(p["answer"]), p["answer"]) == 1.0
         assert len(p["question"]) <= 80 and eval(last_step(p)) >= 0, p  # short, no negatives
     more = toy_task.toy_problems("test", n=2 * len(test) + 3)  # beyond the pool: cycles, new wording
     assert len(more) == 2 * len(test) + 3 and {last_step(p) for p in more} == {last_step(p) for p in test}
     assert E.load_task("toy", "test") == test and E.load_task("toy", "val") == val
     p = test[0]  # the toy writes prompts and targets exactly as gsm8k.py does
     assert toy_task.prompt_text(p["question"]) == E.format_prompt(p["question"])
-    assert toy_task.target_text(p["answer"]) == E.format_solution(p["answer"])
+    assert toy_task.target_text(p["answer"]) == gsm8k.format_solution(p["answer"])
 
 
 def test_toy_modes_and_the_pretraining_mix():

@@ -170,9 +170,11 @@ def test_smoke_run_subprocess(toy_dir, tmp_path):
     assert [r["step"] for r in train] == [1, 2, 3]
     assert [r["step"] for r in rows if "eval_accuracy" in r] == [0, 3]
     for key in ("reward_std", "zero_var", "length", "format_rate", "logp_gap", "grad_norm", "lr",
-                "t_sample", "t_train", "tokens_per_s"):
+                "t_sample", "t_train", "tokens_per_s", "trained_tokens"):
         assert all(key in r for r in train), key
-    assert all(r["logp_gap"] < 1e-5 for r in train)
+    # the gap is measured on the samples that train (a group of equal rewards trains nothing)
+    assert all((r["logp_gap"] is None) == (r["trained_tokens"] == 0) for r in train)
+    assert all(r["logp_gap"] < 1e-5 for r in train if r["trained_tokens"])
     assert sorted(os.listdir(out)) == ["args.json", "metrics.jsonl", "step_000002", "step_000003"]
     assert sorted(os.listdir(out / "step_000003")) == ["adapter_config.json", "adapter_model.safetensors",
                                                        "trainer_state.json", "trainer_state.safetensors"]
@@ -258,3 +260,68 @@ def test_adam_two_degrees_of_freedom_in_grpo(toy_dir, tmp_path, monkeypatch):
     assert rel(delta["alpha"], delta["base"]) > 1e-2, "alpha alone must change training"
     with pytest.raises(SystemExit, match="LoRA's knobs"):
         run_inprocess(monkeypatch, [*base, "--rank", "0", "--init-scale", "2", "--out", str(tmp_path / "bad")])
+
+
+def test_micro_batches_name_each_samples_prompt():
+    """micro_batches: sample k belongs to prompt k // G; each micro-batch gives its prompts once,
+    with owner[i] the place of sample i's prompt among them; groups of all-zero advantages are
+    left out unless skip_zero is off (the reference path, --kl)."""
+    import grpo
+    G = 3
+    prompts = [[10], [11, 11], [12], [13]]
+    completions = [[100 + k] for k in range(4 * G)]
+    rollouts = grpo.Rollouts(prompts, completions, None, None, None)
+    adv = torch.tensor([1., -1, 0,  0, 0, 0,  .5, -.5, 0,  0, 0, 0])   # prompts 1 and 3 teach nothing
+    got = list(grpo.micro_batches(rollouts, adv, G, 4))
+    assert [s for s, _ in got] == [[0, 1, 2, 6], [7, 8]]
+    (_, (p0, c0, o0)), (_, (p1, c1, o1)) = got
+    assert p0 == [[10], [12]] and o0 == [0, 0, 0, 1] and c0 == [[100], [101], [102], [106]]
+    assert p1 == [[12]] and o1 == [0, 0] and c1 == [[107], [108]]
+    every = list(grpo.micro_batches(rollouts, adv, G, 5, skip_zero=False))
+    assert [s for s, _ in every] == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [10, 11]]
+    assert every[1][1][2] == [0, 1, 1, 1, 2] and every[1][1][0] == [[11, 11], [12], [13]]
+    assert list(grpo.micro_batches(rollouts, torch.zeros(12), G, 4)) == []
+
+
+@pytest.mark.parametrize("rank", [1, 0])
+def test_reference_path_is_the_same_run(toy_dir, tmp_path, monkeypatch, rank):
+    """grpo.py --reference (reference_generate, reference_logprobs: no cache, no chunking, no
+    merged weights, every sample trained) and the default fast path draw the same samples and end
+    with the same weights, to float rounding: the path a reader reads is the one that runs."""
+    import sampler
+    drawn = {}
+    for name in ("generate", "reference_generate"):
+        def recording(*a, _f=getattr(sampler, name), _name=name, **kw):
+            out = _f(*a, **kw)
+            if kw.get("n", 1) > 1:  # a rollout (the evaluation is greedy, one completion each)
+                drawn.setdefault(_name, []).append(out[0])
+            return out
+        monkeypatch.setattr(sampler, name, recording)
+    monkeypatch.setattr(gsm8k, "reward", lambda completion, answer: float(len(completion) % 2))
+    weights = "adapter_model.safetensors" if rank else "model.safetensors"
+    args = [*TINY_RUN, "--batch", "4", "--model", toy_dir, "--rank", str(rank), "--steps", "4",
+            "--save-every", "4", "--eval-every", "0", "--no-eval-start", "--lr", "1e-2"]
+    for ref in (False, True):
+        monkeypatch.setattr(sys, "argv", ["grpo.py", *args, *(["--reference"] if ref else []),
+                                          "--out", str(tmp_path / str(ref))])
+        runpy.run_path(os.path.join(ROOT, "grpo.py"), run_name="__main__")
+    fast, slow = drawn["generate"], drawn["reference_generate"]
+    assert len(fast) == len(slow) == 4 and fast == slow, "the samples differ"
+    a, b = (load_file(tmp_path / str(r) / "step_000004" / weights) for r in (False, True))
+    start = load_file(os.path.join(toy_dir, "model.safetensors"))
+    rel = max(((a[k] - b[k]).norm() / a[k].norm().clamp_min(1e-30)).item() for k in a)
+    # Adam's first steps are ±LR wherever a gradient entry is tiny, so the rounding of a per-sample
+    # sum against a batched one moves such entries by up to ~LR: 1e-4..2e-4 measured after 4 steps
+    # at LR 1e-2; a real difference between the paths (a mask, an advantage, a skipped group that
+    # mattered) is O(1)
+    assert rel < 1e-3, f"the two paths' weights differ by {rel:.1e} (norm-relative)"
+    moved = max((a[k] - start.get(k, torch.zeros_like(a[k]))).abs().max().item() for k in a)
+    assert moved > 1e-4, "nothing trained: a vacuous comparison"
+    rows = {r: [x for x in read_jsonl(tmp_path / str(r) / "metrics.jsonl") if "reward" in x]
+            for r in (False, True)}
+    assert [x["reward"] for x in rows[False]] == [x["reward"] for x in rows[True]]
+    for x, y in zip(rows[False], rows[True]):  # the same gradient norm, step by step
+        assert abs(x["grad_norm"] - y["grad_norm"]) < 1e-4 * y["grad_norm"], (x, y)
+    assert any(x.get("zero_var") for x in rows[False]), "no group was left out: skip untested"
+    assert all(x["trained_tokens"] == round(x["length"] * 16) for x in rows[True]), \
+        "the plain path trains every token"

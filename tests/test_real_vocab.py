@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import gsm8k as lm_eval_harness  # its lm_eval_* rules
+import gsm8k
 import eval_gsm8k as E
 from model import Qwen2, Qwen2Config, load_model, load_tokenizer, save_model
 from sampler import generate
@@ -61,7 +61,8 @@ def test_grpo_and_lm_eval_harness_run(qwen_tiny, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, str(ROOT / "grpo.py"), "--model", str(qwen_tiny), "--data", str(GSM8K), "--rank", "1",
            "--steps", "1", "--batch", "1", "--group", "2", "--max-new-tokens", "12", "--micro-batch", "0",
-           "--eval-limit", "1", "--eval-batch-size", "1", "--device", "cpu", "--out", str(out)]
+           "--eval-limit", "1", "--eval-batch-size", "1", "--device", "cpu", "--out", str(out),
+           "--reference"]  # every sample trains (a random model's rewards are all 0): a gap to read
     res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -73,6 +74,6 @@ def test_grpo_and_lm_eval_harness_run(qwen_tiny, tmp_path):
     assert res.returncode == 0 and "strict-match" in res.stdout and "5-shot" in res.stdout, res.stderr[-2000:]
     rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
     test, train = E.load_gsm8k("test", GSM8K / "test.jsonl"), E.load_gsm8k("train", GSM8K / "train.jsonl")
-    draws = lm_eval_harness.lm_eval_shots(train, 2)
-    assert [r["prompt"] for r in rows] == [lm_eval_harness.lm_eval_prompt(p["question"], d) for p, d in zip(test, draws)]
+    draws = gsm8k.lm_eval_shots(train, 2)
+    assert [r["prompt"] for r in rows] == [gsm8k.lm_eval_prompt(p["question"], d) for p, d in zip(test, draws)]
     assert all(r["prompt"].count("Question:") == 6 and 0 < r["tokens"] <= 8 for r in rows)

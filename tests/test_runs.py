@@ -30,13 +30,16 @@ TINY_RUN = ["--toy", "--batch", "2", "--group", "4", "--max-new-tokens", "8", "-
 def grpo(monkeypatch, argv):
     """grpo.py as __main__ in this process, with a reward a random model earns half the time."""
     monkeypatch.setattr(gsm8k, "reward", lambda completion, answer: float(len(completion) % 2))
-    monkeypatch.setattr(sys, "argv", ["grpo.py", *argv])
-    runpy.run_path(os.path.join(ROOT, "grpo.py"), run_name="__main__")
+    script(monkeypatch, "grpo.py", argv)
 
 
 def script(monkeypatch, name, argv):
+    """A script as __main__ in this process; its run-folder lock goes when it ends, as at exit."""
     monkeypatch.setattr(sys, "argv", [name, *argv])
-    runpy.run_path(os.path.join(ROOT, name), run_name="__main__")
+    try:
+        runpy.run_path(os.path.join(ROOT, name), run_name="__main__")
+    finally:
+        runs.release_locks()
 
 
 def truncate_file(path):

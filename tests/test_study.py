@@ -283,14 +283,14 @@ def test_reuse_needs_the_same_args_and_code(tmp_path):
     folder.mkdir()
     (folder / "metrics.jsonl").write_text(json.dumps(dict(step=4, eval_accuracy=0.5)) + "\n")
     (folder / "args.json").write_text(json.dumps(dict(code=dict(hash="h1"))))
-    (folder / "study.json").write_text(json.dumps(study.stamp(run, "h1")))
+    (tmp_path / "stamps").mkdir()
+    study.stamp_of(tmp_path, run).write_text(json.dumps(study.stamp(run, "h1")))
     assert study.state(run, tmp_path, "h1", tmp_path / "results") == "reuse"
     (folder / "metrics.jsonl").write_text(json.dumps(dict(step=2, eval_accuracy=0.5)) + "\n")
     assert study.state(run, tmp_path, "h1", tmp_path / "results") == "resume", "unfinished: resumed"
     assert study.state(run, tmp_path, "h2", tmp_path / "results") == "new", "other code: not reused"
     assert not folder.exists() and len(list((tmp_path / "stale").iterdir())) == 1
     folder.mkdir()
-    (folder / "study.json").write_text(json.dumps(study.stamp(run, "h1")))
     other = Run(run.name, "grpo.py", ["--toy", "--lr", "0.002"], "r1", 2e-3, 0, 4)
     assert study.state(other, tmp_path, "h1", tmp_path / "results") == "new", "other flags: not reused"
 
