@@ -15,7 +15,8 @@ from collections.abc import Mapping
 
 import lora
 import tinylora
-from errors import COUNT, COUNT0, FRACTION, POSITIVE, UserError, open_safetensors, read_json
+from errors import (COUNT, COUNT0, FRACTION, POSITIVE, UserError, describe, open_safetensors,
+                    read_json)
 from peft_format import PEFT_PREFIX, check_types
 
 KINDS = ("lora", "loraxs", "tinylora")
@@ -124,7 +125,7 @@ class SavedFactors(Mapping):
                             f"{kind!r}, missing {sorted(need - c.keys()) or 'nothing'}, "
                             f"{bad or 'no unsupported options'})")
         check_types(c, path)
-        self.config = c
+        self.config, self.folder = c, folder
         # the header is checked against the file's size now: a truncated file fails here, by name
         self.file = open_safetensors(os.path.join(folder, "adapter_model.safetensors"))
         suffix = ".lora_A.weight" if kind == "LORA" else ".tinylora_A"
@@ -164,6 +165,19 @@ class SavedFactors(Mapping):
         return len(self.names)
 
 
-def load_factors(in_dir) -> dict:
-    """A saved adapter's update, every matrix read now: {module: (scale, B, A)}."""
-    return dict(SavedFactors(in_dir))
+def load_factors(in_dir, fits=None) -> dict:
+    """A saved adapter's update, every matrix read now: {module: (scale, B, A)}; with `fits` (a
+    model), every matrix must be one of the model's, of its shape."""
+    factors = dict(SavedFactors(in_dir))
+    for name, (_, B, A) in factors.items() if fits is not None else ():
+        base = dict(fits.named_modules()).get(name)
+        base = getattr(base, "base", base)  # an adapted matrix: its frozen nn.Linear
+        want = tuple(base.weight.shape) if base is not None else None
+        if (B.shape[0], A.shape[1]) != want:
+            raise UserError(f"{in_dir}: {name} is {B.shape[0]} x {A.shape[1]}; the model's is "
+                            f"{want or 'missing'}: an adapter of another model")
+    return factors
+
+
+if __name__ == "__main__":
+    describe(__doc__)

@@ -4,13 +4,13 @@ and, where they are installed, against transformers + peft doing the same work.
 
     python bench.py --toy                          # the toy model on a CPU, seconds
     python bench.py --toy --peer --compile         # + transformers/peft, + the compiled decode step
-    python bench.py --shape Qwen2.5-3B --batch 64 --group 8 --new-tokens 512 --compile --peer
-    python bench.py --shape Qwen2.5-3B --grad-checkpoint --json runs/bench_3b.json
+    python bench.py --shape Qwen2.5-3B --batch 64 --group 8 --max-new-tokens 512 --compile --peer
+    python bench.py --shape Qwen2.5-3B --grad-checkpoint --out runs/bench_3b.json
     python bench.py --acceptance --tokenizer T --data D   # one H100/H200, <= 8 min, every GPU goal
 
 Random weights of the real shape, made on the device (no download): speed depends on the shapes,
 not on what the weights are. Nothing stops early (no stop token, and the peer gets
-min_new_tokens = max_new_tokens), so every completion is --new-tokens long for us and the peer.
+min_new_tokens = max_new_tokens), so every completion is --max-new-tokens long, ours and the peer's.
 
 - sampling: sampler.generate, B prompts x G samples x N new tokens at temperature 1: generated
   tokens/s. Peer: transformers' generate (do_sample, num_return_sequences=G, its default dynamic
@@ -27,7 +27,6 @@ min_new_tokens = max_new_tokens), so every completion is --new-tokens long for u
 """
 import argparse
 import importlib.util
-import json
 import platform
 
 import torch
@@ -35,7 +34,8 @@ import torch
 from bench_parts.acceptance import GOALS, acceptance
 from bench_parts.measure import (measure_bandwidth, measure_matmul, peer_logprobs, peer_model,
                            print_table, random_model, reset_peak, run, train_step)
-from errors import COUNT, COUNT0, exit_on_user_error
+from errors import (COUNT, COUNT0, SEED, HelpFormatter, check_writable, exit_on_user_error,
+                    write_json)
 from flops import count_params, get_config, sampling_flops, si, step_flops, total
 from logprobs import token_logprobs
 from lora import ALL_LINEAR, apply_lora
@@ -44,8 +44,7 @@ from sampler import generate
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add = p.add_argument
     # what to run on
     add("--shape", default="Qwen2.5-3B", help="model shape: a flops.py name (Qwen2.5-0.5B/1.5B/"
@@ -62,7 +61,7 @@ def parse_args(argv=None):
     add("--group", type=COUNT, default=None, help="samples per prompt G; default 8 (4 with --toy)")
     add("--prompt-len", type=COUNT, default=None, help="prompt tokens P; default 150 (16 with "
         "--toy)")
-    add("--new-tokens", type=COUNT, default=None, help="new tokens N per sample, all of them "
+    add("--max-new-tokens", type=COUNT, default=None, help="new tokens N per sample, all of them "
         "generated; default 512 (32 with --toy)")
     add("--micro-batch", type=COUNT0, default=None, help="sequences per forward/backward in the "
         "training step; default 8; 0 = all at once (the --toy default)")
@@ -83,21 +82,21 @@ def parse_args(argv=None):
         "default --reps (transformers' generate is the slow row)")
     add("--warmup", type=COUNT0, default=1, help="untimed runs first (compilation, CUDA graph "
         "capture, allocator)")
-    add("--seed", type=COUNT0, default=0, help="seed of the random weights and inputs")
-    add("--json", default=None, help="also write the results to this JSON file")
+    add("--seed", type=SEED, default=0, help="seed of the random weights and inputs")
+    add("--out", default=None, help="also write the results to this JSON file; default none")
     # the one-shot acceptance run
     add("--acceptance", action="store_true", help="the GPU acceptance run (<= 8 min on one "
         "H100/H200; bench_parts/acceptance.py); on a CPU or with --toy its dry path at toy shapes "
-        "(seconds). Writes --json (default runs/acceptance.json)")
+        "(seconds). Writes --out (default runs/acceptance.json)")
     add("--tokenizer", default=None, help="--acceptance on a GPU: the real Qwen2.5 "
-        "tokenizer.json for the GRPO steps")
+        "tokenizer.json for the GRPO steps (required there; default none)")
     add("--data", default=None, help="--acceptance on a GPU: folder with GSM8K train.jsonl and "
-        "test.jsonl for the GRPO steps (the device has no internet)")
+        "test.jsonl for the GRPO steps (required there: no internet; default none)")
     args = p.parse_args(argv)
     if args.toy:
-        preset = dict(batch=4, group=4, prompt_len=16, new_tokens=32, micro_batch=0, threads=1)
+        preset = dict(batch=4, group=4, prompt_len=16, max_new_tokens=32, micro_batch=0, threads=1)
     else:
-        preset = dict(batch=64, group=8, prompt_len=150, new_tokens=512, micro_batch=8,
+        preset = dict(batch=64, group=8, prompt_len=150, max_new_tokens=512, micro_batch=8,
                       threads=torch.get_num_threads())
     for key, value in preset.items():
         if getattr(args, key) is None:
@@ -108,7 +107,7 @@ def parse_args(argv=None):
 def floors(cfg, args, device, dtype, gpu):
     """What this device can do at best: its copy bandwidth and matmul rate, and the seconds the
     workload's bytes and FLOPs take at those rates."""
-    B, G, P, N = args.batch, args.group, args.prompt_len, args.new_tokens
+    B, G, P, N = args.batch, args.group, args.prompt_len, args.max_new_tokens
     big = gpu or not args.toy
     bandwidth = measure_bandwidth(device, 2 ** 31 if gpu else 2 ** 28 if big else 2 ** 26)
     matmul = measure_matmul(device, dtype, 8192 if gpu else 2048 if big else 1024)
@@ -134,7 +133,7 @@ def floors(cfg, args, device, dtype, gpu):
 def measure_ours(rows, cfg, args, device, dtype, gpu, work, f):
     """Sampling, then the LoRA step on the same model, then full fine-tuning."""
     prompts, ids, mask, adv, micro = work
-    N, n_seq, T = args.new_tokens, len(ids), ids.shape[1]
+    N, n_seq, T = args.max_new_tokens, len(ids), ids.shape[1]
     sample_floor = max(f["sample_bandwidth_s"], f["sample_flops_s"])
     print("ours (model.py, sampler.py, logprobs.py, lora.py)")
     model = random_model(cfg, device, dtype, args.seed)
@@ -168,7 +167,7 @@ def measure_ours(rows, cfg, args, device, dtype, gpu, work, f):
 def measure_peer(rows, cfg, args, device, dtype, gpu, work, f):
     """transformers' generate, peft's LoRA step, transformers' full fine-tuning."""
     prompts, ids, mask, adv, micro = work
-    N, n_seq, T = args.new_tokens, len(ids), ids.shape[1]
+    N, n_seq, T = args.max_new_tokens, len(ids), ids.shape[1]
     have = {m: importlib.util.find_spec(m) is not None for m in ("transformers", "peft")}
     if not have["transformers"]:
         print("--peer: transformers is not installed; no peer measurements (pip install "
@@ -233,11 +232,13 @@ def ratios_of(rows, f, args, gpu):
 
 
 if __name__ == "__main__":
-    exit_on_user_error()
+    exit_on_user_error(too_big="--batch, --group or --micro-batch")
     args, parser = parse_args()
     if args.acceptance:
         acceptance(args)
         raise SystemExit(0)
+    if args.out:
+        check_writable(args.out)  # before the benchmark, not after it
     torch.set_num_threads(args.threads)
     cfg = TOY_CONFIG if args.toy else get_config(args.shape)
     shape = "toy" if args.toy else args.shape
@@ -246,7 +247,7 @@ if __name__ == "__main__":
         parser.error(f"no GPU here: `python bench.py --toy` is the CPU setting ({shape} would take "
                      f"hours; pass --device cpu to time it anyway)")
     dtype, why = pick_dtype(args.dtype, device)
-    B, G, P, N = args.batch, args.group, args.prompt_len, args.new_tokens
+    B, G, P, N = args.batch, args.group, args.prompt_len, args.max_new_tokens
     micro = args.micro_batch or B * G
     gpu = device.type == "cuda"
     cpu = f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
@@ -277,10 +278,9 @@ if __name__ == "__main__":
     if not gpu:
         print("(RSS GB: the process's peak RSS so far, which never goes down, so later rows "
               "include earlier ones; memory ratios are measured on a GPU only)")
-    if args.json:
+    if args.out:
         out = dict(device=name, device_type=device.type, dtype=str(dtype), torch=torch.__version__,
                    shape=shape, args=vars(args), bandwidth_bytes_per_s=bandwidth,
                    matmul_flops_per_s=matmul, floors=f, rows=rows, ratios=ratios)
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=2)
-        print(f"wrote {args.json}")
+        write_json(args.out, out)
+        print(f"wrote {args.out}")

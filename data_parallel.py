@@ -18,7 +18,7 @@ import sys
 import torch
 import torch.distributed as dist
 
-from errors import user_exit
+from errors import describe, user_exit
 from model import pick_device
 
 
@@ -110,3 +110,7 @@ def barrier():
 def close_distributed():
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    describe(__doc__)

@@ -10,6 +10,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
 
 
@@ -27,18 +28,44 @@ def user_exit(message):
     return stop
 
 
-def exit_on_user_error():
+def exit_on_user_error(too_big="the batch sizes"):
     """Called at the top of every script's __main__: an uncaught UserError ends the program as
-    user_exit does, one line and status 2; any other exception (a bug) keeps its traceback."""
+    user_exit does, one line and status 2, and so does running out of memory, naming `too_big`,
+    the flags to lower; any other exception (a bug) keeps its traceback."""
     default = sys.excepthook
 
     def hook(kind, value, tb):
         if issubclass(kind, UserError):
             raise user_exit(value)  # SystemExit raised in the hook: the interpreter exits with it
+        if out_of_memory(value):
+            raise user_exit(f"out of memory ({str(value).splitlines()[0][:120]}); lower "
+                            f"{too_big}")
         default(kind, value, tb)
     if not getattr(sys.excepthook, "rank1", False):
         hook.rank1 = True
         sys.excepthook = hook
+
+
+def out_of_memory(e):
+    """Did an allocation fail: Python's MemoryError, torch's OutOfMemoryError (a GPU), or the CPU
+    allocator's RuntimeError ("DefaultCPUAllocator: can't allocate memory")?"""
+    text = str(e)
+    return isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or \
+        isinstance(e, RuntimeError) and ("can't allocate memory" in text or
+                                         "out of memory" in text.lower())
+
+
+def stop_on_signals(after=""):
+    """Ctrl-C (SIGINT) and SIGTERM (what `kill` and schedulers send) end a script with one line
+    on stderr, "interrupted" or "terminated" and then `after`, and exit status 128 + the signal
+    (130, 143), not a traceback. The SystemExit unwinds the stack, so a script's cleanup
+    (a staging folder removed) runs on the way out."""
+    def stop(signum, frame):
+        what = "interrupted" if signum == signal.SIGINT else "terminated"
+        print(f"\n{what}{after}", file=sys.stderr, flush=True)
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
 
 
 def read_json(path):
@@ -136,8 +163,22 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        quiet = action.default in (None, False, argparse.SUPPRESS) or "default" in text
+        quiet = action.default is None or action.default is False or \
+            action.default == argparse.SUPPRESS or "default" in text
         return text if quiet or action.nargs == 0 else f"{text} (default: %(default)s)"
+
+
+def no_flags(doc):
+    """A self-check takes no flags: --help prints its usage and what it checks, and runs nothing."""
+    argparse.ArgumentParser(description=doc, formatter_class=HelpFormatter).parse_args()
+
+
+def describe(doc):
+    """`python FILE.py` for a library file: its usage and what it holds (its docstring), the same
+    with --help; it runs nothing."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=HelpFormatter)
+    parser.parse_args()
+    parser.print_help()
 
 
 COUNT = number(int, low=1)          # 1, 2, 3, ...
@@ -174,6 +215,7 @@ def write_atomic(path, write):
     """write(tmp) writes the file under a temporary name; it is flushed to disk and renamed into
     place, so a reader never sees half a file and a failed write (a full disk, a kill) leaves the
     old one whole. A failure is a UserError naming the file."""
+    from safetensors import SafetensorError  # it raises its own on a full disk
     path = os.fspath(path)
     tmp = path + ".tmp"
     try:
@@ -181,11 +223,12 @@ def write_atomic(path, write):
         fsync_tree(tmp)
         os.replace(tmp, path)
         fsync_dir(os.path.dirname(path))
-    except OSError as e:
+    except (OSError, SafetensorError) as e:
         if os.path.exists(tmp):
             os.remove(tmp)
         kept = "the previous one is intact" if os.path.exists(path) else "nothing was written"
-        raise UserError(f"{path}: cannot write it ({e.strerror or e}); {kept}") from None
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else e
+        raise UserError(f"{path}: cannot write it ({reason}); {kept}") from None
 
 
 def write_json(path, obj):
@@ -222,3 +265,7 @@ def check_writable(path, folder=False):
         os.remove(probe)
     except OSError as e:
         raise UserError(f"{path}: cannot write here ({e.strerror or e})") from None
+
+
+if __name__ == "__main__":
+    describe(__doc__)

@@ -11,11 +11,9 @@ lm-evaluation-harness scores. The task itself (data, prompt, stops, the rule) is
     python eval_gsm8k.py --model Qwen/Qwen2.5-3B --harness lm-eval      # as lm-eval scores it
 
 Accuracy is strict (the number after the first "####", else the last \boxed{}), reported with
-the flexible accuracy (the last number in the text) and the format rate, so learning the format
-is never mistaken for learning arithmetic. Several adapters are scored side by side: each batch
-row carries its own adapter weights over the stacked factors (factored.py), and the base weights
-are read once per decode step for all of them. --harness lm-eval evaluates exactly as
-lm-evaluation-harness's gsm8k task (gsm8k.py's lm_eval_* rules).
+the flexible accuracy (the last number) and the format rate. Several adapters are scored side by
+side, each batch row carrying its own adapter over stacked factors (factored.py), the base read
+once per decode step for all. --harness lm-eval scores as lm-evaluation-harness's gsm8k task.
 """
 import argparse
 import json
@@ -34,13 +32,14 @@ import factored
 import gsm8k as H  # lm-evaluation-harness's rules (its LM_EVAL_* and lm_eval_*)
 import toy_task
 from data_parallel import reduce_eval
-from errors import (COUNT, COUNT0, NONNEGATIVE, HelpFormatter, check_writable, exit_on_user_error,
-                    user_exit, write_lines)
+from errors import (COUNT, COUNT0, NONNEGATIVE, SEED, HelpFormatter, check_writable,
+                    exit_on_user_error, stop_on_signals, user_exit, write_lines)
 from gsm8k import (STOP_STRINGS, data_path, extract_answer, format_prompt, gold_answer, load_task,
                    reward, show_rules, stop_ids, truncate)
 from gsm8k import load_gsm8k  # noqa: F401  the contract's eval_gsm8k.load_gsm8k, gsm8k.py's
 from lora import merged
 from model import TOY_BASE, load_model, load_tokenizer
+from toy_task import TOY_NEW_TOKENS
 from sampler import generate, sample_key
 
 # -----------------------------------------------------------------------------
@@ -316,8 +315,7 @@ def print_lm_eval_summary(s, title):
 
 def evaluate_adapters(model, tokenizer, problems, shots, args, max_new_tokens):
     """--adapter A B C: every adapter stacked once, scored side by side, K a pass."""
-    factor_sets = [adapters.load_factors(a) for a in args.adapter]
-    factored.set_stacked(model, factor_sets)
+    factored.set_stacked(model, [adapters.load_factors(a, fits=model) for a in args.adapter])
     prompt_len = max(len(tokenizer.encode(format_prompt(p["question"], shots))) for p in problems)
     n = len(args.adapter)
     K = args.points_per_pass or factored.points_per_pass(model, min(args.batch_size, len(problems)),
@@ -349,24 +347,24 @@ if __name__ == "__main__":
         "toy_base/)")
     add("--adapter", nargs="+", default=None, help="adapter folder(s) (PEFT format) to apply; "
         "several (runs/r1/step_*) are scored side by side in one batched pass, each its own "
-        "accuracy; none = the base model")
+        "accuracy; default none: the base model")
     add("--points-per-pass", type=COUNT0, default=0, help="with several adapters: how many share "
         "one generate() call (batch-size prompts each); 0 = as many as memory allows, 1 = one at "
         "a time")
     add("--toy", action="store_true", help="the toy task (and the toy base model unless --model)")
     # on which problems
     add("--data", default=None, help="GSM8K data: a folder holding {split}.jsonl (and train.jsonl "
-        "for the shots), or the JSONL file of --split; none = ~/.cache/rank1/gsm8k, downloaded "
+        "for the shots), or the JSONL file of --split; default ~/.cache/rank1/gsm8k, downloaded "
         "once")
-    add("--train-data", default=None, help="JSONL file of train, where the shots come from; none "
-        "= --data's train.jsonl when --data is a folder, else the cache")
+    add("--train-data", default=None, help="JSONL file of train, where the shots come from; "
+        "default --data's train.jsonl when --data is a folder, else the cache")
     add("--split", default="test", choices=["train", "val", "test"], help="which split to "
         "evaluate (val: the toy task's validation split, apart from train and test)")
     add("--samples", type=COUNT0, default=0, help="also draw K completions a problem at "
         "--temperature: pass@1, pass@K and, on the toy task, the latent mode's share and the "
         "accuracy within it; 0 = greedy only")
     add("--temperature", type=NONNEGATIVE, default=1.0, help="--samples' temperature")
-    add("--seed", type=COUNT0, default=0, help="--samples' seed: sample j of problem i is keyed "
+    add("--seed", type=SEED, default=0, help="--samples' seed: sample j of problem i is keyed "
         "by (seed, i, j)")
     add("--limit", type=COUNT0, default=0, help="first N problems only; 0 = all")
     add("--shots", type=COUNT0, default=None, help="worked examples from train before each "
@@ -376,23 +374,24 @@ if __name__ == "__main__":
         "prompt and scoring; lm-eval: lm-evaluation-harness's gsm8k task exactly (its prompt, "
         "shots, stops and scores)")
     add("--batch-size", type=COUNT, default=64, help="prompts per generate() call")
-    add("--max-new-tokens", type=COUNT0, default=0, help="completion budget; 0 = 512 (GSM8K), 64 "
-        "(--toy), 256 (--harness lm-eval, the harness's)")
-    add("--out", default=None, help="write one JSON line per problem here; none = no file")
-    add("--device", default=None, help="cuda, mps or cpu; none = the best available")
+    add("--max-new-tokens", type=COUNT0, default=0, help="completion budget; 0 = 512 (GSM8K), 48 "
+        "(--toy, as the trainers), 256 (--harness lm-eval, the harness's)")
+    add("--out", default=None, help="write one JSON line per problem here; default none: no file")
+    add("--device", default=None, help="cuda, mps or cpu; default the best available")
     args = parser.parse_args()
-    exit_on_user_error()
+    exit_on_user_error(too_big="--batch-size (or --samples, --points-per-pass)")
     if args.model is None and not args.toy:
         show_rules()  # gsm8k.py's: the prompt and the rule on examples
         raise SystemExit
 
+    stop_on_signals(": nothing written")  # --out is written at the end, in one go
     task = "toy" if args.toy else "gsm8k"
     args.model = args.model or TOY_BASE
     if args.toy and not Path(args.model).exists():
         raise user_exit(f"{args.model} not found: the toy base ships in toy_base/; rebuild one "
                         f"with `python sft.py --toy`")
     lm_eval = args.harness == "lm-eval"
-    max_new_tokens = args.max_new_tokens or (64 if args.toy else
+    max_new_tokens = args.max_new_tokens or (TOY_NEW_TOKENS if args.toy else
                                              H.LM_EVAL_MAX_NEW_TOKENS if lm_eval else 512)
     n_shots = (H.LM_EVAL_SHOTS if lm_eval else 0) if args.shots is None else args.shots
     problems = load_task(task, args.split, data_path(args.data, args.split))

@@ -201,7 +201,8 @@ def row_weights(model, w):
 
 
 if __name__ == "__main__":
-    from errors import exit_on_user_error
+    from errors import exit_on_user_error, no_flags
+    no_flags(__doc__)
     from lora import apply_lora
     from model import TOY_CONFIG, Qwen2
     exit_on_user_error()

@@ -30,13 +30,12 @@ import json
 import math
 import os
 
-from errors import COUNT, FRACTION, NONNEGATIVE, UserError, exit_on_user_error
+from errors import COUNT, FRACTION, NONNEGATIVE, HelpFormatter, UserError, exit_on_user_error
 from model import Qwen2Config
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add = parser.add_argument
     # the model and the adapter
     add("--model", default="Qwen2.5-3B", help=f"built-in name ({', '.join(SHAPES)}; 'Qwen/' "
@@ -51,18 +50,18 @@ def parse_args(argv=None):
         "0 = one v per matrix, 1 = one v for all")
     add("--targets", default="all", choices=list(TARGETS), help="adapted projections: "
         "all seven, attn (q,k,v,o), mlp (gate,up,down)")
-    # one training step
-    add("--batch", type=COUNT, default=None, help="sequences per training step "
-        "(default: prompts × samples = 256)")
-    add("--seq-len", type=COUNT, default=None, help="tokens per sequence "
-        "(default: prompt-len + new-tokens = 662)")
-    # the GRPO step (grpo.py's defaults)
-    add("--prompts", type=COUNT, default=32, help="GRPO prompts per step")
-    add("--samples", type=COUNT, default=8, help="GRPO samples per prompt (the group size G)")
+    # the GRPO step (grpo.py's flags and defaults)
+    add("--batch", type=COUNT, default=32, help="prompts per step, as grpo.py's --batch")
+    add("--group", type=COUNT, default=8, help="samples per prompt G, as grpo.py's --group")
     add("--prompt-len", type=COUNT, default=150, help="prompt tokens (a GSM8K question is "
         "~60 Qwen tokens; ~150 with a few-shot/format prompt, an assumption)")
-    add("--new-tokens", type=COUNT, default=512, help="tokens sampled per completion "
-        "(all of them: no early stop, an upper bound)")
+    add("--max-new-tokens", type=COUNT, default=512, help="tokens sampled per completion (all "
+        "of them: no early stop, an upper bound), as grpo.py's --max-new-tokens")
+    # one training step on whole sequences
+    add("--sequences", type=COUNT, default=None, help="sequences per training step (default: "
+        "batch × group = 256)")
+    add("--seq-len", type=COUNT, default=None, help="tokens per sequence "
+        "(default: prompt-len + max-new-tokens = 662)")
     # bits versus capacity
     add("--steps", type=COUNT, default=500, help="GRPO steps of this project's run, "
         "for the bits table (an assumption)")
@@ -311,14 +310,14 @@ def bits_table(cfg, name, rank, targets, args):
     lora_llama = count_lora_params(llama, 1)
     lora_here = count_adapter_params(cfg, args.adapter, rank, args.u, args.tie, targets)
     label = adapter_label(args.adapter, rank, args.u, args.tie)
-    episodes = args.steps * args.prompts * args.samples
+    episodes = args.steps * args.batch * args.group
     sft = args.sft_tokens * args.sft_loss / math.log(2)  # nats -> bits
     rows = [("MATH 10k problems × 32 samples, Llama-3.1-8B r=1",
              10_000 * 32 * rl_bits_per_episode(32), lora_llama),
             ("DeepSeek-R1-Zero 5.3M episodes, Llama-3.1-8B r=1",
              5.3e6 * 1.0, lora_llama),  # ≤ 1 bit each
-            (f"GRPO {args.steps}×{args.prompts}×{args.samples} episodes, {name} {label}",
-             episodes * rl_bits_per_episode(args.samples), lora_here),
+            (f"GRPO {args.steps}×{args.batch}×{args.group} episodes, {name} {label}",
+             episodes * rl_bits_per_episode(args.group), lora_here),
             (f"SFT {args.sft_tokens:,} tok × {args.sft_loss} nats, {name} {label}", sft, lora_here)]
     return [dict(example=e, bits=b, lora_params=p, capacity_bits=p * BITS_PER_PARAM,
                  fill=b / (p * BITS_PER_PARAM)) for e, b, p in rows]
@@ -364,11 +363,11 @@ if __name__ == "__main__":
     cfg = get_config(args.model)
     name = (os.path.basename(args.model.rstrip("/")) if os.path.exists(args.model)
             else args.model.split("/")[-1])
-    B = args.batch or args.prompts * args.samples
-    T = args.seq_len or args.prompt_len + args.new_tokens
+    B = args.sequences or args.batch * args.group
+    T = args.seq_len or args.prompt_len + args.max_new_tokens
     full, lora = step_flops(cfg, B, T), step_flops(cfg, B, T, args.rank, args.targets, args.adapter)
-    sample = sampling_flops(cfg, args.prompts, args.samples, args.prompt_len, args.new_tokens)
-    grpo = {k: grpo_step_flops(cfg, args.prompts, args.samples, args.prompt_len, args.new_tokens,
+    sample = sampling_flops(cfg, args.batch, args.group, args.prompt_len, args.max_new_tokens)
+    grpo = {k: grpo_step_flops(cfg, args.batch, args.group, args.prompt_len, args.max_new_tokens,
                                r, args.targets, args.adapter)
             for k, r in (("full", 0), ("lora", args.rank))}
     label = adapter_label(args.adapter, args.rank, args.u, args.tie)
@@ -384,8 +383,8 @@ if __name__ == "__main__":
                flops_full=total(full), flops_lora=total(lora), ratio=total(lora) / total(full),
                split_full={r: dict(zip(("fwd", "dx", "dw"), v)) for r, v in full.items()},
                split_lora={r: dict(zip(("fwd", "dx", "dw"), v)) for r, v in lora.items()},
-               sampling=dict(sample, prompts=args.prompts, samples=args.samples,
-                             prompt_len=args.prompt_len, new_tokens=args.new_tokens),
+               sampling=dict(sample, prompts=args.batch, samples=args.group,
+                             prompt_len=args.prompt_len, new_tokens=args.max_new_tokens),
                grpo_step=grpo, bits=bits)
     if args.json:
         print(json.dumps(out, indent=2))
@@ -410,13 +409,13 @@ if __name__ == "__main__":
           f"(2/3 = 0.6667; attention has no weights, so it costs 3× forward in both)")
     print(f"rule of thumb 6·N·tokens = {si(6 * matmul * B * T)} "
           f"(N = {matmul:,} matmul parameters, attention left out)")
-    print(f"\nsampling {args.prompts} prompts × {args.samples} samples, "
-          f"{args.prompt_len} prompt + {args.new_tokens} new tokens:"
+    print(f"\nsampling {args.batch} prompts × {args.group} samples, "
+          f"{args.prompt_len} prompt + {args.max_new_tokens} new tokens:"
           f" prefill {si(sample['prefill'])}, decode {si(sample['decode'])}")
     for k, g in grpo.items():
         print(f"GRPO step, {k:4s}: sampling {si(g['sampling'])} + training {si(g['training'])} "
               f"= {si(g['total'])}  (sampling {100 * g['sampling'] / g['total']:.0f}%)")
-    G = args.samples
+    G = args.group
     print(f"\nbits vs capacity: an episode carries ≤ log2(#reward values) = 1 bit for a binary "
           f"reward (its advantage takes ≤ 2G-1 = {distinct_advantages(G)} values, "
           f"log2 = {math.log2(distinct_advantages(G)):.2f}); "

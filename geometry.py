@@ -22,6 +22,7 @@ PCA like any checkpoint. Full fine-tuning runs (no adapter) are skipped with a n
 is dense. LoRA-XS and TinyLoRA runs join as rank-r factored updates beside LoRA runs of any rank.
 """
 import argparse
+import atexit
 import json
 import math
 import os
@@ -36,10 +37,11 @@ from tqdm import tqdm
 import model as qwen
 import runs as run_folders  # "runs" below is the list of run names
 from adapters import SavedFactors
-from errors import (COUNT, COUNT0, NONNEGATIVE, check_writable, exit_on_user_error, fsync_tree,
-                    number, open_safetensors, read_json, user_exit)
+from errors import (COUNT, COUNT0, NONNEGATIVE, SEED, HelpFormatter, check_writable,
+                    exit_on_user_error, fsync_tree, number, open_safetensors, read_json,
+                    stop_on_signals, user_exit)
 from factored import factored_svd, gram
-from geometry_figures import save_figures
+from geometry_figures import method_styles, save_figures
 from geometry_plane import explore_plane, truncation_report
 from geometry_scale import bench_scale, print_decode_bytes
 from hub import resolve_path
@@ -64,6 +66,29 @@ def pca(K):
     V = V * np.sign(V[np.abs(V).argmax(0), np.arange(V.shape[1])])         # a fixed sign per PC
     total = lam.sum()
     return V * np.sqrt(lam), lam / total if total > 0 else lam, V / np.sqrt(lam)
+
+
+def method(update):
+    """What trained a run, from its last adapter (SavedFactors): "LoRA rank 4", "LoRA-XS rank 2",
+    "TinyLoRA, 13 parameters" (u per group times the groups): the figures' colour for it."""
+    c = update.config
+    if c.get("peft_type") == "TINYLORA":
+        n = c["u"] * max(1, round(len(update) * (1 - c["weight_tying"])))
+        return f"TinyLoRA, {n} parameter{'s' * (n != 1)}"
+    xs = os.path.exists(os.path.join(update.folder, "loraxs.safetensors"))
+    return f"{'LoRA-XS' if xs else 'LoRA'} rank {c['r']}"
+
+
+def reference_pca(U):
+    """pca() the textbook way, to test it against: the updates as the rows of one dense matrix
+    U (N, D), centered, and its SVD U_c = P·S·Qᵀ: the scores are P·S and the variance ratios
+    S²/ΣS² (signed as pca()'s). Only for small models: D counts every adapted weight."""
+    U = torch.as_tensor(np.asarray(U), dtype=torch.float64)
+    P, S, _ = (t.numpy() for t in torch.linalg.svd(U - U.mean(0), full_matrices=False))
+    keep = S ** 2 > S[0] ** 2 * 1e-10                                          # drop round-off
+    P, S = P[:, keep], S[keep]
+    P = P * np.sign(P[np.abs(P).argmax(0), np.arange(P.shape[1])])
+    return P * S, S ** 2 / (S ** 2).sum()
 
 
 def cosine(K, i, j):
@@ -248,8 +273,7 @@ def rank1_energy(runs, updates, last):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add = p.add_argument
     add("runs_dir", nargs="?", default=None, help="folder of run folders "
         "(runs/<name>/step_XXXXXX/); default runs/")
@@ -269,17 +293,17 @@ def parse_args(argv=None):
         "1 = one point per pass")
     add("--truncate", type=COUNT0, default=0, help="evaluate best rank-K versions of the final "
         "checkpoints (and of the plane samples with --plane); 0 = no truncation")
-    add("--samples", type=COUNT0, default=5, help="plane samples to truncate: the N best points "
+    add("--plane-samples", type=COUNT0, default=5, help="plane points to truncate: the N best "
         "and N drawn at random from the rest of the good region")
-    add("--seed", type=COUNT0, default=0, help="seed of the random plane samples")
+    add("--seed", type=SEED, default=0, help="seed of the random plane samples")
     add("--eval-limit", type=COUNT, default=50, help="test problems per evaluation (toy or gsm8k, "
         "per the runs' args.json)")
     add("--data", default=None, help="GSM8K test data: a folder holding test.jsonl, or a JSONL "
         "file; default the runs' args.json --data, else the cached download")
     add("--max-new-tokens", type=COUNT0, default=0, help="completion budget; 0 = the runs' "
-        "args.json, else 64 (toy) / 512")
+        "args.json, else 48 (toy) / 512")
     add("--batch-size", type=COUNT, default=64, help="prompts per generate() call")
-    add("--device", default=None, help="cuda, mps or cpu; none = the best available")
+    add("--device", default=None, help="cuda, mps or cpu; default the best available")
     add("--bench-scale", type=COUNT0, default=0, help="benchmark only: Gram of N synthetic rank-1 "
         "Qwen2.5-3B adapters (time, peak memory); 0 = off")
     add("--decode-bytes", action="store_true", help="print only: the bytes a decode step reads "
@@ -288,7 +312,7 @@ def parse_args(argv=None):
 
 
 if __name__ == "__main__":
-    exit_on_user_error()
+    exit_on_user_error(too_big="--batch-size or --grid")
     args = parse_args()
     # float64 Gram on a CUDA GPU when there is one (MPS has no float64), else the CPU
     on_cuda = qwen.pick_device(args.device).type == "cuda"
@@ -317,7 +341,11 @@ if __name__ == "__main__":
         names = sorted(set(map(str, bases.values())))
         raise user_exit(f"the runs name different base models {names}: their updates live in "
                         f"different spaces (pass --model if they share one)")
+    stop_on_signals(f": {out} is as it was")  # the SystemExit passes the cleanups below
+    made = not out.exists()
     check_writable(out, folder=True)  # before the work, not after it
+    if made:  # a run of this script that ends early leaves no empty output folder behind
+        atexit.register(lambda: out.exists() and not any(out.iterdir()) and out.rmdir())
     print(f"{len(runs)} runs, {len(ckpts)} points ({len(origins)} origins added): "
           + ", ".join(f"{run} rank {updates[last[run]].config['r']}" for run in runs))
     K = gram(updates, gram_device)
@@ -330,7 +358,7 @@ if __name__ == "__main__":
     coef2 = np.pad(coef, ((0, 0), (0, max(0, 2 - coef.shape[1]))))[:, :2]
     origin = -(K.mean(0) @ coef2)  # where ΔW = 0 falls: <0 - mean, pc1>, <0 - mean, pc2>
     report["origin_pc"] = origin.tolist()
-    colors = {run: f"C{k % 10}" for k, run in enumerate(runs)}
+    colors, styles, names = method_styles({run: method(updates[last[run]]) for run in runs})
     traj = {run: ([ckpts[i][1] for i in ix], scores2[ix]) for run, ix in index.items()}
     # every output is written into a staging folder and moved in at the end: a failure (a full
     # disk) leaves the previous geometry.json and figures whole
@@ -342,7 +370,7 @@ if __name__ == "__main__":
         save_figures(staging, traj, colors, origin, report["explained_variance_ratio"],
                      {run: np.array(v) for run, v in per_run.items()},
                      report["distance_from_start"], runs, report["cosine_final"],
-                     report["cosine_over_time"])
+                     report["cosine_over_time"], styles, names, report["cosine_to_final"])
 
         # --- plane exploration and truncation: the base model plus factored adapters, evaluated
         if args.plane or args.truncate:
@@ -359,8 +387,10 @@ if __name__ == "__main__":
                                                          acc_final, base_acc, samples, context)
         (staging / "geometry.json").write_text(json.dumps(report, indent=1))
         fsync_tree(str(staging))
-    except OSError as e:
+    except BaseException as e:  # a full disk, Ctrl-C, a bug: no half-written outputs
         shutil.rmtree(staging, ignore_errors=True)
+        if not isinstance(e, OSError):
+            raise
         raise user_exit(f"{out}: cannot write the outputs ({e.strerror or e}); the previous ones "
                         f"are as they were") from None
     for f in sorted(staging.iterdir()):  # renames need no space: all of them, or none above

@@ -20,9 +20,10 @@ import eval_gsm8k
 import factored
 import gsm8k
 import model as qwen
-from errors import user_exit
+from errors import describe, user_exit
 from factored import gram
 from geometry_figures import plane_levels, save_plane_figure
+from toy_task import TOY_NEW_TOKENS
 
 
 def plane_weights(coef, a, b):
@@ -80,9 +81,9 @@ def plane_report(acc, a_ax, b_ax, base_acc, n, args, rng_seed):
     best = [point(order[0], "best")]
     good = acc >= 0.9 * top if top > 0 else np.zeros_like(acc, dtype=bool)
     above = acc > base_acc
-    samples = [point(p, "best") for p in order[:args.samples]]
-    rest = [p for p in order[args.samples:] if good[p]]
-    pick = np.random.default_rng(rng_seed).permutation(len(rest))[:args.samples]
+    samples = [point(p, "best") for p in order[:args.plane_samples]]
+    rest = [p for p in order[args.plane_samples:] if good[p]]
+    pick = np.random.default_rng(rng_seed).permutation(len(rest))[:args.plane_samples]
     samples += [point(rest[k], "good") for k in sorted(pick)]
     cell = (a_ax[1] - a_ax[0]) * (b_ax[1] - b_ax[0]) if grid > 1 else float("nan")
     border = np.ones_like(above)
@@ -110,8 +111,8 @@ def explore_plane(args, report, bases, run_args, runs, ckpts, updates, last, coe
     data = args.data or first_args.get("data")  # what every script's --data means
     path = gsm8k.data_path(data, "test") if task == "gsm8k" else None
     problems = gsm8k.load_task(task, "test", path)[:args.eval_limit]
-    max_new = args.max_new_tokens or first_args.get("max_new_tokens") or (64 if task == "toy"
-                                                                          else 512)
+    max_new = args.max_new_tokens or first_args.get("max_new_tokens") or \
+        (TOY_NEW_TOKENS if task == "toy" else 512)
     base = bases[runs[0]]
     net, tok = qwen.load_model(base, device=args.device), qwen.load_tokenizer(base)
     stop = gsm8k.stop_ids(tok)
@@ -194,3 +195,7 @@ def truncation_report(k, runs, ckpts, last, coef, acc_final, base_acc, samples, 
         print(f"{r['name']:40} | {r['accuracy']:8.3f} | {r['accuracy_truncated']:8.3f} | "
               f"{r['energy_kept']:17.4f} | {r['cosine']:.4f}")
     return dict(rank=k, base_accuracy=base_acc, eval_limit=len(c["problems"]), rows=rows)
+
+
+if __name__ == "__main__":
+    describe(__doc__)

@@ -22,6 +22,7 @@ import lora
 from adapters import SavedFactors
 from factored import factored_inner, gram
 from model import Qwen2Config
+from errors import describe
 
 
 def rss_anon_mib():
@@ -107,3 +108,7 @@ def print_decode_bytes(batch, max_new_tokens, prompt=150, stacked_rank=150,
         total = sum(decode_bytes(config, k * batch, ctx, stacked_rank))
         print(f"{k:>15} | {k * batch:>6} | {total / 1e9:>14.1f} | {per(k) / 1e6:>22.1f} | "
               f"{per(1) / per(k):>5.2f}x")
+
+
+if __name__ == "__main__":
+    describe(__doc__)

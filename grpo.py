@@ -19,7 +19,6 @@ takes whole groups and the gradients are summed: N processes end where one does.
 import argparse
 import math
 import os
-import random
 import time
 from collections import namedtuple
 
@@ -31,14 +30,15 @@ from data_parallel import (all_gather, all_reduce, barrier, close_distributed, i
 from errors import (COUNT, COUNT0, NONNEGATIVE, POSITIVE, SEED, HelpFormatter, exit_on_user_error,
                     number, user_exit)
 from eval_gsm8k import add_eval_args, training_eval
-from gsm8k import (STOP_STRINGS, extract_answer, format_prompt, load_splits, load_task, reward,
-                   stop_ids, truncate)
+from gsm8k import (STOP_STRINGS, batch_indices, extract_answer, format_prompt, load_splits,
+                   load_task, reward, stop_ids, truncate)
 from lora import adapters_disabled, lora_modules, merged
 from logprobs import completion_logprobs, reference_logprobs, sampler_grid
 from model import TOY_BASE, load_config, load_model, load_tokenizer, pick_device, pick_dtype
 from runs import (append_metrics, begin_run, load_trainer_state, newest_checkpoint, on_signals,
                   open_run, read_metrics, save_checkpoint)
 from sampler import generate, reference_generate, sample_key
+from toy_task import TOY_NEW_TOKENS
 
 # -----------------------------------------------------------------------------
 # The math
@@ -87,20 +87,7 @@ def kl_k3(logp, logp_ref):
     return torch.exp(r) - r - 1
 
 # -----------------------------------------------------------------------------
-# The pieces of a step: prompts, rollouts, micro-batches
-
-
-def batch_indices(n, batch, step, seed):
-    """The problems of step `step` (1-based): epoch e reads a permutation of the n problems seeded
-    by (seed, e), so the data position is a function of the step, all that resuming needs."""
-    lo, hi = (step - 1) * batch, step * batch                           # positions in the stream
-    first = lo // n
-    stream = []
-    for epoch in range(first, (hi - 1) // n + 1):
-        perm = list(range(n))
-        random.Random(f"{seed}-{epoch}").shuffle(perm)                  # str seed: stable in Python
-        stream += perm
-    return stream[lo - first * n:hi - first * n]
+# The pieces of a step: rollouts (of the problems gsm8k.batch_indices picks), micro-batches
 
 
 # b prompts (token ids), b*G completions (sample i*G + j of prompt i), the sampler's log-prob of
@@ -217,8 +204,8 @@ def parse_args(argv=None):
         "JSONL file for both; default ~/.cache/rank1/gsm8k (downloaded once)")
     add("--batch", type=COUNT, default=None, help="prompts per step (all processes); default 32")
     add("--group", type=number(int, low=2), default=None, help="samples per prompt G; default 8")
-    add("--max-new-tokens", type=COUNT, default=None, help="completion budget (sampling and "
-        "evaluation); default 512, 48 with --toy")
+    add("--max-new-tokens", type=COUNT, default=None, help="completion budget; default 512, 48 "
+        "with --toy")
     add("--temperature", type=POSITIVE, default=1.0, help="sampling temperature (log-probs too)")
     add("--reference", action="store_true", help="every step through the plain reference code "
         "(no cache, no chunking, every sample trained): slow, the same run to float rounding")
@@ -257,13 +244,11 @@ def resolve(args):
     if args.adapter != "lora" and args.rank == 0:
         raise user_exit(f"--adapter {args.adapter} needs --rank >= 1 (--rank 0 is full "
                         f"fine-tuning, --adapter lora)")
-    if args.toy:
-        preset = dict(model=TOY_BASE, task="toy", batch=32, group=8, max_new_tokens=48, steps=60,
-                      lr=1e-3, micro_batch=64, eval_every=10, eval_limit=256, eval_batch_size=256)
-    else:
-        preset = dict(model="Qwen/Qwen2.5-3B", task="gsm8k", batch=32, group=8,
-                      max_new_tokens=512, steps=200, lr=5e-5, micro_batch=8, eval_every=20,
-                      eval_limit=200, eval_batch_size=64)
+    preset = dict(model=TOY_BASE, task="toy", batch=32, group=8, max_new_tokens=TOY_NEW_TOKENS,
+                  steps=60, lr=1e-3, micro_batch=64, eval_every=10, eval_limit=256,
+                  eval_batch_size=256) if args.toy else \
+        dict(model="Qwen/Qwen2.5-3B", task="gsm8k", batch=32, group=8, max_new_tokens=512,
+             steps=200, lr=5e-5, micro_batch=8, eval_every=20, eval_limit=200, eval_batch_size=64)
     if args.lr is None and args.rank == 0:
         preset["lr"] /= 10  # full fine-tuning wants ~1/10 of LoRA's LR (LoRA Without Regret)
     for key, value in preset.items():
@@ -289,6 +274,19 @@ def resolve(args):
         args.dtype = "float32"
         torch.backends.cuda.matmul.allow_tf32 = True
     return args
+
+def check_fit(args, config, tokenizer, train, held_out):
+    """Sizes against what they must fit, before anything is written: the adapter against the
+    matrices, a step's prompts against the problems, prompt + new tokens against the context."""
+    if args.rank:
+        adapters.check(config, args.rank, args.targets, args.layers)
+    if args.batch > len(train):
+        raise user_exit(f"--batch {args.batch}: a step's prompts are distinct problems, and the "
+                        f"training split has {len(train)}")
+    longest = max(len(tokenizer.encode(format_prompt(p["question"]))) for p in train + held_out)
+    if longest + args.max_new_tokens > (context := config.max_position_embeddings):
+        raise user_exit(f"--max-new-tokens {args.max_new_tokens}: with the longest prompt "
+                        f"({longest} tokens) it passes the model's context ({context})")
 
 # -----------------------------------------------------------------------------
 # Setup: the model and its adapter, the optimizer, a resumed run's state
@@ -327,7 +325,7 @@ def build(args, ckpt, device):
 # -----------------------------------------------------------------------------
 
 if __name__ == "__main__":
-    exit_on_user_error()
+    exit_on_user_error(too_big="--group, --batch or --micro-batch")
     args = parse_args()
     # one process per device under torchrun (rank 0 writes the run folder and prints)
     rank, world, device = init_distributed(args.device)
@@ -336,10 +334,10 @@ if __name__ == "__main__":
     full = args.rank == 0
     # everything that can be refused is checked before the run folder is written
     pick_dtype(args.dtype, device)
-    load_config(args.model)
     tokenizer = load_tokenizer(args.model)
     train_set, eval_set = load_splits(args.task, args.data, args.eval_limit)
     val_set = load_task(args.task, "val")[:args.val_limit] if args.val_limit else []
+    check_fit(args, load_config(args.model), tokenizer, train_set, eval_set + val_set)
     free = {"resume", "out", "steps", "device", "eval_every", "eval_batch_size", "save_every",
             "grad_checkpoint", "val_limit", "eval_samples", "eval_start"}  # resumable
     ckpt = open_run(args, free, "grpo.py", rank)  # its lock taken; nothing written yet

@@ -55,8 +55,13 @@ def read_jsonl(path):
     if not os.path.isfile(path):
         hint = " (a folder? --data takes a folder holding {split}.jsonl or a file)"
         raise UserError(f"{path}: no such file" + (hint if os.path.isdir(path) else ""))
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise UserError(f"{path}:{lineno}: not UTF-8 (byte {raw[e.start]:#04x} at column "
+                                f"{e.start + 1})") from None
             if not line.strip():
                 continue
             try:
@@ -113,6 +118,18 @@ def data_path(data, split):
     if not os.path.isfile(path):
         raise UserError(f"--data {data}: a folder, but it holds no {split}.jsonl")
     return path
+
+def batch_indices(n, batch, step, seed):
+    """The problems of step `step` (1-based): epoch e reads a permutation of the n problems seeded
+    by (seed, e), so the data position is a function of the step, all that resuming needs."""
+    lo, hi = (step - 1) * batch, step * batch                           # positions in the stream
+    first = lo // n
+    stream = []
+    for epoch in range(first, (hi - 1) // n + 1):
+        perm = list(range(n))
+        random.Random(f"{seed}-{epoch}").shuffle(perm)                  # str seed: stable in Python
+        stream += perm
+    return stream[lo - first * n:hi - first * n]
 
 # -----------------------------------------------------------------------------
 # The two tasks: GSM8K, read; the toy task, generated (toy_task.py)
@@ -328,4 +345,6 @@ def show_rules():
 
 
 if __name__ == "__main__":
+    from errors import no_flags
+    no_flags(__doc__)
     show_rules()

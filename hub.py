@@ -7,7 +7,7 @@ safetensors files, one file or the shards an index names. model.load_model build
 """
 import os
 
-from errors import UserError, load_safetensors, read_json
+from errors import describe, UserError, load_safetensors, read_json
 
 
 def resolve_path(name_or_path, patterns=("*.json", "*.safetensors")):
@@ -44,3 +44,7 @@ def read_safetensors(path):
     for name in files:
         state.update(load_safetensors(os.path.join(path, name)))
     return state
+
+
+if __name__ == "__main__":
+    describe(__doc__)

@@ -182,7 +182,8 @@ def relative_error(a, b):
 
 
 if __name__ == "__main__":
-    from errors import exit_on_user_error
+    from errors import exit_on_user_error, no_flags
+    no_flags(__doc__)
     from model import TOY_CONFIG, Qwen2
     exit_on_user_error()
     torch.manual_seed(0)

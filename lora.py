@@ -21,7 +21,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn as nn
 
-from errors import COUNT, COUNT0, POSITIVE, UserError, exit_on_user_error
+from errors import COUNT, COUNT0, POSITIVE, HelpFormatter, UserError, exit_on_user_error
 from peft_format import PEFT_PREFIX, copy_tensors, read_folder, write_adapter
 from model import TOY_CONFIG, Qwen2, Qwen2Config
 
@@ -368,8 +368,7 @@ def load_adapter(model, in_dir, verbose=True):
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(
-        description="LoRA self-check on the toy model, and parameter counts")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--config", default=None, help="config.json (or a folder holding one) to "
                         "count LoRA parameters for; default: Qwen2.5-3B's shapes, built in")
     parser.add_argument("--ranks", default=[1, 8, 64], help="comma-separated ranks for the table",
@@ -415,8 +414,8 @@ if __name__ == "__main__":
         save_adapter(model, tmp, "toy")
         assert torch.equal(load_adapter(other, tmp, verbose=False)(ids), lora_logits)
         print("save_adapter -> load_adapter: identical logits")
-        merged = merge_lora(model)(ids)
-        err = ((merged - lora_logits).abs().max() / lora_logits.abs().max()).item()
+        folded = merge_lora(model)(ids)
+        err = ((folded - lora_logits).abs().max() / lora_logits.abs().max()).item()
         print(f"merged equals unmerged: max |merged - unmerged| / max |logits| = {err:.1e}")
         assert err < 1e-5, err
     print("lora.py: all checks passed (python tinylora.py and python factored.py check the rest)")

@@ -20,8 +20,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from errors import (COUNT, NONNEGATIVE, UserError, exit_on_user_error, read_json, write_atomic,
-                    write_json)
+from errors import (COUNT, NONNEGATIVE, HelpFormatter, UserError, exit_on_user_error, read_json,
+                    write_atomic, write_json)
 from hub import read_safetensors, resolve_path
 
 # -----------------------------------------------------------------------------
@@ -67,6 +67,9 @@ class Qwen2Config:
             ok = isinstance(v, (int, float) if kept[k] is float else kept[k])
             if not ok or (isinstance(v, bool) and kept[k] is not bool):
                 raise ValueError(f'"{k}": {v!r} is not {kept[k].__name__}')
+            low = 0 if k in ("head_dim", "bos_token_id", "eos_token_id") else 1  # ints; floats > 0
+            if kept[k] in (int, float) and not (v > 0 if kept[k] is float else v >= low):
+                raise ValueError(f'"{k}": {v!r} is out of range ({">= 0" if low == 0 else "> 0"})')
         return cls(**d)
 
     @classmethod
@@ -78,6 +81,10 @@ class Qwen2Config:
         if qwen2_only and d.get("model_type", "qwen2") != "qwen2":
             raise UserError(f"{path}: model_type {d['model_type']!r}; model.py implements qwen2 "
                             f"(Qwen2 and Qwen2.5) only")
+        unsupported = [k for k in ("rope_scaling", "use_sliding_window") if d.get(k)]
+        if unsupported:  # ignoring them would give other logits than the model's own
+            raise UserError(f"{path}: {', '.join(f'{k} {d[k]!r}' for k in unsupported)}: not "
+                            f"supported by this model code (plain RoPE, full attention)")
         try:
             return cls.from_dict(d)
         except (TypeError, ValueError, AssertionError, AttributeError, ZeroDivisionError) as e:
@@ -350,9 +357,15 @@ def load_tokenizer(name_or_path):
     if not os.path.exists(path):
         raise UserError(f"no tokenizer at {path}")
     try:
-        return Tokenizer(HFTokenizer.from_file(path))
+        tok = Tokenizer(HFTokenizer.from_file(path))
     except Exception as e:  # the tokenizers library raises a bare Exception on a bad file
         raise UserError(f"{path}: not a readable tokenizer.json ({e})") from None
+    config = os.path.join(os.path.dirname(path), "config.json")
+    if os.path.exists(config) and tok.vocab_size > Qwen2Config.from_json(config).vocab_size:
+        raise UserError(f"{path}: {tok.vocab_size:,} tokens, but the model beside it "
+                        f"({config}) embeds {Qwen2Config.from_json(config).vocab_size:,}: ids past "
+                        f"its rows have no embedding")
+    return tok
 
 # -----------------------------------------------------------------------------
 # The toy world: a tiny Qwen2 and a byte-level tokenizer, saved like a real checkpoint
@@ -408,11 +421,10 @@ if __name__ == "__main__":
     import argparse
     import time
     exit_on_user_error()
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add = parser.add_argument
     add("--toy", action="store_true", help="the shipped toy base (toy_base/); also the default")
-    add("--model", default=None, help="local folder or hub id (Qwen/Qwen2.5-3B)")
+    add("--model", default=None, help="local folder or hub id (Qwen/Qwen2.5-3B); default the toy base")
     add("--prompt", help="text to complete",
         default="Question: Ann has 23 eggs and buys 5 boxes of 4. How many eggs?\nAnswer:")
     add("--max-new-tokens", type=COUNT, default=64, help="tokens to generate")
@@ -423,6 +435,8 @@ if __name__ == "__main__":
     path = args.model or TOY_BASE
     model, tok = load_model(path, device=args.device, dtype=args.dtype), load_tokenizer(path)
     ids = tok.encode(args.prompt)
+    if not ids:
+        raise UserError("--prompt '': an empty text has no token to continue")
     t0 = time.perf_counter()
     g = torch.Generator().manual_seed(0)
     out = complete_slowly(model, ids, args.max_new_tokens, args.temperature, tok.eos_id, g)

@@ -9,7 +9,7 @@ import os
 import torch
 from safetensors.torch import save_file
 
-from errors import UserError, load_safetensors, read_json, write_atomic, write_json
+from errors import describe, UserError, load_safetensors, read_json, write_atomic, write_json
 
 PEFT_PREFIX = "base_model.model."  # PeftModel.base_model (LoraModel) .model (the HF model)
 UNSUPPORTED = ("use_dora", "fan_in_fan_out", "rank_pattern", "alpha_pattern", "modules_to_save",
@@ -79,6 +79,12 @@ def copy_tensors(params, tensors, in_dir, optional=(), checked=()):
         if tensors[key].shape != p.shape:
             raise UserError(f"{key}: shape {tuple(tensors[key].shape)} in {in_dir} does not fit "
                             f"the model's {tuple(p.shape)}")
+        if not torch.isfinite(tensors[key]).all():  # a diverged run's weights: no answer to read
+            raise UserError(f"{in_dir}: {key} holds NaN or infinite values")
     with torch.no_grad():
         for key, p in params.items():
             p.copy_(tensors[key])
+
+
+if __name__ == "__main__":
+    describe(__doc__)

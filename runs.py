@@ -25,6 +25,7 @@ import socket
 import sys
 import time
 
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 import adapters
@@ -170,7 +171,7 @@ def take_lock(out):
                                 f"{owner['host']} (since {owner.get('started')}: "
                                 f"{owner.get('command')}); wait for it, or pass another --out")
             print(f"note: {path} was left by a process that is gone "
-                  f"({owner.get('pid', '?')}); taking it over")
+                  f"({owner.get('pid', '?')}); taking it over", file=sys.stderr)
             os.remove(path)
     with os.fdopen(fd, "w") as f:
         json.dump(me, f)
@@ -223,8 +224,8 @@ def on_signals(out):
         print(f"\n{what}: the newest checkpoint is {ckpt or 'none yet'}; continue with: "
               f"{command}", file=sys.stderr, flush=True)
         raise SystemExit(128 + signum)
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, stop)
 
 # -----------------------------------------------------------------------------
 # metrics.jsonl
@@ -336,7 +337,7 @@ def save_checkpoint(path, model, optimizer, named, state, full=False, tokenizer=
         else:
             os.rename(tmp, path)
         fsync_dir(os.path.dirname(path))
-    except (OSError, UserError) as e:
+    except (OSError, UserError, SafetensorError) as e:  # SafetensorError: a full disk, too
         shutil.rmtree(tmp, ignore_errors=True)  # free what it took: the disk may be full
         reason = e.strerror if isinstance(e, OSError) and e.strerror else e
         previous = newest_checkpoint(os.path.dirname(path))

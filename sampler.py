@@ -18,7 +18,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from errors import COUNT, HelpFormatter, exit_on_user_error
+from errors import COUNT, HelpFormatter, UserError, exit_on_user_error
 from model import TOY_BASE, load_model, load_tokenizer
 
 # -----------------------------------------------------------------------------
@@ -419,18 +419,17 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_p=1.0, stop_id
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--toy", action="store_true", help="use the shipped toy base (toy_base/)")
-    parser.add_argument("--model", default=None, help="local folder or hub id (Qwen/Qwen2.5-3B)")
+    parser.add_argument("--model", default=None, help="local folder or hub id (Qwen/Qwen2.5-3B); default the toy base")
     parser.add_argument("--prompt", help="text to complete", default="Question: Ann has 23 eggs "
                         "and buys 5 boxes of 4. How many eggs?\nAnswer:")
     parser.add_argument("--max-new-tokens", type=COUNT, default=48, help="tokens to generate")
     parser.add_argument("--device", default=None, help="cuda / mps / cpu; default the best one")
     args = parser.parse_args()
     exit_on_user_error()
-    if args.model is None and not args.toy:
-        print("(no --model given: the toy base; --help for the flags)")
     path = args.model or TOY_BASE
     model, tok = load_model(path, device=args.device), load_tokenizer(path)
-    ids = tok.encode(args.prompt)
+    if not (ids := tok.encode(args.prompt)):
+        raise UserError("--prompt '': an empty text has no token to continue")
     # the fast sampler draws the reference's samples, token for token
     prompts, same = [ids, ids[:len(ids) // 2], ids[3:]], []
     for T in (0.0, 1.0):

@@ -36,7 +36,7 @@ from errors import (COUNT, COUNT0, FRACTION, NONNEGATIVE, POSITIVE, SEED, HelpFo
                     exit_on_user_error, user_exit)
 from eval_gsm8k import add_eval_args, training_eval
 from gsm8k import format_prompt, format_solution, load_splits, load_task
-from toy_task import pretrain_stream
+from toy_task import TOY_NEW_TOKENS, pretrain_stream
 from logprobs import logprobs_from_hidden
 from model import (TOY_CONFIG, Qwen2, load_config, load_model, load_tokenizer, pick_dtype,
                    save_model, toy_tokenizer)
@@ -200,7 +200,7 @@ def resolve(args):
         raise user_exit(f"--adapter {args.adapter} adapts a base model: it needs --model and "
                         f"--rank >= 1")
     toy = dict(task="toy", micro_batch=0, bucket=1, eval_limit=256, eval_batch_size=256,
-               max_new_tokens=48, save_every=0, schedule="constant", target_acc=0)
+               max_new_tokens=TOY_NEW_TOKENS, save_every=0, schedule="constant", target_acc=0)
     if scratch:  # the shipped toy base (toy_base/README.md): 2,000 steps of the pretraining mix
         preset = dict(toy, rank=0, steps=2000, batch_size=64, lr=3e-3, warmup=100,
                       schedule="cosine", eval_every=250)
@@ -240,7 +240,7 @@ def resolve(args):
 # -----------------------------------------------------------------------------
 
 if __name__ == "__main__":
-    exit_on_user_error()
+    exit_on_user_error(too_big="--batch-size or --micro-batch")
     args = parse_args()
     scratch, full, lr_rule = args.scratch, args.rank == 0, args.lr_rule
     del args.scratch, args.lr_rule  # derived, not arguments: args.json holds what was asked

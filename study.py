@@ -10,14 +10,14 @@ the capacity knee and the skill dial, in one command that writes RESULTS.md.
     python study.py --model Qwen/Qwen2.5-3B --dry-run   # the plan at GPU scale, with GPU-hours
 
 It runs the scripts as subprocesses (grpo.py, sft.py, eval_gsm8k.py, geometry.py), one thread
-each, --jobs at a time, into runs/study/<run>/, in three phases (study_parts/plan.py). LRs are chosen
-on the toy's validation split, verdicts read on its test split (study_parts/claims.py, with the tests of
-study_parts/stats.py). Each run records its exact arguments and the code version (its stamp in
-runs/study/stamps/, its args.json); a finished run is reused only when both match, an interrupted one resumes, and a run
-made by other code or flags is moved to runs/study/stale/. After each run, a small summary goes
-to results/runs/<run>.json (args, code, per-step metrics, final evaluations; no checkpoints):
-`--from results` rebuilds RESULTS.md byte for byte from those alone (study_parts/report.py), and a
-fresh clone takes them for its finished runs (known_from_summary).
+each, --jobs at a time, into runs/study/<run>/, in three phases (study_parts/plan.py). LRs are
+chosen on the toy's validation split, verdicts read on its test split (study_parts/claims.py, with
+the tests of study_parts/stats.py). Each run records its exact arguments and the code version
+(its stamp in runs/study/stamps/, its args.json); a finished run is reused only when both match,
+an interrupted one resumes, and a run made by other code or flags is moved to runs/study/stale/.
+After each run, a small summary goes to results/runs/<run>.json (args, code, per-step metrics,
+final evaluations; no checkpoints): `--from results` rebuilds RESULTS.md byte for byte from those
+alone (study_parts/report.py), and a fresh clone takes them for its finished runs.
 """
 import argparse
 import hashlib
@@ -37,8 +37,8 @@ import versions
 from study_parts import plan
 from study_parts import report as study_report, summaries as study_summaries
 from eval_gsm8k import over_problems, pass_at_k
-from errors import (COUNT, UserError, exit_on_user_error, jsonl_rows, read_json, user_exit,
-                    write_json)
+from errors import (COUNT, HelpFormatter, UserError, exit_on_user_error, jsonl_rows, read_json,
+                    user_exit, write_json)
 
 HERE = Path(__file__).resolve().parent
 TRAIN_KEYS = ("step", "reward", "loss", "tokens", "t_sample", "t_train", "seconds", "length")
@@ -287,8 +287,7 @@ def machine():
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add = p.add_argument
     add("--toy", action="store_true", help="the central claims (default when neither --full "
         "nor --from)")
@@ -302,11 +301,11 @@ def parse_args(argv=None):
     add("--report", default="RESULTS.md", help="the file whose <!-- study --> ... <!-- /study "
         "--> block is the study's report")
     add("--from", dest="from_", metavar="RESULTS", default=None, help="run nothing: rebuild "
-        "claims.json, the figures and the report from the summaries in this folder")
+        "claims.json, the figures and the report from the summaries in this folder; default none")
     add("--dry-run", action="store_true", help="print every run it would launch, with its "
         "estimated time; run nothing")
     add("--model", default=None, help="with --dry-run: print the plan at GPU scale for this "
-        "model (e.g. Qwen/Qwen2.5-3B) with its GPU-hours from flops.py; it does not run here")
+        "model (e.g. Qwen/Qwen2.5-3B) with its GPU-hours from flops.py; default none: the toy")
     add("--no-train", action="store_true", help="launch nothing: report on the runs whose "
         "summaries are there")
     return p.parse_args(argv)

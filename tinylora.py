@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import save_file
 
-from errors import UserError, exit_on_user_error, load_safetensors, write_atomic
+from errors import UserError, exit_on_user_error, load_safetensors, no_flags, write_atomic
 from lora import (ALL_LINEAR, Adapter, adapter_modules, check_same_adapter, depth_order,
                   freeze_base, lora_config, peft_common, read_peft, replace_module, target_modules,
                   trainable_summary)
@@ -328,6 +328,7 @@ def tinylora_file_factors(cfg, get, name, index, group):
 
 if __name__ == "__main__":
     from model import TOY_CONFIG, load_model, make_toy_checkpoint
+    no_flags(__doc__)
     exit_on_user_error()
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:

@@ -51,6 +51,7 @@ ITEMS = (("eggs", "boxes"), ("pens", "packs"), ("apples", "bags"), ("cards", "de
          ("beads", "jars"), ("books", "crates"))
 SPLITS = ("train", "val", "test")
 MODE_OFFSET = 1    # the target's character that picks the mode: " 5*4=..." vs " ####..."
+TOY_NEW_TOKENS = 48  # the toy's completion budget everywhere (a worked answer is ~25 tokens)
 
 
 def split_of(op, a, p):
@@ -191,6 +192,9 @@ def pretrain_stream(encode, eos_id, p, seed, batch_size, choice_rate=0.25):
 
 
 if __name__ == "__main__":
+    import argparse  # --help: the usage; no flags, the splits and the mix on examples
+    argparse.ArgumentParser(description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     sizes = {s: len(toy_problems(s)) for s in SPLITS}
     print(f"toy task splits: {sizes}")
     ex = toy_problems("train", n=1)[0]

@@ -89,14 +89,14 @@ def check_bench(res, work, device, dry):
     """3. The bench at 3B shapes, in its own process (its memory, its compiled graphs)."""
     bench_json = os.path.join(work, "bench.json")
     if dry:
-        shape = ["--toy", "--batch", "2", "--group", "2", "--prompt-len", "8", "--new-tokens", "8",
-                 "--reps", "1", "--warmup", "1"]
+        shape = ["--toy", "--batch", "2", "--group", "2", "--prompt-len", "8",
+                 "--max-new-tokens", "8", "--reps", "1", "--warmup", "1"]
     else:
         shape = ["--shape", "Qwen2.5-3B", "--batch", "64", "--group", "8", "--prompt-len", "150",
-                 "--new-tokens", "512", "--compile", "--reps", "2", "--peer-reps", "1",
+                 "--max-new-tokens", "512", "--compile", "--reps", "2", "--peer-reps", "1",
                  "--warmup", "1"]
     cmd = [sys.executable, os.path.join(HERE, "bench.py"), *shape, "--no-full", "--device",
-           device.type, "--json", bench_json]
+           device.type, "--out", bench_json]
     if importlib.util.find_spec("transformers"):
         cmd.append("--peer")
     print("  $ " + " ".join(cmd[1:]))
@@ -151,7 +151,7 @@ def acceptance(args):
     dry = device.type == "cpu" or args.toy
     cfg = TOY_CONFIG if dry else get_config("Qwen2.5-3B")
     dtype = torch.float32 if dry else torch.bfloat16
-    out_path = args.json or "runs/acceptance.json"
+    out_path = args.out or "runs/acceptance.json"
     if not dry:
         if not args.tokenizer or not args.data:
             raise user_exit("--acceptance on a GPU needs --tokenizer (Qwen2.5's tokenizer.json) "

@@ -1,8 +1,8 @@
 """
 The trajectory study's claims, from geometry.py's report over the study's best LoRA runs
 (results/geometry.json): PC1 + PC2, orthogonal finals, the size of ΔW, the plane's good region,
-rank-1 truncation (paired by problem: a bootstrap interval and McNemar's test). study_parts/claims.py
-puts these rows beside the others.
+rank-1 truncation (paired by problem: a bootstrap interval and McNemar's test). claims.py puts
+these rows beside the others.
 """
 import numpy as np
 

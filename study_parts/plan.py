@@ -1,6 +1,6 @@
 """
 The study's plan: every run as (script, arguments), in three phases. study.py launches them and
-study_parts/claims.py reads them; nothing here trains or reads a result but the validation scores that
+claims.py reads them; nothing here trains or reads a result but the validation scores that
 place phase 2's grids.
 
 Phase 1, fixed grids chosen before any result: GRPO sweeps of rank 1 and full fine-tuning (five
@@ -13,7 +13,7 @@ around each method's fastest LR instead (the best mean training reward), since t
 accuracies tie at a ceiling over much of the sweep. Phase 3: geometry.py over the best LoRA
 runs. Every verdict is read on the test split; no LR is ever chosen on it.
 
-    python study_parts/plan.py          # the plan's size: runs, steps and estimated one-thread hours
+    python -m study_parts.plan         # the plan's size: runs, steps and estimated one-thread hours
 """
 import json
 import sys
@@ -274,6 +274,8 @@ def write_direct_data(root):
 
 
 if __name__ == "__main__":
+    from errors import no_flags
+    no_flags(__doc__)
     root = Path("runs/study")
     guess = {"r1": 2e-3, "full": 2e-4, "sft_r1": 2e-3, "sft_full": 2e-4, "tiny1": 1e-2,
              "tiny13": 1e-2, "sft_tiny1": 1e-2, "sft_tiny13": 1e-2}

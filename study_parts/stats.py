@@ -2,7 +2,7 @@
 The statistics behind study.py's claim rows, after a statistician's review: each group of functions
 answers one flaw of the old code, numbered as in the review (tests/test_study_stats.py checks them).
 
-    python study_parts/stats.py        # self-check: t quantiles, McNemar and Holm on known values
+    python -m study_parts.stats       # self-check: t quantiles, McNemar and Holm on known values
 
 1 winner's curse         best_lr, argmax_bootstrap, lr_ratio_interval (choose on validation seeds)
 2 paired data            paired_by_seed (exact Student t: t_quantile), mcnemar, paired_bootstrap
@@ -437,6 +437,8 @@ def sentence(row):
 
 
 if __name__ == "__main__":
+    from errors import no_flags
+    no_flags(__doc__)
     table = {1: 12.706, 2: 4.303, 4: 2.776, 10: 2.228, 30: 2.042}
     assert all(round(t_quantile(0.975, df), 3) == want for df, want in table.items())
     print("t_0.975 for df " + ", ".join(f"{df}: {t_quantile(0.975, df):.4f}" for df in table))

@@ -134,7 +134,7 @@ def test_bench_toy_prints_the_table_and_json(tmp_path):
     peer = all(importlib.util.find_spec(p) for p in ("transformers", "peft"))
     out = tmp_path / "bench.json"
     cmd = [sys.executable, "bench.py", "--toy", "--batch", "2", "--group", "2", "--prompt-len", "8",
-           "--new-tokens", "8", "--reps", "2", "--warmup", "1", "--json", str(out)] + (["--peer"] if peer else [])
+           "--max-new-tokens", "8", "--reps", "2", "--warmup", "1", "--out", str(out)] + (["--peer"] if peer else [])
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "tokens/s" in r.stdout and "of floor" in r.stdout and "copy bandwidth" in r.stdout
@@ -164,7 +164,7 @@ def test_bench_toy_prints_the_table_and_json(tmp_path):
 def test_acceptance_dry_path_writes_every_figure_beside_its_goal(tmp_path):
     """bench.py --acceptance on a CPU: the GPU run's four parts at toy shapes, one JSON."""
     out = tmp_path / "acceptance.json"
-    r = subprocess.run([sys.executable, "bench.py", "--acceptance", "--json", str(out)], cwd=ROOT,
+    r = subprocess.run([sys.executable, "bench.py", "--acceptance", "--out", str(out)], cwd=ROOT,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(out.read_text())

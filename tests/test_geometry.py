@@ -116,6 +116,9 @@ def test_gram_and_pca_equal_dense(runs_dir):
     assert len(evr) == len(d_evr) and len(d_evr) >= 5
     np.testing.assert_allclose(evr, d_evr, rtol=1e-8, atol=1e-12)
     np.testing.assert_allclose(np.abs(scores), np.abs(d_scores), rtol=1e-6, atol=1e-9 * np.abs(d_scores).max())
+    ref_scores, ref_evr = geometry.reference_pca(U)  # the textbook form beside pca(), signed alike
+    np.testing.assert_allclose(evr, ref_evr, rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(scores, ref_scores, rtol=1e-6, atol=1e-9 * np.abs(ref_scores).max())
     # per run: the sub-Gram's PCA is that run's own dense PCA
     ix = [i for i, (r, _) in enumerate(ckpts) if r == "r4"]
     np.testing.assert_allclose(geometry.pca(K[np.ix_(ix, ix)])[1], dense_pca(U[ix])[1], rtol=1e-8)
