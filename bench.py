@@ -2,11 +2,12 @@
 Speed on one device: the sampler and the GRPO training step, measured against the physical floors
 and, where they are installed, against transformers + peft doing the same work.
 
-    python bench.py --toy                          # the toy model on a CPU, seconds
+    python bench.py --toy                          # the toy's GRPO step on a CPU, a minute
     python bench.py --toy --peer --compile         # + transformers/peft, + the compiled decode step
     python bench.py --shape Qwen2.5-3B --batch 64 --group 8 --max-new-tokens 512 --compile --peer
     python bench.py --shape Qwen2.5-3B --grad-checkpoint --out runs/bench_3b.json
     python bench.py --acceptance --tokenizer T --data D   # one H100/H200, <= 8 min, every GPU goal
+    python bench.py --against 7bfcfd6             # the toy's commands, this commit against that one
 
 Random weights of the real shape, made on the device (no download): speed depends on the shapes,
 not on what the weights are. Nothing stops early (no stop token, and the peer gets
@@ -27,11 +28,13 @@ min_new_tokens = max_new_tokens), so every completion is --max-new-tokens long, 
 """
 import argparse
 import importlib.util
+import os
 import platform
 
 import torch
 
 from bench_parts.acceptance import GOALS, acceptance
+from bench_parts.compare import compare
 from bench_parts.measure import (measure_bandwidth, measure_matmul, peer_logprobs, peer_model,
                            print_table, random_model, reset_peak, run, train_step)
 from errors import (COUNT, COUNT0, SEED, HelpFormatter, check_writable, exit_on_user_error,
@@ -57,14 +60,14 @@ def parse_args(argv=None):
     add("--dtype", default=None, help="weights for sampling and the LoRA base; default bf16 on "
         "a bf16 GPU, else float32")
     # the workload (defaults: the GRPO step of grpo.py with 64 prompts; tiny with --toy)
-    add("--batch", type=COUNT, default=None, help="prompts B; default 64 (4 with --toy)")
-    add("--group", type=COUNT, default=None, help="samples per prompt G; default 8 (4 with --toy)")
-    add("--prompt-len", type=COUNT, default=None, help="prompt tokens P; default 150 (16 with "
+    add("--batch", type=COUNT, default=None, help="prompts per step B; default 64 (32 with --toy)")
+    add("--group", type=COUNT, default=None, help="samples per prompt G; default 8")
+    add("--prompt-len", type=COUNT, default=None, help="prompt tokens P; default 150 (73 with "
         "--toy)")
     add("--max-new-tokens", type=COUNT, default=None, help="new tokens N per sample, all of them "
-        "generated; default 512 (32 with --toy)")
+        "generated; default 512 (28 with --toy)")
     add("--micro-batch", type=COUNT0, default=None, help="sequences per forward/backward in the "
-        "training step; default 8; 0 = all at once (the --toy default)")
+        "training step; 0 = all at once; default 8 (64 with --toy)")
     add("--rank", type=COUNT, default=1, help="LoRA rank of the LoRA training step")
     # speed switches
     add("--compile", action="store_true", help="generate(compile=True): static-shape decode step "
@@ -84,6 +87,10 @@ def parse_args(argv=None):
         "capture, allocator)")
     add("--seed", type=SEED, default=0, help="seed of the random weights and inputs")
     add("--out", default=None, help="also write the results to this JSON file; default none")
+    # side by side with an earlier commit
+    add("--against", default=None, metavar="COMMIT", help="time the toy world's commands on this "
+        "checkout's HEAD and on COMMIT, in turns, --reps times (bench_parts/compare.py); writes "
+        "--out (default results/speed.json) and results/figures/speed.png; default none")
     # the one-shot acceptance run
     add("--acceptance", action="store_true", help="the GPU acceptance run (<= 8 min on one "
         "H100/H200; bench_parts/acceptance.py); on a CPU or with --toy its dry path at toy shapes "
@@ -94,7 +101,9 @@ def parse_args(argv=None):
         "test.jsonl for the GRPO steps (required there: no internet; default none)")
     args = p.parse_args(argv)
     if args.toy:
-        preset = dict(batch=4, group=4, prompt_len=16, max_new_tokens=32, micro_batch=0, threads=1)
+        # the toy GRPO step's real shape: 32 prompts x 8, a ~73-token prompt, ~28 new tokens
+        preset = dict(batch=32, group=8, prompt_len=73, max_new_tokens=28, micro_batch=64,
+                      threads=1)
     else:
         preset = dict(batch=64, group=8, prompt_len=150, max_new_tokens=512, micro_batch=8,
                       threads=torch.get_num_threads())
@@ -236,6 +245,12 @@ if __name__ == "__main__":
     args, parser = parse_args()
     if args.acceptance:
         acceptance(args)
+        raise SystemExit(0)
+    if args.against:
+        out = args.out or "results/speed.json"
+        check_writable(out)
+        compare(args.against, args.reps, out, os.path.join(os.path.dirname(out) or ".",
+                                                            "figures", "speed.png"))
         raise SystemExit(0)
     if args.out:
         check_writable(args.out)  # before the benchmark, not after it

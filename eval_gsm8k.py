@@ -47,8 +47,7 @@ from sampler import generate, sample_key
 
 
 def wilson(k, n, z=1.96):
-    """95% Wilson score interval for k successes in n trials (sound near 0 and 1, unlike
-    p ± 2se)."""
+    """95% Wilson score interval for k successes in n trials (sound near 0 and 1)."""
     if n == 0:
         return (0.0, 1.0)
     p = k / n
@@ -59,11 +58,9 @@ def wilson(k, n, z=1.96):
 
 def complete(model, tokenizer, prompts, max_new_tokens, batch_size, stop_ids, stop_strings,
              progress=True, weights=None):
-    """Greedy completions (token ids) of the encoded prompts, in their order, and the seconds.
-    weights (len(prompts), N): prompt i runs as the point Σ_j weights[i, j]·ΔW_j of the model's
-    stacked adapters (factored.set_stacked); None = the model as it is."""
-    # longest first: similar lengths share a batch (less padding), and an out-of-memory comes
-    # at once. Safe because greedy output never depends on the rest of the batch.
+    """Greedy completions (token ids) of the encoded prompts, in their order, and the seconds;
+    weights (len(prompts), N): prompt i runs as the point Σ_j weights[i, j]·ΔW_j of the stacked
+    adapters (factored.set_stacked). Longest first: less padding, an out of memory at once."""
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     completions = [None] * len(prompts)
     model.eval()
@@ -71,8 +68,8 @@ def complete(model, tokenizer, prompts, max_new_tokens, batch_size, stop_ids, st
     with tqdm(total=len(prompts), desc="eval", disable=not progress) as bar:
         for s in range(0, len(order), batch_size):
             idx = order[s:s + batch_size]
-            per_point = weights is not None
-            with factored.row_weights(model, weights[idx]) if per_point else nullcontext() as rows:
+            points = weights is not None
+            with factored.row_weights(model, weights[idx]) if points else nullcontext() as rows:
                 per_row = dict(row_state=[rows]) if rows is not None else {}  # rows follow rows
                 outs = generate(model, [prompts[i] for i in idx], max_new_tokens, temperature=0.0,
                                 stop_ids=stop_ids, stop_strings=stop_strings, tokenizer=tokenizer,
@@ -261,8 +258,8 @@ def print_samples(s, title):
     iv = lambda key: f"[{s[key][0]:.3f}, {s[key][1]:.3f}]"
     print(f"{title}  ({s['n']} problems x {s['k']} samples, temperature {s['temperature']:g}, "
           f"{s['seconds']:.1f} s)")
-    print(f"pass@1 {s['pass1']:.3f} {iv('pass1_ci')}")
-    print(f"pass@{s['k']} {s['passk']:.3f} {iv('passk_ci')}")
+    print(f"pass@1 {s['pass1']:.3f} {iv('pass1_ci')}\npass@{s['k']} {s['passk']:.3f} "
+          f"{iv('passk_ci')}")
     if "mode_share" in s:
         print(f"mode {s['mode_share']:.3f} {iv('mode_share_ci')}  (share of samples in the mode)")
         print(f"accuracy in mode {s['acc_in_mode']:.3f} {iv('acc_in_mode_ci')}, outside it "
@@ -373,7 +370,8 @@ if __name__ == "__main__":
     add("--harness", default="rank1", choices=["rank1", "lm-eval"], help="rank1: this file's "
         "prompt and scoring; lm-eval: lm-evaluation-harness's gsm8k task exactly (its prompt, "
         "shots, stops and scores)")
-    add("--batch-size", type=COUNT, default=64, help="prompts per generate() call")
+    add("--batch-size", type=COUNT, default=None, help="prompts per generate() call; default "
+        "64, 256 with --toy")
     add("--max-new-tokens", type=COUNT0, default=0, help="completion budget; 0 = 512 (GSM8K), 48 "
         "(--toy, as the trainers), 256 (--harness lm-eval, the harness's)")
     add("--out", default=None, help="write one JSON line per problem here; default none: no file")
@@ -386,6 +384,7 @@ if __name__ == "__main__":
 
     stop_on_signals(": nothing written")  # --out is written at the end, in one go
     task = "toy" if args.toy else "gsm8k"
+    args.batch_size = args.batch_size or (256 if args.toy else 64)
     args.model = args.model or TOY_BASE
     if args.toy and not Path(args.model).exists():
         raise user_exit(f"{args.model} not found: the toy base ships in toy_base/; rebuild one "

@@ -223,8 +223,9 @@ class KVCache:
         k, v = self.update(layer, k, v)                                        # (B, Hkv, S, D)
         if self.prefix is not None:
             keys, values, _, _ = self.prefix
-            return shared_attention(q, keys[layer], values[layer], k, v, mask, self.slots,
-                                    self.n)
+            full = len(self.slots) == keys[layer].shape[0] * self.n  # no row has left yet
+            return shared_attention(q, keys[layer], values[layer], k, v, mask,
+                                    None if full else self.slots, self.n)
         gqa = k.shape[1] != q.shape[1]
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
 
@@ -252,26 +253,27 @@ class KVCache:
 
 
 def shared_attention(q, k_prefix, v_prefix, k, v, mask, slots, n):
-    """Attention of rows that share prefixes, each prefix read once for all of its rows.
-
-    q (N, H, T, D) the rows' new queries; k_prefix, v_prefix (B, Hkv, P, D) one prefix per prompt;
+    """Attention of rows that share prefixes, each prefix read once for all of its rows: q
+    (N, H, T, D) the rows' new queries; k_prefix, v_prefix (B, Hkv, P, D) one prefix per prompt;
     k, v (N, Hkv, S, D) each row's own keys and values; mask (N, 1, T, P + S), True = may attend;
-    row i holds place slots[i] of a (B, n) grid, its prompt slots[i] // n. The scores against the
-    prefix are one matmul per prompt and kv head, (n·rep·T, D) @ (D, P), instead of one per row
-    (cascade attention; FlashInfer's shared-prefix batch decoding); then one softmax over prefix
-    and own keys together. -> (N, H, T, D)."""
+    row i holds place slots[i] of a (B, n) grid, its prompt slots[i] // n (None: all, in order).
+    The scores against a prefix are one matmul per prompt and kv head, (n·rep·T, D) @ (D, P),
+    not one per row (cascade attention, as FlashInfer's shared-prefix decoding); one softmax
+    then spans prefix and own keys. -> (N, H, T, D)."""
     N, H, T, D = q.shape
     B, Hkv, P, _ = k_prefix.shape
     rep = H // Hkv                                   # query head h reads kv head h // rep
 
     def by_prompt(x):  # rows (N, Hkv, rep·T, X) -> prompts (B, Hkv, n·rep·T, X), empty places 0
-        grid = x.new_zeros(B * n, *x.shape[1:])
-        grid[slots] = x
-        return grid.view(B, n, Hkv, -1, x.shape[-1]).transpose(1, 2).reshape(B, Hkv, -1,
-                                                                             x.shape[-1])
+        if slots is not None:  # rows have left: scatter them into their places
+            grid = x.new_zeros(B * n, *x.shape[1:])
+            grid[slots] = x
+            x = grid
+        return x.view(B, n, Hkv, -1, x.shape[-1]).transpose(1, 2).reshape(B, Hkv, -1, x.shape[-1])
 
     def by_row(x):     # prompts (B, Hkv, n·rep·T, X) -> rows (N, Hkv, rep·T, X)
-        return x.view(B, Hkv, n, -1, x.shape[-1]).transpose(1, 2).flatten(0, 1)[slots]
+        x = x.view(B, Hkv, n, -1, x.shape[-1]).transpose(1, 2).flatten(0, 1)
+        return x if slots is None else x[slots]
 
     q = q.reshape(N, Hkv, rep * T, D) * D ** -0.5
     scores = torch.cat([by_row(by_prompt(q) @ k_prefix.transpose(-1, -2)),      # (N, Hkv, rep*T, P)
@@ -279,7 +281,7 @@ def shared_attention(q, k_prefix, v_prefix, k, v, mask, slots, n):
     scores = scores.view(N, Hkv, rep, T, -1).masked_fill(~mask[:, :, None], float("-inf"))
     p = scores.float().softmax(-1).to(q.dtype).view(N, Hkv, rep * T, -1)
     y = by_row(by_prompt(p[..., :P].contiguous()) @ v_prefix) + p[..., P:] @ v  # (N, Hkv, rep*T, D)
-    return y.view(N, H, T, D)
+    return y.reshape(N, H, T, D)
 
 
 def left_pad(prompts, device):

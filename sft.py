@@ -167,7 +167,8 @@ def parse_args(argv=None):
     add("--min-lr", type=FRACTION, default=0.05, help="--schedule cosine: the last step's LR as a "
         "fraction of --lr")
     add("--micro-batch", type=COUNT0, default=None, help="examples per forward/backward (gradients "
-        "accumulate), per process under torchrun; 0 = the whole batch (share); default 8, toy 0")
+        "accumulate), per process under torchrun; 0 = the whole batch (share); default 8, toy 32 "
+        "(from scratch 0)")
     add("--weight-decay", type=NONNEGATIVE, default=0.0, help="AdamW weight decay; 0 = plain Adam")
     add("--grad-clip", type=NONNEGATIVE, default=1.0, help="clip the gradient's global norm to "
         "this; 0 = off")
@@ -204,8 +205,8 @@ def resolve(args):
     if scratch:  # the shipped toy base (toy_base/README.md): 2,000 steps of the pretraining mix
         preset = dict(toy, rank=0, steps=2000, batch_size=64, lr=3e-3, warmup=100,
                       schedule="cosine", eval_every=250)
-    elif args.toy:
-        preset = dict(toy, rank=1, steps=60, batch_size=64, warmup=0, eval_every=0,
+    elif args.toy:  # micro-batches of 32: each pass's activations stay in the CPU's caches
+        preset = dict(toy, rank=1, steps=60, batch_size=64, warmup=0, eval_every=0, micro_batch=32,
                       lr=3e-4 if args.rank == 0 else 1e-3)
     else:
         preset = dict(model="Qwen/Qwen2.5-3B", task="gsm8k", rank=1, steps=250, batch_size=32,

@@ -115,3 +115,13 @@ def test_shared_attention_equals_attention_over_copied_prefixes():
     want = torch.nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=mask,
                                                             enable_gqa=True)
     assert ((got - want).norm() / want.norm()).item() < 1e-6
+    # every place filled, in order (no row has left): slots=None, the same attention
+    full = torch.arange(B * n)
+    q, k, v = (torch.randn(B * n, *x.shape[1:], generator=g) for x in (q, k, v))
+    mask = torch.cat([prefix_mask[full // n][:, None, None, :].expand(-1, 1, T, -1),
+                      sampler.attention_mask(torch.ones(B * n, S, dtype=torch.bool), S - T, T)], -1)
+    got = sampler.shared_attention(q, k_pre, v_pre, k, v, mask, None, n)
+    want = torch.nn.functional.scaled_dot_product_attention(
+        q, torch.cat([k_pre[full // n], k], 2), torch.cat([v_pre[full // n], v], 2),
+        attn_mask=mask, enable_gqa=True)
+    assert ((got - want).norm() / want.norm()).item() < 1e-6
