@@ -45,6 +45,7 @@ def checkout(commit, where):
                                  check=True).stdout
     except (OSError, subprocess.CalledProcessError) as e:
         raise UserError(f"--against {commit}: not a commit of this repository ({e})") from None
+    os.makedirs(where)
     subprocess.run(["tar", "-x", "-C", where], input=archive, check=True)
     return where
 
