@@ -12,6 +12,7 @@ import numpy as np
 
 import flops
 from study_parts import plan
+from study_parts import optima as opt
 from study_parts import stats as st
 from study_parts.stats import row
 from study_parts.geometry_rows import geometry_rows
@@ -62,8 +63,8 @@ def ratio_row(rid, summaries, a, b, claim, target=10.0, source=LWR):
     va, vb = lists(scores(summaries, a)), lists(scores(summaries, b))
     if not va or not vb:
         return missing(rid, claim, source, f"no finished {a} or {b} sweep")
-    r, k = st.lr_ratio_interval(va, vb), min(len(v) for v in [*va.values(), *vb.values()])
-    (lo, hi), best = r["interval"], {m: st.best_lr(v) for m, v in ((a, va), (b, vb))}
+    r, k = opt.lr_ratio_interval(va, vb), min(len(v) for v in [*va.values(), *vb.values()])
+    (lo, hi), best = r["interval"], {m: opt.best_lr(v) for m, v in ((a, va), (b, vb))}
     edge = [m for m, v in ((a, va), (b, vb)) if best[m] in (min(v), max(v))]
     measured = (f"{r['ratio']:.3g}x (best {best[a]:g} vs {best[b]:g})"
                 + (f"; at the grid's edge: {', '.join(edge)}" if edge else ""))
@@ -83,11 +84,11 @@ def lr_vs_rank_row(summaries):
         return missing("lr_vs_rank", claim, LWR, "fewer than two ranks swept")
     tables = {g: lists(scores(summaries, g)) for g in groups}
     rng = np.random.default_rng(0)
-    draws = np.stack([st._bootstrap_best(t, 2000, rng) for t in tables.values()])  # (ranks, boot)
+    draws = np.stack([opt._bootstrap_best(t, 2000, rng) for t in tables.values()])  # (ranks, boot)
     spread = draws.max(0) / draws.min(0)
     lo = float(np.quantile(spread, 0.025, method="lower"))
     hi = float(np.quantile(spread, 0.975, method="higher"))
-    best = {g: st.best_lr(t) for g, t in tables.items()}
+    best = {g: opt.best_lr(t) for g, t in tables.items()}
     k = min(len(v) for t in tables.values() for v in t.values())
     edge = [g for g, t in tables.items() if best[g] in (min(t), max(t))]
     measured = ", ".join(f"{g} {lr:g}" for g, lr in best.items()) + \
@@ -111,7 +112,7 @@ def sample_efficiency_row(summaries):
         table = {}
         for s in done(summaries, g):
             table.setdefault(s["lr"], {})[s["seed"]] = mean_reward(s)
-        per[g] = st.cross_fit(table)
+        per[g] = opt.cross_fit(table)
     if not per["r1"] or not per["full"] or not set(per["r1"]) & set(per["full"]):
         return missing("sample_efficiency_rl", claim, LWR, "no rank-1 and full sweeps over seeds")
     est = st.paired_by_seed(per["r1"], per["full"], None)

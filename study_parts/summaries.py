@@ -7,6 +7,7 @@ the one that learns fastest. study_parts/claims.py builds its rows on these.
 """
 import numpy as np
 
+from study_parts import optima as opt
 from study_parts import stats as st
 
 
@@ -37,7 +38,7 @@ def best_lrs(summaries):
     for g in sorted(groups):
         val = scores(summaries, g)
         if val:
-            out[g] = st.best_lr(lists(val))
+            out[g] = opt.best_lr(lists(val))
     return out
 
 
@@ -50,7 +51,7 @@ def fast_lrs(summaries):
         rewards = [r["reward"] for r in s.get("train", []) if "reward" in r]
         if s["script"] == "grpo.py" and rewards and final(s):
             table.setdefault(s["group"], {}).setdefault(s["lr"], []).append(np.mean(rewards))
-    return {g: st.best_lr(v) for g, v in sorted(table.items())}
+    return {g: opt.best_lr(v) for g, v in sorted(table.items())}
 
 
 def lists(table):

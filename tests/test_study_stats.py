@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import eval_gsm8k as E
+from study_parts import optima as opt
 from study_parts import stats as st
 from study_parts.stats import MARGIN, t_cdf, t_quantile
 
@@ -299,38 +300,38 @@ def test_over_problems_means_ratios_and_intervals():
 
 
 def test_best_lr_breaks_ties_toward_the_smaller_lr():
-    assert st.best_lr({1e-3: [0.5, 0.7], 1e-4: [0.7, 0.5], 1e-2: [0.1, 0.2]}) == 1e-4
-    assert st.best_lr({1e-3: [0.8, 0.82], 1e-4: [0.5, 0.5]}) == 1e-3
+    assert opt.best_lr({1e-3: [0.5, 0.7], 1e-4: [0.7, 0.5], 1e-2: [0.1, 0.2]}) == 1e-4
+    assert opt.best_lr({1e-3: [0.8, 0.82], 1e-4: [0.5, 0.5]}) == 1e-3
 
 
 def test_cross_fit_scores_each_seed_at_the_lr_the_other_seeds_pick():
     table = {1e-4: {0: 0.9, 1: 0.1, 2: 0.1}, 1e-3: {0: 0.52, 1: 0.52, 2: 0.52}}
     # seed 0 alone favours 1e-4: read at 1e-3, which seeds 1 and 2 pick; they are read at 1e-3 too
-    assert st.cross_fit(table) == {0: 0.52, 1: 0.52, 2: 0.52}
+    assert opt.cross_fit(table) == {0: 0.52, 1: 0.52, 2: 0.52}
     table[1e-4] = {0: 0.9, 1: 0.8, 2: 0.3}  # seed 2 is read where the others are best, not it
-    assert st.cross_fit(table) == {0: 0.9, 1: 0.8, 2: 0.3}
-    assert st.cross_fit({1e-4: {0: 0.9}, 1e-3: {0: 0.5}}) == {}, "one seed: nothing to hold out"
+    assert opt.cross_fit(table) == {0: 0.9, 1: 0.8, 2: 0.3}
+    assert opt.cross_fit({1e-4: {0: 0.9}, 1e-3: {0: 0.5}}) == {}, "one seed: nothing to hold out"
 
 
 def test_argmax_bootstrap_clear_and_tied():
     clear = {1e-4: [0.50, 0.52, 0.51], 1e-3: [0.80, 0.81, 0.79], 1e-2: [0.30, 0.31, 0.29]}
-    assert st.argmax_bootstrap(clear, 2000, 0) == {1e-4: 0.0, 1e-3: 1.0, 1e-2: 0.0}
+    assert opt.argmax_bootstrap(clear, 2000, 0) == {1e-4: 0.0, 1e-3: 1.0, 1e-2: 0.0}
     tied = {1e-4: [0.50, 0.52, 0.51], 1e-3: [0.60, 0.62, 0.64], 3e-3: [0.61, 0.63, 0.59]}
-    share = st.argmax_bootstrap(tied, 2000, 0)
+    share = opt.argmax_bootstrap(tied, 2000, 0)
     assert sum(share.values()) == pytest.approx(1.0) and share[1e-4] == 0.0
     assert 0.2 < share[1e-3] < 0.8 and 0.2 < share[3e-3] < 0.8, share
-    assert st.argmax_bootstrap(tied, 2000, 0) == share  # the seed fixes it
+    assert opt.argmax_bootstrap(tied, 2000, 0) == share  # the seed fixes it
 
 
 def test_lr_ratio_interval_is_quantized_to_the_grid():
     full = {1e-5: [0.4, 0.41, 0.42], 1e-4: [0.7, 0.71, 0.69], 1e-3: [0.2, 0.2, 0.21]}
     lora = {1e-4: [0.4, 0.41, 0.42], 1e-3: [0.7, 0.71, 0.69], 1e-2: [0.2, 0.2, 0.21]}
-    r = st.lr_ratio_interval(lora, full, n_boot=1000)
+    r = opt.lr_ratio_interval(lora, full, n_boot=1000)
     assert r["ratio"] == pytest.approx(10) and r["interval"] == pytest.approx([10, 10])
     lora_tied = {1e-3: [0.60, 0.62, 0.64], 3e-3: [0.61, 0.63, 0.59], 1e-2: [0.2, 0.2, 0.2]}
-    r = st.lr_ratio_interval(lora_tied, full, n_boot=1000)
+    r = opt.lr_ratio_interval(lora_tied, full, n_boot=1000)
     assert r["interval"] == pytest.approx([10, 30]) and r["test"] == "bootstrap over seeds"
-    assert r["ratio"] == pytest.approx(st.best_lr(lora_tied) / 1e-4)
+    assert r["ratio"] == pytest.approx(opt.best_lr(lora_tied) / 1e-4)
 
 # -----------------------------------------------------------------------------
 # The claims contract and the sentences
@@ -423,3 +424,92 @@ def test_sentence_says_no_more_than_the_verdict():
                                        interval=None, n_seeds=0))
     with pytest.raises(ValueError, match="verdict"):  # a 2-seed 'holds' cannot become a sentence
         st.sentence(row(n_seeds=2))
+
+# -----------------------------------------------------------------------------
+# Power, equivalence, shares of seeds, and optima read as parabola vertices
+
+
+def test_mde_is_the_power_formula_and_shrinks_with_seeds():
+    for k in (3, 5, 10):
+        est = make_est(0.0, 0.004, k - 1)
+        want = (t_quantile(0.975, k - 1) + t_quantile(0.8, k - 1)) * 0.004
+        assert st.mde(est) == pytest.approx(want, rel=1e-12)
+    assert st.mde(make_est(0.0, 0.004, 9)) < st.mde(make_est(0.0, 0.004, 2))
+    assert st.mde(dict(make_est(0.0, 0.004, 1), df=0)) == math.inf
+    # simulated: with the mde as the true difference, the paired test finds it ~80% of the time
+    rng, k, sd = np.random.default_rng(0), 5, 0.01
+    est0 = make_est(0.0, sd / math.sqrt(k), k - 1)
+    delta, hits = st.mde(est0), 0
+    for _ in range(4000):
+        d = rng.normal(-delta, sd, k)
+        se = d.std(ddof=1) / math.sqrt(k)
+        hits += abs(d.mean() / se) > t_quantile(0.975, k - 1)
+    assert 0.7 < hits / 4000 < 0.9, hits / 4000
+
+
+def test_equivalence_needs_the_band_and_the_power():
+    assert st.verdict_equivalent(make_est(-0.004, 0.002, 9)) == "holds"
+    assert st.verdict_equivalent(make_est(0.0, 0.004, 2)) == "inconclusive", "inside, mde > 0.02"
+    assert st.verdict_equivalent(make_est(-0.015, 0.003, 9)) == "inconclusive", "interval past -0.02"
+    assert st.verdict_equivalent(make_est(-0.05, 0.003, 9)) == "does not hold"
+    assert st.verdict_equivalent(make_est(+0.05, 0.003, 9)) == "does not hold", "clearly better"
+    assert st.verdict_equivalent(make_est(0.0, 0.001, 1)) == "inconclusive", "two seeds"
+    # a true deficit of 0.02 with the study's noise: "holds" is rare, not 88% as under the old rule
+    rng, holds = np.random.default_rng(1), 0
+    for _ in range(500):
+        d = rng.normal(-0.02, 0.004, 10)
+        se = max(d.std(ddof=1), 1e-9) / math.sqrt(10)
+        half = t_quantile(0.975, 9) * se
+        est = dict(estimate=d.mean(), se=se, df=9, n_seeds=10,
+                   interval=[d.mean() - half, d.mean() + half])
+        holds += st.verdict_equivalent(est) == "holds"
+    assert holds / 500 < 0.05, holds / 500
+
+
+def test_fisher_and_the_share_difference():
+    assert st.fisher_exact(3, 10, 9, 10) == pytest.approx(0.019766611, rel=1e-6)  # R/scipy value
+    assert st.fisher_exact(5, 10, 5, 10) == pytest.approx(1.0)
+    assert st.fisher_exact(0, 10, 10, 10) == pytest.approx(2 / math.comb(20, 10), rel=1e-9)
+    d, (lo, hi) = st.share_difference(3, 10, 9, 10)
+    assert d == pytest.approx(-0.6) and lo < d < hi < 0 and -1 <= lo
+    d, (lo, hi) = st.share_difference(10, 10, 10, 10)
+    assert d == 0 and lo < 0 < hi, "all steer on both sides: no difference, an honest width"
+    scipy = pytest.importorskip("scipy.stats")
+    for a, b in ((2, 8), (4, 6), (0, 3), (7, 7)):
+        assert st.fisher_exact(a, 10, b, 10) == pytest.approx(
+            scipy.fisher_exact([[a, 10 - a], [b, 10 - b]])[1], rel=1e-9)
+
+
+def test_vertex_reads_a_parabola_and_refuses_an_edge():
+    grid = [1e-3 * 2 ** (k / 2) for k in range(7)]
+    peak = lambda lr, at: 0.9 - 0.05 * (math.log2(lr) - math.log2(at)) ** 2
+    exact = {lr: [peak(lr, 2.2e-3)] * 3 for lr in grid}
+    assert opt.vertex(exact) == pytest.approx(2.2e-3, rel=1e-9), "an exact parabola, off the grid"
+    assert opt.vertex({lr: [-v for v in s] for lr, s in exact.items()}, higher=False) == \
+        pytest.approx(2.2e-3, rel=1e-9), "a loss: lower is better"
+    edge = {lr: [peak(lr, 1e-3)] * 3 for lr in grid}
+    assert opt.vertex(edge) is None and not opt.vertex_interval(edge, n_boot=200)["bracketed"]
+    flat = {lr: [0.5] * 3 for lr in grid}
+    assert opt.vertex(flat) is None, "no bend: no optimum"
+    rng = np.random.default_rng(2)
+    noisy = {lr: list(peak(lr, 2.2e-3) + rng.normal(0, 0.003, 3)) for lr in grid}
+    v = opt.vertex_interval(noisy, n_boot=500)
+    assert v["bracketed"] and v["interval"][0] < v["lr"] < v["interval"][1]
+    assert abs(math.log2(v["lr"] / 2.2e-3)) < 0.3
+
+
+def test_vertex_ratio_and_rank_slope_recover_known_optima():
+    grid = lambda c: [c * 2 ** (k / 2) for k in range(-3, 4)]
+    peak = lambda lr, at: 0.9 - 0.05 * (math.log2(lr) - math.log2(at)) ** 2
+    a = {lr: [peak(lr, 2e-3)] * 3 for lr in grid(2e-3)}
+    b = {lr: [peak(lr, 2e-4)] * 3 for lr in grid(2e-4)}
+    r = opt.vertex_ratio(a, b, n_boot=200)
+    assert r["bracketed"] and r["ratio"] == pytest.approx(10.0, rel=1e-6)
+    assert r["interval"][0] == pytest.approx(10.0, rel=1e-6), "identical seeds: no spread"
+    assert not opt.vertex_ratio(a, {lr: [peak(lr, 1e-9)] * 3 for lr in grid(2e-4)},
+                                n_boot=50)["bracketed"]
+    for power in (0.0, -0.5, -1.0):  # flat, rsLoRA-like, constant-scale-like
+        by_rank = {r: {lr: [peak(lr, 1e-3 * r ** power)] * 2 for lr in grid(1e-3 * r ** power)}
+                   for r in (1, 4, 16, 64)}
+        s = opt.rank_slope(by_rank, n_boot=100)
+        assert s["bracketed"] and s["slope"] == pytest.approx(power, abs=1e-6), (power, s)
