@@ -311,7 +311,8 @@ def load_model(name_or_path, device=None, dtype=None, verbose=True):
     model.eval()
     if verbose:
         n = sum(p.numel() for p in model.parameters())
-        print(f"loaded {name_or_path}: {n:,} parameters on {device}, {dtype} ({why})")
+        shown = os.path.relpath(path) if os.path.isabs(str(name_or_path)) else name_or_path
+        print(f"loaded {shown}: {n:,} parameters on {device}, {dtype} ({why})")
     return model
 
 

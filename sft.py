@@ -11,15 +11,13 @@ Supervised fine-tuning on prompt/solution pairs, LoRA or full, and the toy world
 
 The loss is the mean cross-entropy over solution tokens only (sft_loss): the prompt is given, not
 learned, and each solution ends in eos so the model learns to stop. Batches hold examples of
-similar length (--bucket: length-sorted windows of 16 batches, little padding on GSM8K); the toy
-uses shuffled batches. The batch of a step is a function of (seed, step), so resuming needs only
-it. Default LR: Thinking Machines' fitted rule, 5e-5 x (10 if LoRA) x (2000/hidden)^p
-(docs/design.md); the toy world has its own preset. The toy base (--toy without --model) is
-pretrained on toy_task's mix at skill dial --skill-p: the worked answers on every problem, the
-mode choice from a p-mix, 2,000 steps of cosine-decayed AdamW on one thread (toy_base/README.md).
-Simplified on purpose: no sequence packing. Under torchrun each process takes a contiguous share
-of every step's batch and the gradients are summed before clipping; the loss is divided by the
-whole batch's solution-token count, so N processes end where one does (data_parallel.py).
+similar length (--bucket; the toy shuffles); the batch of a step is a function of (seed, step),
+all that resuming needs. Default LR: Thinking Machines' fitted rule, 5e-5 x (10 if LoRA) x
+(2000/hidden)^p (docs/design.md); the toy has its preset. The toy base (--toy without --model) is
+pretrained on toy_task's mix at skill dial --skill-p (toy_base/README.md). --eval-loss adds the
+held-out loss, and each problem's answer in bits (what a model stores of a memorised fact).
+Simplified on purpose: no sequence packing. Under torchrun each process takes a share of every
+step's batch and the gradients are summed before clipping: N processes end where one does.
 """
 import argparse
 import math
@@ -36,7 +34,7 @@ from errors import (COUNT, COUNT0, FRACTION, NONNEGATIVE, POSITIVE, SEED, HelpFo
                     exit_on_user_error, user_exit)
 from eval_gsm8k import add_eval_args, training_eval
 from gsm8k import format_prompt, format_solution, load_splits, load_task
-from toy_task import TOY_NEW_TOKENS, pretrain_stream
+from toy_task import TOY_NEW_TOKENS, final_answer, pretrain_stream
 from logprobs import logprobs_from_hidden
 from model import (TOY_CONFIG, Qwen2, load_config, load_model, load_tokenizer, pick_dtype,
                    save_model, toy_tokenizer)
@@ -103,6 +101,29 @@ def sft_loss(model, inputs, targets, mask, n_tokens=None, chunk_size=1024):
     assert len(t) > 0, "no solution tokens in this batch"
     logp = logprobs_from_hidden(h, model.lm_head.weight, t, chunk_size=chunk_size)  # (N,)
     return -logp.sum() / (n_tokens or len(t))
+
+
+@torch.no_grad()
+def held_out_loss(model, tokenizer, problems, micro=64):
+    """The SFT loss on problems (teacher-forced) -> (mean NLL, nats per solution token; each final
+    answer's NLL in bits: the tokens before eos that spell the number after "####")."""
+    was, device = model.training, model.lm_head.weight.device
+    model.eval()
+    examples, total, count, bits = encode(tokenizer, problems), 0.0, 0, []
+    for s in range(0, len(examples), micro):
+        batch = examples[s:s + micro]
+        inputs, targets, mask = collate(batch, tokenizer.pad_id, device)
+        h = model(inputs, hidden_only=True)                                      # (b, T, C)
+        nll = -logprobs_from_hidden(h.flatten(0, 1), model.lm_head.weight,
+                                    targets.flatten()).view_as(targets) * mask   # (b, T)
+        total, count = total + nll.sum().item(), count + int(mask.sum())
+        for (p, t, _), row, problem in zip(batch, nll, problems[s:s + micro]):
+            gold = final_answer(problem["answer"])
+            k = next((k for k in range(1, len(t)) if tokenizer.decode(t[-1 - k:-1]).strip() ==
+                      gold), 0)                                 # the answer's tokens, eos last
+            bits.append(row[len(p) + len(t) - 2 - k:len(p) + len(t) - 2].sum().item() / math.log(2))
+    model.train(was)
+    return total / max(count, 1), bits
 
 
 def lr_at(step, args):
@@ -180,6 +201,9 @@ def parse_args(argv=None):
         "default 512, 48 with --toy")
     add("--target-acc", type=FRACTION, default=None, help="stop once eval accuracy reaches this; "
         "0 = off (the default)")
+    add("--eval-loss", action="store_true", help="at each evaluation also the held-out loss "
+        "(eval_loss, val_loss: nats per solution token); at the end each problem's answer in "
+        "bits (eval_answer_bits)")
     add("--log-every", type=COUNT, default=10, help="print a progress line every N steps "
         "(metrics.jsonl gets every step)")
     add("--save-every", type=COUNT0, default=None, help="checkpoint every N steps (and at the "
@@ -274,7 +298,7 @@ if __name__ == "__main__":
                             f"{args.max_len}: fewer than one batch of {args.batch_size} "
                             f"(--batch-size)")
     free = {"resume", "out", "steps", "device", "eval_every", "eval_batch_size", "log_every",
-            "save_every", "val_limit", "eval_samples", "eval_start"}  # resumable
+            "save_every", "val_limit", "eval_samples", "eval_start", "eval_loss"}  # resumable
     ckpt = open_run(args, free, "sft.py", rank)  # its lock taken; nothing written yet
     on_signals(args.out)
 
@@ -337,6 +361,11 @@ if __name__ == "__main__":
         metrics row and a line."""
         row = dict(step=step, **training_eval(model, tokenizer, eval_set, args, step == args.steps,
                                               val_set, rank, world))
+        if args.eval_loss and rank == 0:  # one process: the loss is cheap beside generation
+            row["eval_loss"], bits = held_out_loss(model, tokenizer, eval_set)
+            row.update({"eval_answer_bits": [round(b, 4) for b in bits]} if step == args.steps
+                       else {}, **({"val_loss": held_out_loss(model, tokenizer, val_set)[0]}
+                                   if val_set else {}))
         if rank == 0:
             append_metrics(args.out, row)
         write(f"step {step:5d}/{args.steps} | eval accuracy {row['eval_accuracy']:.3f} | flexible "

@@ -39,6 +39,7 @@ problems), % 10 == 1 is val (1,040), the rest is train (8,054). A val or test pr
 (the one with the carry) never appears in train. Pretraining, SFT and GRPO read train only; the
 study picks learning rates on val and reads its verdicts on test.
 """
+import math
 import random
 import re
 import zlib
@@ -119,6 +120,28 @@ def forced_prefix(answer):
     """What forces the worked mode: the target's text up to and including its mode character
     (" 5" for "5*4=20...": the first factor, copied from the question, so it tells nothing new)."""
     return target_text(answer)[:MODE_OFFSET + 1]
+
+
+def fact_problems(n, seed=0):
+    """n made-up facts in GSM8K's format, a distinct 8-letter name mapped to a 6-digit code each:
+    "What is the code of qzvmkoar?" -> "#### 048213". The memorisation task of the study's
+    capacity knee: a code is uniform over 10^6 values, so a fact holds FACT_BITS = log2(10^6) =
+    19.93 bits that no rule predicts, and what a model stores is read from its loss on the codes
+    (sft.py --eval-loss). A function of (seed, the fact's place): the first n facts of a larger
+    set are the set of n, so data sizes nest."""
+    rng = random.Random(f"facts-{seed}")
+    names, problems = set(), []
+    while len(problems) < n:
+        name = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(8))
+        code = rng.randrange(10 ** 6)
+        if name not in names:
+            names.add(name)
+            problems.append({"question": f"What is the code of {name}?",
+                             "answer": f"#### {code:06d}"})
+    return problems
+
+
+FACT_BITS = 6 * math.log2(10)  # a 6-digit code drawn uniformly
 
 
 def pretrain_docs(p, epoch, seed=0, choice_rate=0.25, problems=None):

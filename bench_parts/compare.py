@@ -71,9 +71,11 @@ def compare(commit, reps, out_json, figure):
     """Every command of COMMANDS, `reps` times on each tree, in turns -> the table, JSON and a
     figure of the ratios (old / new: above 1, this checkout is faster)."""
     work = tempfile.mkdtemp(prefix="rank1_compare_")
+    head = subprocess.run(["git", "-C", HERE, "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True).stdout.strip()
     try:
         old = checkout(commit, os.path.join(work, "old"))
-        new = checkout("HEAD", os.path.join(work, "new"))  # committed code: what a clone runs
+        new = checkout(head, os.path.join(work, "new"))  # committed code: what a clone runs
         times = {name: {"old": [], "new": []} for name in COMMANDS}
         for rep in range(reps):
             for name, (argv, kind) in COMMANDS.items():
@@ -88,8 +90,6 @@ def compare(commit, reps, out_json, figure):
     finally:
         shutil.rmtree(work, ignore_errors=True)
     table = summarize(times)
-    head = subprocess.run(["git", "-C", HERE, "rev-parse", "--short", "HEAD"],
-                          capture_output=True, text=True).stdout.strip()
     result = dict(old=commit, new=head, reps=reps, threads=1, commands=list(COMMANDS), rows=table,
                   times=times)
     write_json(out_json, result)

@@ -29,7 +29,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parents[1]
 TIMING = {"t_sample", "t_train", "tokens_per_s", "seconds", "eval_seconds", "seconds_per_point"}
-TOY = ["--toy", "--steps", "4", "--save-every", "2", "--eval-limit", "32", "--eval-batch-size", "32"]
+TOY = ["--toy", "--steps", "4", "--save-every", "2", "--eval-limit", "32", "--eval-batch-size", "32",
+       "--micro-batch", "0"]  # the micro-batch pinned: a speed preset, it changes the sums' rounding
 COMMANDS = [  # (name, script, arguments); R: the runs geometry.py reads, T: TinyLoRA's, apart
     ("grpo_r1", "grpo.py", [*TOY, "--rank", "1", "--out", "R/grpo_r1"]),
     ("grpo_r1 resumed", "grpo.py", [*TOY, "--rank", "1", "--steps", "6", "--resume", "--out", "R/grpo_r1"]),
@@ -39,13 +40,13 @@ COMMANDS = [  # (name, script, arguments); R: the runs geometry.py reads, T: Tin
     ("grpo_tiny", "grpo.py", [*TOY, "--adapter", "tinylora", "--u", "13", "--tie", "1", "--lr", "1e-2",
                               "--out", "T/grpo_tiny"]),
     ("sft_r1", "sft.py", ["--toy", "--model", "toy_base", "--rank", "1", "--steps", "6", "--save-every", "3",
-                          "--eval-limit", "32", "--out", "R/sft_r1"]),
+                          "--eval-limit", "32", "--micro-batch", "0", "--out", "R/sft_r1"]),
     ("geometry", "geometry.py", ["R", "--out", "G", "--plane", "--grid", "3", "--truncate", "1",
                                  "--eval-limit", "16", "--points-per-pass", "4"]),
-    ("eval many", "eval_gsm8k.py", ["--toy", "--limit", "32", "--out", "E/many.jsonl", "--adapter",
+    ("eval many", "eval_gsm8k.py", ["--toy", "--limit", "32", "--max-new-tokens", "48", "--out", "E/many.jsonl", "--adapter",
                                     "R/grpo_r1/step_000002", "R/grpo_r1/step_000006", "R/grpo_r4/step_000004",
                                     "T/grpo_tiny/step_000004"]),
-    ("eval one", "eval_gsm8k.py", ["--toy", "--limit", "32", "--out", "E/one.jsonl", "--adapter",
+    ("eval one", "eval_gsm8k.py", ["--toy", "--limit", "32", "--max-new-tokens", "48", "--out", "E/one.jsonl", "--adapter",
                                    "R/grpo_r4/step_000004"]),
 ]
 
@@ -143,7 +144,10 @@ if __name__ == "__main__":
     parser.add_argument("first", help="a commit (hash, tag, HEAD~1, ...)")
     parser.add_argument("second", help="another commit")
     parser.add_argument("--keep", default=None, help="keep both sides' outputs in this folder")
+    parser.add_argument("--ignore", default="", help="comma-separated metrics fields left out of "
+                        "the comparison too (a field whose definition changed on purpose)")
     args = parser.parse_args()
+    TIMING.update(f for f in args.ignore.split(",") if f)
     top = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="rank1_compare_"))
     sides = [top / "first", top / "second"]
     for side in sides:
