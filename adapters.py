@@ -31,6 +31,8 @@ def add_args(parser, full):
         f"r); 0 = {full}; default 1, 2 for tinylora")
     add("--alpha", type=POSITIVE, default=32.0, help="LoRA alpha; the update is scaled by "
         "alpha/rank (LoRA only)")
+    add("--rslora", action="store_true", help="LoRA: scale the update by alpha/√rank "
+        "(rsLoRA, PEFT's use_rslora) instead of alpha/rank")
     add("--u", type=COUNT, default=13, help="TinyLoRA: trainable parameters per group of modules")
     add("--tie", type=FRACTION, default=0.0, help="TinyLoRA weight tying (PEFT's): 0 = one v per "
         "module, 1 = one v for all")
@@ -40,10 +42,12 @@ def add_args(parser, full):
         "thirds; default all")
 
 
-def check(config, rank, targets, layers):
+def check(config, rank, targets, layers, kind="lora", rslora=False):
     """The adapter flags against the model's shapes, before anything is built or written:
     targets and layers that exist, and a rank no adapted matrix is too small for (the rank of
     an (out, in) update is at most min(out, in); LoRA-XS and TinyLoRA take W's top-r SVD)."""
+    if rslora and (kind != "lora" or not rank):
+        raise UserError("--rslora scales LoRA's update: it needs --adapter lora and --rank >= 1")
     targets = lora.parse_targets(targets)
     lora.parse_layers(layers, config.num_hidden_layers)
     shapes = lora.projection_shapes(config)
@@ -54,11 +58,11 @@ def check(config, rank, targets, layers):
 
 
 def apply(model, kind, rank, alpha=32.0, u=13, tie=0.0, targets=lora.ALL_LINEAR, layers=None,
-          verbose=True):
-    """The scripts' --adapter: 'lora' (rank, alpha), 'loraxs' (rank) or 'tinylora' (r = rank, u,
-    tie). Returns model."""
+          verbose=True, rslora=False):
+    """The scripts' --adapter: 'lora' (rank, alpha, rslora), 'loraxs' (rank) or 'tinylora' (r =
+    rank, u, tie). Returns model."""
     if kind == "lora":
-        return lora.apply_lora(model, rank, alpha, targets, layers, verbose=verbose)
+        return lora.apply_lora(model, rank, alpha, targets, layers, rslora, verbose=verbose)
     if kind == "loraxs":
         return tinylora.apply_loraxs(model, rank, targets, layers, verbose=verbose)
     if kind == "tinylora":

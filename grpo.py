@@ -260,10 +260,10 @@ def resolve(args):
         args.out = f"runs/grpo{'_toy' if args.toy else ''}_{kind if args.rank else 'full'}"
     if args.val_limit and args.task != "toy":
         raise user_exit("--val-limit: only the toy task has a validation split")
-    lora_knobs = args.lr_ratio != 1 or args.init_scale != 1
+    lora_knobs = args.lr_ratio != 1 or args.init_scale != 1 or args.rslora
     if (args.rank == 0 or args.adapter != "lora") and lora_knobs:
-        raise user_exit(f"--lr-ratio ({args.lr_ratio}) and --init-scale ({args.init_scale}) are "
-                        f"LoRA's knobs: they need --adapter lora and --rank >= 1")
+        raise user_exit(f"--lr-ratio ({args.lr_ratio}), --init-scale ({args.init_scale}) and "
+                        f"--rslora are LoRA's knobs: they need --adapter lora and --rank >= 1")
     if args.kl and args.rank == 0:  # the reference would be a second full copy of the weights
         raise user_exit("--kl needs LoRA (the reference is the model with adapters off); with "
                         "--rank 0 it would need a frozen copy of every weight, which grpo.py "
@@ -301,7 +301,7 @@ def build(args, ckpt, device):
         model.requires_grad_(True)
     else:
         adapters.apply(model, args.adapter, args.rank, args.alpha, args.u, args.tie, args.targets,
-                       args.layers)
+                       args.layers, rslora=args.rslora)
         with torch.no_grad():  # sigma_A -> init_scale * sigma_A (a resumed adapter loads over it)
             for m in lora_modules(model).values():
                 m.lora_A.mul_(args.init_scale)

@@ -285,8 +285,8 @@ if __name__ == "__main__":
     tokenizer = toy_tokenizer() if scratch else load_tokenizer(args.model)
     train_problems, eval_set = load_splits(args.task, args.data, args.eval_limit)
     val_set = load_task(args.task, "val")[:args.val_limit] if args.val_limit else []
-    if not full:
-        adapters.check(config, args.rank, args.targets, args.layers)
+    if not full or args.rslora:
+        adapters.check(config, args.rank, args.targets, args.layers, args.adapter, args.rslora)
     if not scratch:  # the examples, and how many batches an epoch holds
         train = encode(tokenizer, train_problems)
         n_all = len(train)
@@ -317,7 +317,7 @@ if __name__ == "__main__":
         model.requires_grad_(True)
     else:
         adapters.apply(model, args.adapter, args.rank, args.alpha, args.u, args.tie, args.targets,
-                       args.layers)
+                       args.layers, rslora=args.rslora)
         if ckpt:
             adapters.load(model, ckpt)
     print(f"lr {args.lr:.2e} from {lr_rule}")

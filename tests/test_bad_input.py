@@ -98,6 +98,8 @@ CASES = [
     ("grpo.py", ["--toy", "--lr", "nan"], "--lr"),
     ("grpo.py", ["--toy", "--lr", "inf"], "--lr"),
     ("grpo.py", ["--toy", "--alpha", "0"], "--alpha"),
+    ("grpo.py", ["--toy", "--adapter", "loraxs", "--rank", "2", "--rslora", "--out", "T/r"], "--rslora"),
+    ("sft.py", ["--toy", "--model", "W/toy", "--rank", "0", "--rslora", "--out", "T/r"], "--rslora"),
     ("grpo.py", ["--toy", "--steps", "0"], "--steps"),
     ("grpo.py", ["--toy", "--steps=-5"], "--steps"),
     ("grpo.py", ["--toy", "--eval-limit=-3"], "--eval-limit"),
