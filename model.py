@@ -425,7 +425,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add = parser.add_argument
     add("--toy", action="store_true", help="the shipped toy base (toy_base/); also the default")
-    add("--model", default=None, help="local folder or hub id (Qwen/Qwen2.5-3B); default the toy base")
+    add("--model", default=None,
+        help="local folder or hub id (Qwen/Qwen2.5-3B); default the toy base")
     add("--prompt", help="text to complete",
         default="Question: Ann has 23 eggs and buys 5 boxes of 4. How many eggs?\nAnswer:")
     add("--max-new-tokens", type=COUNT, default=64, help="tokens to generate")

@@ -421,7 +421,8 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_p=1.0, stop_id
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--toy", action="store_true", help="use the shipped toy base (toy_base/)")
-    parser.add_argument("--model", default=None, help="local folder or hub id (Qwen/Qwen2.5-3B); default the toy base")
+    parser.add_argument("--model", default=None,
+                        help="local folder or hub id (Qwen/Qwen2.5-3B); default the toy base")
     parser.add_argument("--prompt", help="text to complete", default="Question: Ann has 23 eggs "
                         "and buys 5 boxes of 4. How many eggs?\nAnswer:")
     parser.add_argument("--max-new-tokens", type=COUNT, default=48, help="tokens to generate")

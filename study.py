@@ -138,6 +138,8 @@ def summarize(run, root, code, wall=None):
     s["code"] = args.get("code", code)
     rows = runs.read_metrics(folder)
     s["evals"] = [r for r in rows if "eval_accuracy" in r]
+    if not run.group.startswith("facts_"):  # each answer's bits: the knee's, not every run's
+        s["evals"] = [{k: v for k, v in r.items() if k != "eval_answer_bits"} for r in s["evals"]]
     s["train"] = [{k: r[k] for k in TRAIN_KEYS if k in r} for r in rows
                   if "eval_accuracy" not in r]
     return s
@@ -240,6 +242,39 @@ def launch(todo, root, results, jobs, dry_run=False, ran=None, files=()):
     return failed
 
 
+def choices(summaries):
+    """The LRs the later phases build on: each group's validation-best (best_lrs), its fastest
+    (fast_<group>: the best mean training reward) and each knee method's (knee_<method>: the
+    most bits stored on the tuning facts)."""
+    return study_summaries.best_lrs(summaries) | {
+        f"fast_{g}": lr for g, lr in study_summaries.fast_lrs(summaries).items()} | {
+        f"knee_{m}": lr for m, lr in study_summaries.knee_lrs(
+            summaries, plan.FACT_TUNE, plan.KNEE_METHODS).items()}
+
+
+def edges(summaries):
+    """plan.extensions of every grid whose optimum must be bracketed, each in its own metric."""
+    tables = {}
+    for g in sorted({s["group"] for s in summaries.values()}):
+        known = plan.first_grid(g)
+        if known:
+            metric = ("stored_bits" if g.startswith("facts_") else "mean_reward") if known[1] \
+                else "val_loss"
+            tables[g] = study_summaries.lists(study_summaries.metric_table(summaries, g, metric))
+    return plan.extensions(tables)
+
+
+def blog_design(g):
+    """PC1 + PC2 as the blog measured them, one run per rank (each rank's seed 0): a PCA of the
+    sub-Gram of those runs' checkpoints (geometry.pca), beside geometry.py's pooled one."""
+    import numpy as np
+    from geometry import pca
+    ix = [i for i, c in enumerate(g["checkpoints"]) if c["run"].endswith("_s0")]
+    evr = pca(np.array(g["gram"])[np.ix_(ix, ix)])[1]
+    return dict(runs=sorted({g["checkpoints"][i]["run"] for i in ix}), checkpoints=len(ix),
+                explained_variance_ratio=[float(v) for v in evr[:10]])
+
+
 def link_geometry_runs(root, names):
     """geometry.py reads every run under a folder: a folder of links to the chosen runs, its
     old links replaced (the choice follows the validation scores)."""
@@ -328,22 +363,27 @@ def main(args):
     if not args.dry_run:
         root.mkdir(parents=True, exist_ok=True)
         (results / "runs").mkdir(parents=True, exist_ok=True)
-        plan.write_direct_data(root)
+        plan.write_data(root)
     go = lambda todo: {} if args.no_train else launch(todo, root, results, args.jobs,
                                                       args.dry_run, ran)
-    first = plan.phase1(root, mode)
-    failed |= go(first)
-    summaries = read_summaries(results) if not args.dry_run else {}
-    best = study_summaries.best_lrs(summaries) | {
-        f"fast_{g}": lr for g, lr in study_summaries.fast_lrs(summaries).items()}
-    if args.dry_run:  # phase 2's grids follow phase 1's optima: planned at a guess
-        best = {"r1": 2e-3, "full": 2e-4, "sft_r1": 2e-3, "sft_full": 2e-4, "tiny1": 1e-2,
-                "tiny13": 1e-2, "sft_tiny1": 1e-2, "sft_tiny13": 1e-2} | best
-    second = plan.phase2(root, mode, best)
-    failed |= go(second)
-    if args.dry_run:
+    if args.dry_run:  # the later phases follow phase 1's optima: planned at a guess
+        go(plan.planned(root, mode))
         print(f"  {plan.geometry_run(root, mode).seconds:6.0f} s  geometry (every core)")
         return
+    first = plan.phase1(root, mode)
+    failed |= go(first)
+    second = plan.phase2(root, mode, choices(read_summaries(results)))
+    failed |= go(second)
+    later, seen = [], {r.name for r in first + second}
+    for _ in range(plan.EXTEND_MAX // 2 + 1):  # seeds for power; LRs past an edge, until none
+        summaries = read_summaries(results)
+        third = [r for r in plan.phase3(root, mode, choices(summaries), edges(summaries))
+                 if r.name not in seen]
+        if not third:
+            break
+        seen |= {r.name for r in third}
+        later += third
+        failed |= go(third)
     summaries = read_summaries(results)
     best = study_summaries.best_lrs(summaries)
     geo = plan.geometry_run(root, mode)
@@ -352,15 +392,16 @@ def main(args):
     code = versions.code_version(HERE / geo.script)["hash"]
     if chosen and not args.no_train and not known_from_summary(geo, root, results, code):
         # their checkpoints: rerun where only a summary is left
-        failed |= launch([r for r in first + second if r.name in chosen], root, results,
+        failed |= launch([r for r in first + second + later if r.name in chosen], root, results,
                          args.jobs, ran=ran, files=set(chosen))
         link_geometry_runs(root, chosen)
         failed |= launch([geo], root, results, 1, ran=ran)
     if (root / "geometry" / "geometry.json").exists():
         g = read_json(root / "geometry" / "geometry.json")
+        g["blog_design"] = blog_design(g)
         g.pop("gram", None)  # the only large part; the figures and claims need none of it
         write_json(results / "geometry.json", g)
-    known = {r.name for r in first + second}
+    known = {r.name for r in first + second + later}
     previous = read_json(results / "study.json") if (results / "study.json").exists() else {}
     seconds = sum(study_report.run_seconds(s) for n, s in read_summaries(results).items()
                   if n in known)

@@ -122,26 +122,28 @@ def forced_prefix(answer):
     return target_text(answer)[:MODE_OFFSET + 1]
 
 
+FACT_DIGITS = 12                            # a fact's code: 12 digits drawn uniformly
+FACT_BITS = FACT_DIGITS * math.log2(10)     # 39.86 bits that no rule predicts
+
+
 def fact_problems(n, seed=0):
-    """n made-up facts in GSM8K's format, a distinct 8-letter name mapped to a 6-digit code each:
-    "What is the code of qzvmkoar?" -> "#### 048213". The memorisation task of the study's
-    capacity knee: a code is uniform over 10^6 values, so a fact holds FACT_BITS = log2(10^6) =
-    19.93 bits that no rule predicts, and what a model stores is read from its loss on the codes
-    (sft.py --eval-loss). A function of (seed, the fact's place): the first n facts of a larger
-    set are the set of n, so data sizes nest."""
+    """n made-up facts in GSM8K's format, a distinct 8-letter name mapped to a 12-digit code each:
+    "Code of qzvmkoar?" -> "#### 048213905127". The memorisation task of the study's capacity
+    knee: a code is uniform over 10^12 values, so a fact holds FACT_BITS = 39.86 bits that no
+    rule predicts, and what a model stores is read from its loss on the codes (sft.py
+    --eval-loss). A function of (seed, the fact's place): the first n facts of a larger set are
+    the set of n, so data sizes nest; another seed draws other facts. Short on purpose: a fact is
+    54 tokens with its prompt and end of text, 12 of them the code's digits."""
     rng = random.Random(f"facts-{seed}")
     names, problems = set(), []
     while len(problems) < n:
         name = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(8))
-        code = rng.randrange(10 ** 6)
+        code = rng.randrange(10 ** FACT_DIGITS)
         if name not in names:
             names.add(name)
-            problems.append({"question": f"What is the code of {name}?",
-                             "answer": f"#### {code:06d}"})
+            problems.append({"question": f"Code of {name}?",
+                             "answer": f"#### {code:0{FACT_DIGITS}d}"})
     return problems
-
-
-FACT_BITS = 6 * math.log2(10)  # a 6-digit code drawn uniformly
 
 
 def pretrain_docs(p, epoch, seed=0, choice_rate=0.25, problems=None):

@@ -80,17 +80,25 @@ def vertex(scores, higher=True, width=2):
     to `width` neighbours on each side. None when it is not bracketed: the best point sits on
     the grid's edge, or the parabola does not bend the right way. higher: larger is better
     (mean training reward); False for a loss. The vertex may fall between grid points."""
+    fit = parabola(scores, higher, width)
+    if fit is None:
+        return None
+    window, coef, centre = fit
+    a, b = coef[0] * (1 if higher else -1), coef[1] * (1 if higher else -1)
+    return None if a >= 0 else float(2.0 ** (centre - b / (2 * a)))
+
+
+def parabola(scores, higher=True, width=2):
+    """The fit vertex() reads: (the LRs of its window, np.polyfit's coefficients of the mean
+    metric in x − centre with x = log2(lr), centre), or None when the best mean is on an edge."""
     lrs = sorted(scores)
-    y = np.array([math.fsum(scores[lr]) / len(scores[lr]) for lr in lrs]) * (1 if higher else -1)
-    i = int(np.argmax(y))
+    y = np.array([math.fsum(scores[lr]) / len(scores[lr]) for lr in lrs])
+    i = int(np.argmax(y if higher else -y))
     if i == 0 or i == len(lrs) - 1:
         return None
     lo, hi = max(0, i - width), min(len(lrs), i + width + 1)
     x = np.log2(lrs[lo:hi])
-    a, b, _ = np.polyfit(x - x.mean(), y[lo:hi], 2)  # centred: a well-conditioned fit
-    if a >= 0:
-        return None
-    return float(2.0 ** (x.mean() - b / (2 * a)))
+    return lrs[lo:hi], np.polyfit(x - x.mean(), y[lo:hi], 2), float(x.mean())  # centred
 
 
 def resampled(scores, rng):

@@ -5,30 +5,23 @@ geometry.json and study.json). Nothing here depends on a run folder, so
 
     python study.py --from results
 
-rewrites the same bytes. One colour per method in every figure; error bars are 95% t intervals
-over seeds with the binomial floor (stats.error_bar: t₂ = 4.30 for three seeds, not 1.96).
+rewrites the same bytes (the figures: study_parts/figures.py).
 """
 from pathlib import Path
 
-import matplotlib
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt
 import numpy as np
 
 import flops
+from study_parts import capacity
 from study_parts import claims as sc
+from study_parts import figures
 from study_parts import plan
 from study_parts import stats as st
+from study_parts import summaries as ss
+from study_parts.rows import TEST
 from errors import read_json, user_exit, write_atomic, write_json
-from geometry_figures import STYLES, figures_from_report, outside_legend
 from model import TOY_CONFIG
 
-COLORS = {"r1": "C0", "r4": "C1", "r16": "C2", "full": "k", "tiny13": "C3", "tiny1": "C4",
-          "r1_alpha1": "C5", "r1_attn": "C6", "r1_mlp": "C7", "r1_first": "C8",
-          "r1_middle": "C9", "r1_last": "tab:olive"}
-LABELS = {"r1": "LoRA rank 1", "r4": "LoRA rank 4", "r16": "LoRA rank 16",
-          "full": "full fine-tuning", "tiny13": "TinyLoRA, 13 parameters",
-          "tiny1": "TinyLoRA, 1 parameter", "r1_alpha1": "LoRA rank 1, α = 1"}
 PROMPT_TOKENS = 60  # a toy prompt's length in tokens, for the FLOP count (byte-level tokenizer)
 
 
@@ -42,17 +35,19 @@ def run_seconds(s):
 
 
 PIECES = [("GRPO sweeps, rank 1 and full", lambda g: g in ("r1", "full")),
+          ("GRPO short runs (10 steps of 8 prompts)", lambda g: g.endswith("_short")),
           ("GRPO ranks 4 and 16", lambda g: g in ("r4", "r16")),
           ("GRPO α = 1", lambda g: g == "r1_alpha1"),
-          ("targets and layers", lambda g: g in {"r1_" + t for t in (
-              "attn", "mlp", *plan.THIRDS)}),
-          ("the capacity knee", lambda g: "_e" in g),
-          ("Adam's invariance", lambda g: g.startswith("adam")),
+          ("targets and layers", lambda g: g in {"r1_" + v for v in plan.VARIANTS}),
+          ("the ladder below rank 1", lambda g: g in plan.LADDER),
           ("TinyLoRA (GRPO and SFT)", lambda g: g.split("_")[-1] in ("tiny1", "tiny13")
            and not g.startswith("p")),
+          ("Adam's invariance", lambda g: g.startswith("adam")),
           ("SFT sweeps", lambda g: g in ("sft_r1", "sft_full")),
+          ("SFT's LR against rank", lambda g: any(g.startswith(f"sft_{k}_r") for k in
+                                                  plan.SCALINGS)),
           ("SFT batch size", lambda g: g.startswith("sft_") and "_b" in g),
-          ("SFT of the direct answers by rank", lambda g: g.startswith("direct_")),
+          ("the capacity knee: facts", lambda g: g.startswith("facts_")),
           ("the dial: bases and their evaluations", lambda g: g in ("base_build", "base")),
           ("the dial: adapters on the built bases", lambda g: g.startswith("p")),
           ("geometry", lambda g: g == "geometry")]
@@ -88,127 +83,6 @@ def run_flops(s):
     return 0.0
 
 # -----------------------------------------------------------------------------
-# Figures
-
-
-def save(fig, path):
-    fig.savefig(path, dpi=120, bbox_inches="tight", metadata={"Software": None})
-    plt.close(fig)
-
-
-def lr_figure(summaries, best, out):
-    """Validation accuracy against LR for every swept method, with the chosen LR ringed."""
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
-    for ax, groups, title in ((axes[0], ("r1", "r4", "r16", "full", "r1_alpha1", "tiny13"),
-                               "GRPO"), (axes[1], ("sft_r1", "sft_full"), "SFT (worked answers)")):
-        for g in groups:
-            table = sc.scores(summaries, g)
-            if not table:
-                continue
-            m = g.replace("sft_", "")
-            xs = sorted(table)
-            ys = [np.mean(list(table[x].values())) for x in xs]
-            es = np.nan_to_num([st.error_bar(list(table[x].values()), plan.VAL) for x in xs])
-            ys_ = np.array(ys)  # bars clipped to [0, 1], where an accuracy lives
-            yerr = [np.minimum(es, ys_), np.minimum(es, 1 - ys_)]
-            ax.errorbar(xs, ys, yerr=yerr, marker="o", capsize=3, color=COLORS[m],
-                        label=f"{LABELS.get(m, m)} ({len(next(iter(table.values())))} seeds)")
-            for x in xs:  # every seed, so a collapsed one shows as what it is
-                ax.plot([x] * len(table[x]), list(table[x].values()), ".", ms=4, alpha=0.5,
-                        color=COLORS[m])
-            if g in best:
-                ax.plot(best[g], ys[xs.index(best[g])], "o", ms=12, mfc="none", color=COLORS[m])
-        ax.set(xscale="log", xlabel="learning rate", title=f"{title}: validation accuracy "
-               f"({plan.VAL} problems)\nring: the chosen LR; dots: each seed")
-        ax.set_ylabel("accuracy (mean over seeds, 95% t interval)")
-        outside_legend(ax)
-    fig.tight_layout()
-    save(fig, out / "lr_sweep.png")
-
-
-def reward_figure(summaries, best, out):
-    """Training reward over the steps at each method's chosen LR: the seeds' mean and range."""
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for g in ("r1", "r4", "r16", "full", "tiny13"):
-        runs = [s for s in sc.done(summaries, g) if s["lr"] == best.get(g)]
-        if not runs:
-            continue
-        ys = [np.array([r["reward"] for r in s["train"] if "reward" in r]) for s in runs]
-        n = min(map(len, ys))
-        ys = np.stack([y[:n] for y in ys])
-        x = np.arange(1, n + 1)
-        ax.plot(x, ys.mean(0), color=COLORS[g], label=f"{LABELS[g]} (LR {best[g]:g}, "
-                f"{len(ys)} seeds)")
-        ax.fill_between(x, ys.min(0), ys.max(0), color=COLORS[g], alpha=0.15, lw=0)
-    ax.set(xlabel="step", ylabel="training reward (band: the seeds' range)",
-           title="GRPO: reward over the steps at each method's chosen LR")
-    outside_legend(ax)
-    save(fig, out / "reward_curves.png")
-
-
-def knee_figure(points, out):
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    fill = [p["fill"] for p in points]
-    gap = [p["gap"] for p in points]
-    err = np.array([[p["gap"] - p["interval"][0], p["interval"][1] - p["gap"]] for p in points]).T
-    ax.errorbar(fill, gap, yerr=err, marker="o", capsize=3, color=COLORS["r1"],
-                label="rank 1 minus full fine-tuning (95% t, paired by seed; within ±1)")
-    ax.axhline(0, color="0.5", lw=0.8)
-    ax.axhline(-st.MARGIN, color="0.5", ls=":", label=f"the margin, -{st.MARGIN}")
-    ax.axvline(1, color="C3", ls="--", lw=0.8, label="fill 1: bits = capacity")
-    for p in points:
-        ax.annotate(f"{p['steps']}x{p['prompts']}", (p["fill"], p["gap"]), fontsize=7,
-                    xytext=(4, 4), textcoords="offset points")
-    ax.set(xscale="log", xlabel="fill: episodes x 1 bit / (rank-1 parameters x 2 bits)",
-           ylabel="test accuracy gap", title="The capacity knee (steps x prompts per step)")
-    outside_legend(ax)
-    save(fig, out / "knee.png")
-
-
-def loss_figure(summaries, out):
-    """Training loss of the direct-answer SFT by rank; no figure (and no stale one) without runs."""
-    ranks = {m: sc.loss_curves(summaries, f"direct_{m}") for m in ("r1", "r4", "r16", "full")}
-    ranks = {m: c for m, c in ranks.items() if c[0]}
-    if not ranks:
-        (out / "sft_loss_by_rank.png").unlink(missing_ok=True)
-        return
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for m, (curves, seeds) in ranks.items():
-        n = min(map(len, curves.values()))
-        low = np.min(np.stack([c[:n] for c in curves.values()]), 0)  # pointwise min over LRs
-        ax.plot(np.arange(1, n + 1), low, color=COLORS[m], label=f"{LABELS[m]} ({len(curves)} "
-                f"LRs, mean of {len(seeds)} seeds)")
-    ax.set(yscale="log", xlabel="step (batch 64, one epoch)", ylabel="training loss "
-           "(nats/token, min over LRs)", title="SFT of the direct answers: loss by rank")
-    outside_legend(ax)
-    save(fig, out / "sft_loss_by_rank.png")
-
-
-def dial_figure(points, out):
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
-    for ax, regime in zip(axes, ("rl", "sft")):
-        for k, p in enumerate(points):
-            acc = p.get(f"accuracy_{regime}", {})
-            kinds = [x for x in sc.DIAL_KINDS if x in acc]
-            ax.plot([sc.params_of(x) for x in kinds], [acc[x] for x in kinds], STYLES[k % 4],
-                    marker="o", color=f"C{k}", label=f"p = {p['p']:g} (base {p['base']:.3f})")
-        ax.set(xscale="log", xlabel="trainable parameters (TinyLoRA 1, 13; LoRA rank 1; full)",
-               title=f"{'GRPO' if regime == 'rl' else 'SFT'}: test accuracy, best LR, seed 0")
-    axes[0].set_ylabel("test accuracy")
-    outside_legend(axes[1])
-    fig.tight_layout()
-    save(fig, out / "dial.png")
-
-
-def geometry_figures(g, out):
-    """geometry.py's figures, redrawn with one colour per rank and a line style per seed."""
-    group = lambda run: run.split("_lr")[0].split("grpo_")[-1]
-    seed = lambda run: int(run.rsplit("_s", 1)[1]) if "_s" in run else 0
-    colors = {run: COLORS.get(group(run), "0.4") for run in g["runs"]}
-    styles = {run: STYLES[seed(run) % len(STYLES)] for run in g["runs"]}
-    figures_from_report(g, out, colors, styles)
-
-# -----------------------------------------------------------------------------
 # The report
 
 
@@ -222,7 +96,7 @@ def table(header, rows):
 
 
 def base_section(summaries, best, g):
-    b = sc.base_stats(summaries)
+    b = ss.base_stats(summaries)
     if not b:
         return []
     iv = lambda k: f"{b[k]:.3f} [{b[k + '_ci'][0]:.3f}, {b[k + '_ci'][1]:.3f}]"
@@ -234,20 +108,57 @@ def base_section(summaries, best, g):
              f"(95% intervals: bootstrap over problems)."]
     moved = []
     for grp in ("r1", "tiny13"):
-        runs = [s for s in sc.done(summaries, grp) if s["lr"] == best.get(grp)]
-        share = [sc.final(s).get("eval_mode_share") for s in runs]
-        acc = [sc.final(s).get("eval_pass1") for s in runs]
+        runs = [s for s in ss.done(summaries, grp) if s["lr"] == best.get(grp)]
+        share = [ss.final(s).get("eval_mode_share") for s in runs]
+        acc = [ss.final(s).get("eval_pass1") for s in runs]
         if share and None not in share:
-            moved.append(f"{LABELS[grp]}: the mode's share {b['mode_share']:.3f} -> "
+            moved.append(f"{figures.LABELS[grp]}: the mode's share {b['mode_share']:.3f} -> "
                          f"{np.mean(share):.3f} and pass@1 {b['pass1']:.3f} -> {np.mean(acc):.3f} "
                          f"(mean of {len(runs)} seeds at LR {best[grp]:g})")
-    thirds = [f"{t} {np.mean(list(sc.at_best(summaries, best, 'r1_' + t).values())):.3f}"
-              for t in plan.THIRDS if sc.at_best(summaries, best, "r1_" + t)]
+    thirds = [f"{t} {np.mean(list(ss.at_best(summaries, best, 'r1_' + t).values())):.3f}"
+              for t in plan.THIRDS if ss.at_best(summaries, best, "r1_" + t)]
     if moved:
         lines += ["", "What RL moves. " + "; ".join(moved) + "."]
     if thirds:
         lines += ["", "Rank-1 LoRA on one third of the layers (GRPO, test accuracy): "
                   + ", ".join(thirds) + "."]
+    return lines + [""]
+
+
+def knee_section(r):
+    if "points" not in r:
+        return []
+    ms = list(plan.KNEE_METHODS)
+    iv = lambda v: f"{v['bits']:,.0f} [{v['interval'][0]:,.0f}, {v['interval'][1]:,.0f}]"
+    lines = ["### The capacity knee in stored bits", "", "![knee](results/figures/knee.png)", "",
+             f"Facts memorised by SFT ({plan.FACT_EPOCHS} epochs, batch {plan.FACT_BATCH}), each "
+             f"method at the LR that stored the most on {plan.FACT_TUNE} other facts; stored "
+             f"bits = Σ max(0, 39.86 − the code's NLL in bits), 95% bootstrap over facts (one "
+             f"training seed). Rank 1's capacity line: {r['capacity_bits']:,.0f} bits "
+             f"({flops.BITS_PER_PARAM:g} a parameter).", ""]
+    lines += table(("facts", "data bits", *(f"{m} stored" for m in ms), "rank 1 minus full",
+                    "exact recall " + "/".join(ms)),
+                   [(p["facts"], f"{p['data_bits']:,.0f}",
+                     *(iv(p["stored_bits"][m]) if m in p["stored_bits"] else "" for m in ms),
+                     iv(p["gap_to_full"]["r1"]) if "r1" in p["gap_to_full"] else "",
+                     " / ".join(f"{p['exact_recall'][m]:.3f}" for m in ms
+                                if m in p["exact_recall"])) for p in r["points"]])
+    return lines + ["", "Bits per trainable parameter at the largest size: " + ", ".join(
+        f"{m} {v:.3f}" for m, v in r["bits_per_param"].items()) + " (the source assumes 2; "
+        "Morris et al. measured 3.6 for models trained to capacity).", ""]
+
+
+def ladder_section(r):
+    if "points" not in r:
+        return []
+    lines = ["### The ladder below rank 1 (RL)", "", "![ladder](results/figures/ladder.png)", ""]
+    lines += table(("adapter", "parameters", "LR", "test accuracy", "95% t", "seeds",
+                    "minus full", "matches full"),
+                   [(p["method"], f"{p['params']:,}", f"{p['lr']:g}", f"{p['accuracy']:.3f}",
+                     "" if p["interval"] is None else
+                     f"[{p['interval'][0]:.3f}, {p['interval'][1]:.3f}]", p["n_seeds"],
+                     f"{p['gap_to_full']:+.3f}" if "gap_to_full" in p else "",
+                     p.get("matches_full", "")) for p in r["points"]])
     return lines + [""]
 
 
@@ -262,19 +173,24 @@ def write(results, report_path, meta):
                                              code=meta["code"]))
     figs = results / "figures"
     figs.mkdir(parents=True, exist_ok=True)
-    lr_figure(summaries, best, figs)
-    reward_figure(summaries, best, figs)
-    knee = sc.knee_points(summaries, best)
-    points = next((r["points"] for r in rows if r["id"] == "capacity_knee" and "points" in r), [])
-    if points:
-        knee_figure(points, figs)
-    loss_figure(summaries, figs)
-    dial = sc.dial_points(summaries, best)
+    figures.lr_figure(summaries, best, figs)
+    figures.lr_curves_figure(summaries, figs)
+    figures.lr_rank_figure(summaries, figs)
+    figures.reward_figure(summaries, best, figs)
+    by_id = {r["id"]: r for r in rows}
+    for rid, draw, name in (("capacity_knee_bits", figures.knee_figure, "knee"),
+                            ("ladder_rl", figures.ladder_figure, "ladder")):
+        if "points" in by_id[rid]:
+            draw(by_id[rid], figs)
+        else:
+            (figs / f"{name}.png").unlink(missing_ok=True)
+    figures.loss_figure(summaries, figs)
+    dial = capacity.dial_points(summaries, best)
     if dial:
-        dial_figure(dial, figs)
+        figures.dial_figure(dial, figs)
     if g:
-        geometry_figures(g, figs)
-    text = report(summaries, rows, best, meta, g, dial, bool(knee), figs)
+        figures.geometry_figures(g, figs)
+    text = report(summaries, rows, best, meta, g, dial, figs)
     path = Path(report_path)
     old = path.read_text() if path.exists() else "# Results\n\n<!-- study -->\n<!-- /study -->\n"
     if "<!-- study -->\n" not in old or "<!-- /study -->" not in old:
@@ -290,7 +206,7 @@ def sc_summaries(results):
     return {p.stem: read_json(p) for p in sorted(folder.glob("*.json"))} if folder.is_dir() else {}
 
 
-def report(summaries, rows, best, meta, g, dial, knee, figs):
+def report(summaries, rows, best, meta, g, dial, figs):
     code, runs_n = meta["code"], len(summaries)
     total_flops = sum(run_flops(s) for s in summaries.values())
     seconds = meta["run_seconds"]
@@ -308,9 +224,12 @@ def report(summaries, rows, best, meta, g, dial, knee, figs):
              f"come to {total_flops / 1e15:.2f} PFLOP (flops.py; evaluations not counted): "
              f"{100 * total_flops / max(seconds * rate, 1):.1f}% of what this machine's "
              f"one-thread float32 matmul rate ({rate / 1e9:.1f} GFLOP/s, 512x512) would do in "
-             f"that time. Margin for 'matches': {st.MARGIN}; a verdict needs {st.MIN_SEEDS} "
-             f"seeds; LRs chosen on the validation split ({plan.VAL} problems), verdicts on the "
-             f"test split ({sc.TEST}).", "", "### Verdicts", ""]
+             f"that time. 'Matches' is an equivalence test: the 95% interval of the "
+             f"difference inside ±{st.EQUIVALENCE} and a minimum detectable effect (80% power) "
+             f"no larger; 'does worse' is one-sided; a verdict needs {st.MIN_SEEDS} seeds. LRs "
+             f"are chosen on the validation split ({plan.VAL} problems), verdicts read on the "
+             f"test split ({TEST}); LR optima are parabola vertices in log-LR.", "",
+             "### Verdicts", ""]
     lines += [f"- {st.sentence(r)}" for r in rows]
     lines += ["", "### The claims", ""]
     lines += table(("id", "claim", "source", "measured", "95% interval", "test", "seeds",
@@ -321,32 +240,27 @@ def report(summaries, rows, best, meta, g, dial, knee, figs):
     lines += ["", "Chosen LRs (validation): " + ", ".join(f"{k} {v:g}" for k, v in
                                                          sorted(best.items())), ""]
     lines += base_section(summaries, best, g)
-    if knee:
-        pts = next(r["points"] for r in rows if r["id"] == "capacity_knee")
-        lines += ["### The capacity knee", "", "![knee](results/figures/knee.png)", ""]
-        lines += table(("steps x prompts", "episodes", "fill", "rank 1 minus full",
-                        "95% t (in ±1)", "seeds"), [(f"{p['steps']}x{p['prompts']}", p["steps"] * p["prompts"] *
-                                    plan.GROUP, f"{p['fill']:.3f}", f"{p['gap']:+.3f}",
-                                    f"[{p['interval'][0]:+.3f}, {p['interval'][1]:+.3f}]",
-                                    p["n_seeds"]) for p in pts]) + [""]
+    lines += knee_section(next(r for r in rows if r["id"] == "capacity_knee_bits"))
+    lines += ladder_section(next(r for r in rows if r["id"] == "ladder_rl"))
     if dial:
         lines += ["### The skill dial", "", "![dial](results/figures/dial.png)", ""]
-        fmt = lambda acc, k: (f"{acc[k]:.3f} ±{1.96 * st.binomial_se(acc[k], sc.TEST):.3f}"
+        fmt = lambda acc, k: (f"{acc[k]:.3f} ±{1.96 * st.binomial_se(acc[k], TEST):.3f}"
                               if k in acc else "")
-        lines += table(("p", "base", "mode share", "regime", *sc.DIAL_KINDS, "smallest at half "
-                        "of full's gain"), [(f"{p['p']:g}", f"{p['base']:.3f}",
-                                             "" if p["mode_share"] is None else
-                                             f"{p['mode_share']:.3f}", reg.upper(),
-                                             *(fmt(p.get(f"accuracy_{reg}", {}), k)
-                                               for k in sc.DIAL_KINDS),
-                                             p.get(f"smallest_{reg}") or "none")
-                                            for p in dial for reg in ("rl", "sft")])
+        header = ("p", "base", "mode share", "regime", *capacity.DIAL_KINDS,
+                  "smallest at half of full's gain")
+        cells = [(f"{p['p']:g}", f"{p['base']:.3f}",
+                  "" if p["mode_share"] is None else f"{p['mode_share']:.3f}", reg.upper(),
+                  *(fmt(p.get(f"accuracy_{reg}", {}), k) for k in capacity.DIAL_KINDS),
+                  p.get(f"smallest_{reg}") or "none")
+                 for p in dial for reg in ("rl", "sft")]
+        lines += table(header, cells)
         lines += ["", f"Each accuracy is seed 0 at the better of its LRs on the validation split; "
-                  f"± is 1.96 binomial standard errors over the {sc.TEST} test problems, which "
+                  f"± is 1.96 binomial standard errors over the {TEST} test problems, which "
                   f"leaves out training noise (one seed a point: the budget).", ""]
     lines += ["### Where the time went", ""] + table(("piece", "runs", "one-thread hours"),
                                                      time_table(summaries)) + [""]
-    shown = [f for f in ("lr_sweep", "reward_curves", "sft_loss_by_rank", "trajectories",
+    shown = [f for f in ("lr_curves", "lr_vs_rank", "lr_sweep", "reward_curves",
+                         "sft_loss_by_rank", "trajectories",
                          "explained_variance", "cosine", "plane", "distance")
              if (figs / f"{f}.png").exists()]
     lines += ["### Figures", ""] + [f"![{f}](results/figures/{f}.png)" for f in shown] + [""]

@@ -6,7 +6,7 @@ answers one flaw of the old code, numbered as in the review (tests/test_study_st
 
 1 winner's curse         best_lr, argmax_bootstrap, lr_ratio_interval (choose on validation seeds)
 2 paired data            paired_by_seed (exact Student t: t_quantile), mcnemar, paired_bootstrap
-3 one seed, a verdict    verdict_matches, verdict_worse: "inconclusive" below MIN_SEEDS seeds
+3 one seed, a verdict    verdict_equivalent, verdict_worse: "inconclusive" below MIN_SEEDS seeds
 4 zero-width intervals   binomial_se floors every standard error (mean_interval, paired_by_seed)
 5 1.96 for three seeds   error_bar: t quantile and floor, for figures
 6 multiplicity           holm, contrast_p_values, family_verdicts (Holm within a family)
@@ -23,7 +23,6 @@ from functools import lru_cache
 
 import numpy as np
 
-MARGIN = 0.05   # "A is not worse than B by more than": the old one-sided rule, kept for reference
 EQUIVALENCE = 0.02  # "A matches B": A − B within ±0.02 by TOST, with mde ≤ 0.02 (observed seed SD
                     # 0.002-0.005 on the toy's ceiling: ten seeds see 0.02)
 MIN_SEEDS = 3   # below this, seed-to-seed noise is barely measured: no definite verdict
@@ -36,10 +35,12 @@ RULES = dict(id="a snake_case string", claim="a non-empty string", source="a non
              selection="a string ('' for none)", verdict=f"one of {VERDICTS}")
 FIELDS = tuple(RULES)  # every row has at least these
 REQUIRED_IDS = (
-    "rank1_matches_full_rl", "lr_ratio_rl", "lr_ratio_sft", "lr_vs_rank", "lr_ratio_alpha",
+    "rank1_matches_full_rl", "rank1_slower_rl", "lr_ratio_rl", "lr_ratio_sft", "lr_ratio_short",
+    "lr_ratio_alpha", "lr_vs_rank_alpha_r", "lr_vs_rank_rslora", "lr_vs_rank_constant",
     "attn_only", "mlp_only", "middle_third", "first_third", "last_third", "batch_size", "adam_2dof",
-    "flops_two_thirds", "capacity_knee", "skill_dial", "sft_loss_by_rank", "tinylora_13",
-    "pc12_variance", "orthogonal_finals", "update_small", "plane_region", "rank1_truncation")
+    "flops_two_thirds", "capacity_knee_bits", "ladder_rl", "skill_dial", "sft_loss_by_rank",
+    "tinylora_13", "pc12_variance", "pc12_variance_blog_design", "orthogonal_finals",
+    "update_small", "plane_region", "rank1_truncation")
 
 # -----------------------------------------------------------------------------
 # Student t, exactly: the incomplete beta function, its CDF, and the quantile by bisection
@@ -168,17 +169,10 @@ def _verdict(claim_shown, claim_refuted, n_seeds, p_adjusted, alpha):
     return "holds" if claim_shown else "does not hold" if claim_refuted else "inconclusive"
 
 
-def verdict_matches(interval, margin, n_seeds, p_adjusted=None, alpha=ALPHA):
-    """"A matches B within margin": holds when the interval of A − B lies at or above −margin,
-    does not hold when it lies wholly below; inconclusive below MIN_SEEDS seeds (flaw 3)."""
-    lo, hi = interval or (math.nan, math.nan)  # no interval: nan compares False, inconclusive
-    return _verdict(lo >= -margin, hi < -margin, n_seeds, p_adjusted, alpha)
-
-
 def verdict_worse(interval, n_seeds, p_adjusted=None, alpha=ALPHA):
     """"A is worse than B": holds when the interval of A − B lies below 0, does not hold when it
-    lies above 0 (A is better); inconclusive below MIN_SEEDS seeds."""
-    lo, hi = interval or (math.nan, math.nan)
+    lies above 0 (A is better); inconclusive below MIN_SEEDS seeds (flaw 3)."""
+    lo, hi = interval or (math.nan, math.nan)  # no interval: nan compares False, inconclusive
     return _verdict(hi < 0, lo > 0, n_seeds, p_adjusted, alpha)
 
 
@@ -192,14 +186,14 @@ def mde(est, alpha=ALPHA, power=0.8):
     return (t_quantile(1 - alpha / 2, est["df"]) + t_quantile(power, est["df"])) * est["se"]
 
 
-def verdict_equivalent(est, margin=EQUIVALENCE, alpha=ALPHA):
+def verdict_equivalent(est, margin=EQUIVALENCE, alpha=ALPHA, p_adjusted=None):
     """"A matches B": two one-sided tests, each at α/2, i.e. the 95% interval of A − B inside
     [−margin, +margin], and a design able to see a difference of that size (mde ≤ margin):
     holds. The interval wholly outside the band (A clearly worse, or clearly better): does not
     hold. Else, or below MIN_SEEDS seeds: inconclusive."""
     lo, hi = est["interval"] or (math.nan, math.nan)
     shown = -margin <= lo and hi <= margin and mde(est, alpha) <= margin
-    return _verdict(shown, hi < -margin or lo > margin, est["n_seeds"], None, alpha)
+    return _verdict(shown, hi < -margin or lo > margin, est["n_seeds"], p_adjusted, alpha)
 
 
 def fisher_exact(a, n_a, b, n_b):
@@ -240,23 +234,26 @@ def holm(p_values):
     return adjusted.tolist()
 
 
-def contrast_p_values(est, kind, margin=MARGIN):
+def contrast_p_values(est, kind, margin=EQUIVALENCE):
     """(p_holds, p_fails): one-sided t-test p-values for a contrast's two nulls.
-    kind "matches": p_holds tests H0 Δ ≤ −margin, p_fails tests H0 Δ ≥ −margin.
-    kind "worse":   p_holds tests H0 Δ ≥ 0,       p_fails tests H0 Δ ≤ 0.
+    kind "worse":      p_holds tests H0 Δ ≥ 0,       p_fails tests H0 Δ ≤ 0.
+    kind "equivalent": p_holds is TOST's, the larger of the tests of H0 Δ ≤ −margin and of
+                       H0 Δ ≥ +margin; p_fails the smaller of those for Δ outside the band.
     With the same SE and df as est's interval, p ≤ α/2 exactly when the 95% interval clears the
     threshold, so with one contrast the tests and the interval give the same verdict."""
-    assert kind in ("matches", "worse"), f"kind must be 'matches' or 'worse', got {kind!r}"
+    assert kind in ("worse", "equivalent"), f"unknown kind {kind!r}"
     if est["df"] < 1:
         return 1.0, 1.0
     assert est["se"] > 0, "zero standard error: pass n_problems so the binomial floor applies"
-    threshold = -margin if kind == "matches" else 0.0
-    t = (est["estimate"] - threshold) / est["se"]
-    above, below = t_cdf(-t, est["df"]), t_cdf(t, est["df"])  # evidence for Δ above / below it
-    return (above, below) if kind == "matches" else (below, above)
+    tail = lambda threshold: ((est["estimate"] - threshold) / est["se"], est["df"])
+    if kind == "equivalent":
+        (t_lo, df), (t_hi, _) = tail(-margin), tail(margin)
+        return (max(t_cdf(-t_lo, df), t_cdf(t_hi, df)), min(t_cdf(t_lo, df), t_cdf(-t_hi, df)))
+    t, df = tail(0.0)
+    return t_cdf(t, df), t_cdf(-t, df)  # p of H0 Δ ≥ 0, p of H0 Δ ≤ 0
 
 
-def family_verdicts(contrasts, margin=MARGIN, alpha=ALPHA):
+def family_verdicts(contrasts, margin=EQUIVALENCE, alpha=ALPHA):
     """Verdicts for a family of follow-ups (flaw 6), {id: (est, kind)} with est from
     paired_by_seed. Each contrast gets p_holds and p_fails (contrast_p_values); Holm adjusts the m
     p_holds together and the m p_fails together, each at α/2, so the chance of any wrong definite
@@ -269,9 +266,8 @@ def family_verdicts(contrasts, margin=MARGIN, alpha=ALPHA):
     out = {}
     for i, cid in enumerate(ids):
         (est, kind), adj = contrasts[cid], (holds_adj[i], fails_adj[i])
-        iv, k = est["interval"], est["n_seeds"]
-        v = (verdict_matches(iv, margin, k, adj, alpha) if kind == "matches"
-             else verdict_worse(iv, k, adj, alpha))
+        v = (verdict_equivalent(est, margin, alpha, adj) if kind == "equivalent"
+             else verdict_worse(est["interval"], est["n_seeds"], adj, alpha))
         out[cid] = dict(verdict=v, p_holds=p[i][0], p_fails=p[i][1], p_holds_adjusted=adj[0],
                         p_fails_adjusted=adj[1], family_size=len(ids))
     return out
@@ -335,19 +331,31 @@ def _interval(iv, where):
     return [float(iv[0]), float(iv[1])]
 
 
+POINTS = dict(capacity_knee_bits=("data_bits", "stored_bits", "gap_to_full"),
+              ladder_rl=("params", "accuracy", "interval"), skill_dial=("p",))
+
+
 def _check_points(row):
-    """capacity_knee: each point has a fill, its gap and the gap's interval; skill_dial: each
-    point has p and at least one smallest* entry (the smallest adapters that learn the skill)."""
+    """The rows with a `points` list: capacity_knee_bits (data_bits, each method's stored_bits
+    and gap_to_full as {bits, interval}), ladder_rl (params, accuracy, its interval), skill_dial
+    (p and at least one smallest* entry: the smallest adapters that learn the skill)."""
     rid, points = row["id"], row.get("points")
     if not isinstance(points, list) or not points:
         raise ValueError(f"claim row {rid!r}: field 'points' must be a non-empty list")
     for i, pt in enumerate(points):
         where, pt = f"claim row {rid!r}: field 'points'[{i}]", pt if isinstance(pt, dict) else {}
-        for key in ("fill", "gap") if rid == "capacity_knee" else ("p",):
-            if not _is_number(pt.get(key)):
-                raise ValueError(f"{where} needs a number '{key}', got {pt.get(key)!r}")
-        if rid == "capacity_knee" and _interval(pt.get("interval"), f"{where}['interval']") is None:
-            raise ValueError(f"{where} needs the gap's 'interval' [lo, hi]")
+        for key in POINTS[rid]:
+            if key not in pt:
+                raise ValueError(f"{where} needs '{key}', got keys {sorted(pt)}")
+        for key in ("data_bits", "params", "accuracy", "p"):
+            if key in POINTS[rid] and not _is_number(pt[key]):
+                raise ValueError(f"{where} needs a number '{key}', got {pt[key]!r}")
+        for key in ("stored_bits", "gap_to_full"):
+            for method, v in (pt.get(key) or {}).items() if key in POINTS[rid] else ():
+                if not (_is_number(v.get("bits")) and _interval(v.get("interval"), where)):
+                    raise ValueError(f"{where}['{key}']['{method}'] needs bits and an interval")
+        if rid == "ladder_rl" and pt["interval"] is not None:
+            _interval(pt["interval"], f"{where}['interval']")
         if rid == "skill_dial" and not any(key.startswith("smallest") for key in pt):
             raise ValueError(f"{where} needs a 'smallest...' entry, got keys {sorted(pt)}")
 
@@ -377,8 +385,8 @@ def claim_row(**fields):
     if few_seeds and row["verdict"] in ("holds", "does not hold"):
         raise ValueError(f"claim row {rid!r}: field 'verdict' is {row['verdict']!r} from "
                          f"{row['n_seeds']} seeds; below {MIN_SEEDS} it must be 'inconclusive'")
-    if rid in ("capacity_knee", "skill_dial"):
-        _check_points(row)
+    if rid in POINTS and (row.get("points") is not None or row["verdict"] != "inconclusive"):
+        _check_points(row)  # a row with a verdict shows its points; one not measured has none
     return row
 
 

@@ -5,10 +5,11 @@ the one that learns fastest. study_parts/claims.py builds its rows on these.
 
     summaries: {name: {"group", "lr", "seed", "script", "argv", "evals": [...], "train": [...]}}
 """
+import math
+
 import numpy as np
 
 from study_parts import optima as opt
-from study_parts import stats as st
 
 
 def final(s):
@@ -42,16 +43,53 @@ def best_lrs(summaries):
     return out
 
 
+def mean_reward(s):
+    """A GRPO run's mean training reward over its steps: the area under its reward curve, a
+    metric that keeps telling LRs apart where final accuracies tie at a ceiling."""
+    rewards = [r["reward"] for r in s.get("train", []) if "reward" in r]
+    return float(np.mean(rewards)) if rewards else None
+
+
+def stored_bits(s):
+    """What an SFT run on the facts stored, in bits: Σ over the facts of max(0, FACT_BITS − the
+    code's NLL in bits) at its final evaluation (each fact floored at 0: a code the model finds
+    less likely than chance stores nothing, and takes nothing from the others)."""
+    from toy_task import FACT_BITS
+    bits = (final(s) or {}).get("eval_answer_bits")
+    return None if bits is None else math.fsum(max(0.0, FACT_BITS - b) for b in bits)
+
+
+METRICS = dict(mean_reward=mean_reward, stored_bits=stored_bits,
+               val_loss=lambda s: (final(s) or {}).get("val_loss"))
+
+
+def metric_table(summaries, group, metric):
+    """{lr: {seed: value}} of one group's finished runs in one of METRICS."""
+    out = {}
+    for s in done(summaries, group):
+        v = METRICS[metric](s)
+        if v is not None:
+            out.setdefault(s["lr"], {})[s["seed"]] = v
+    return out
+
+
 def fast_lrs(summaries):
     """{group: its LR with the best mean training reward over seeds} of the GRPO groups: where
     final accuracies tie at a ceiling, the speed of learning still tells the LRs apart (plan
-    centres the knee's and the dial's RL grids on it)."""
-    table = {}
-    for s in summaries.values():
-        rewards = [r["reward"] for r in s.get("train", []) if "reward" in r]
-        if s["script"] == "grpo.py" and rewards and final(s):
-            table.setdefault(s["group"], {}).setdefault(s["lr"], []).append(np.mean(rewards))
-    return {g: opt.best_lr(v) for g, v in sorted(table.items())}
+    centres the dial's RL grids and the short runs' extra seeds on it)."""
+    groups = sorted({s["group"] for s in summaries.values() if s["script"] == "grpo.py"})
+    tables = {g: lists(metric_table(summaries, g, "mean_reward")) for g in groups}
+    return {g: opt.best_lr(t) for g, t in tables.items() if t}
+
+
+def knee_lrs(summaries, size, methods):
+    """{method: the LR of its tuning grid that stored the most bits} (facts of seed 0)."""
+    out = {}
+    for m in methods:
+        t = lists(metric_table(summaries, f"facts_{m}_n{size}_f0", "stored_bits"))
+        if t:
+            out[m] = opt.best_lr(t)
+    return out
 
 
 def lists(table):

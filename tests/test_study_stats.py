@@ -11,7 +11,7 @@ import pytest
 import eval_gsm8k as E
 from study_parts import optima as opt
 from study_parts import stats as st
-from study_parts.stats import MARGIN, t_cdf, t_quantile
+from study_parts.stats import t_cdf, t_quantile
 
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 10: 2.228, 30: 2.042}
 
@@ -147,23 +147,22 @@ def test_error_bar_uses_t_and_the_floor():
 
 
 def test_verdict_rules():
-    assert st.verdict_matches([-0.04, 0.02], MARGIN, 3) == "holds"
-    assert st.verdict_matches([-0.20, -0.06], MARGIN, 3) == "does not hold"
-    assert st.verdict_matches([-0.07, 0.00], MARGIN, 3) == "inconclusive"
     assert st.verdict_worse([-0.10, -0.01], 3) == "holds"
     assert st.verdict_worse([0.01, 0.10], 3) == "does not hold"
     assert st.verdict_worse([-0.10, 0.00], 3) == "inconclusive"
-    assert st.verdict_matches(None, MARGIN, 5) == st.verdict_worse(None, 5) == "inconclusive"
+    assert st.verdict_worse(None, 5) == "inconclusive"
+    assert st.verdict_equivalent(dict(make_est(0.0, 0.001, 4), interval=None)) == "inconclusive"
 
 
 def test_fewer_than_three_seeds_is_never_definite():
     for n in (0, 1, 2):
         for iv in ([0.3, 0.4], [-0.9, -0.8], [-0.01, 0.01]):
-            assert st.verdict_matches(iv, MARGIN, n) == "inconclusive"
             assert st.verdict_worse(iv, n) == "inconclusive"
-            assert st.verdict_matches(iv, MARGIN, n, p_adjusted=(0.0, 0.0)) == "inconclusive"
+            assert st.verdict_worse(iv, n, p_adjusted=(0.0, 0.0)) == "inconclusive"
+            est = dict(make_est(0.0, 1e-4, 1), n_seeds=n, interval=iv)
+            assert st.verdict_equivalent(est, p_adjusted=(0.0, 0.0)) == "inconclusive"
     est = st.paired_by_seed({0: 0.9, 1: 0.91}, {0: 0.2, 1: 0.21}, 1111)  # huge, but two seeds
-    out = st.family_verdicts({"x": (est, "worse"), "y": (est, "matches")})
+    out = st.family_verdicts({"x": (est, "worse"), "y": (est, "equivalent")})
     assert out["x"]["verdict"] == out["y"]["verdict"] == "inconclusive"
 
 
@@ -174,7 +173,7 @@ def test_p_values_give_the_interval_verdict_for_one_contrast():
         a = dict(enumerate(rng.normal(0.5, 0.05, k)))
         b = dict(enumerate(rng.normal(0.5 + rng.normal(0, 0.06), 0.05, k)))
         est = st.paired_by_seed(a, b, 1111)
-        for kind, by_interval in (("matches", st.verdict_matches(est["interval"], MARGIN, k)),
+        for kind, by_interval in (("equivalent", st.verdict_equivalent(est)),
                                   ("worse", st.verdict_worse(est["interval"], k))):
             assert st.family_verdicts({"c": (est, kind)})["c"]["verdict"] == by_interval, (i, kind)
     p_holds, p_fails = st.contrast_p_values(make_est(-0.02, 0.01, 4), "worse")
@@ -202,19 +201,19 @@ def test_holm_hand_example_and_properties():
 
 def test_holm_within_a_family_can_withhold_a_verdict():
     t = t_quantile(0.98, 4)  # p_holds = 0.02 < 0.025: holds alone
-    alone = make_est(-MARGIN + t * 0.01, 0.01, 4)
-    assert st.family_verdicts({"mlp_only": (alone, "matches")})["mlp_only"]["verdict"] == "holds"
-    family = {"mlp_only": (alone, "matches")}
+    alone = make_est(-t * 0.01, 0.01, 4)
+    assert st.family_verdicts({"mlp_only": (alone, "worse")})["mlp_only"]["verdict"] == "holds"
+    family = {"mlp_only": (alone, "worse")}
     family.update({f"other{i}": (make_est(-0.001 * i, 0.01, 4), "worse") for i in range(1, 5)})
     out = st.family_verdicts(family)
     assert out["mlp_only"]["p_holds"] == pytest.approx(0.02, rel=1e-6)
     assert out["mlp_only"]["p_holds_adjusted"] == pytest.approx(0.10, rel=1e-6)  # 5 × 0.02
     assert out["mlp_only"]["verdict"] == "inconclusive" and out["mlp_only"]["family_size"] == 5
-    pair = st.family_verdicts({"a": (alone, "matches"), "b": (make_est(0.0, 0.01, 4), "worse")})
+    pair = st.family_verdicts({"a": (alone, "worse"), "b": (make_est(0.0, 0.01, 4), "worse")})
     assert pair["a"]["p_holds_adjusted"] == pytest.approx(0.04, rel=1e-6)  # one-sided: > 0.025
     assert pair["a"]["verdict"] == "inconclusive"
-    strong = make_est(0.03, 0.01, 4)  # p_holds ~ 1e-4: survives the family
-    family["mlp_only"] = (strong, "matches")
+    strong = make_est(-0.08, 0.01, 4)  # p_holds ~ 7e-4: survives the family
+    family["mlp_only"] = (strong, "worse")
     assert st.family_verdicts(family)["mlp_only"]["verdict"] == "holds"
 
 # -----------------------------------------------------------------------------
@@ -358,17 +357,30 @@ def test_claim_row_accepts_a_good_row_and_names_bad_fields():
 
 
 def knee_points():
-    return [dict(fill=0.3, gap=0.01, interval=[-0.01, 0.03]), dict(fill=2.0, gap=0.1,
-                                                                   interval=[0.05, 0.15])]
+    bits = lambda b, lo, hi: dict(bits=b, interval=[lo, hi])
+    return [dict(facts=16, data_bits=637.8, stored_bits=dict(r1=bits(630, 620, 637),
+                                                            full=bits(637, 630, 637.8)),
+                 gap_to_full=dict(r1=bits(-7, -12, -2)))]
 
 
-def test_points_of_capacity_knee_and_skill_dial():
-    knee = row(id="capacity_knee", points=knee_points())
+def ladder_points():
+    return [dict(method="xs8", params=2688, accuracy=0.9, interval=[0.88, 0.92]),
+            dict(method="full", params=920832, accuracy=0.96, interval=None)]
+
+
+def test_points_of_the_knee_the_ladder_and_the_dial():
+    knee = row(id="capacity_knee_bits", points=knee_points())
     assert st.claim_row(**knee)["points"] == knee_points()
-    for points, what in ((None, "points"), ([], "points"), ([dict(fill=0.3, gap=0.01)], "interval"),
-                         ([dict(gap=0.01, interval=[0, 0.1])], "fill")):
+    bad = knee_points()[0] | dict(gap_to_full=dict(r1=dict(bits=-7)))
+    for points, what in ((None, "points"), ([], "points"), ([bad], "gap_to_full"),
+                         ([dict(data_bits=1.0, stored_bits={})], "gap_to_full")):
         with pytest.raises(ValueError, match=what):
-            st.claim_row(**row(id="capacity_knee", points=points))
+            st.claim_row(**row(id="capacity_knee_bits", points=points))
+    assert st.claim_row(**row(id="capacity_knee_bits", verdict="inconclusive", points=None)), \
+        "a row not measured has no points"
+    assert st.claim_row(**row(id="ladder_rl", points=ladder_points()))
+    with pytest.raises(ValueError, match="accuracy"):
+        st.claim_row(**row(id="ladder_rl", points=[dict(params=1, accuracy="x", interval=None)]))
     dial = row(id="skill_dial", points=[dict(p=0.1, smallest_rl=13, smallest_sft=7296)])
     assert st.claim_row(**dial)
     with pytest.raises(ValueError, match="'p'"):
@@ -380,19 +392,21 @@ def test_points_of_capacity_knee_and_skill_dial():
 def full_claims():
     rows = [row(id=rid) for rid in st.REQUIRED_IDS]
     for r in rows:
-        if r["id"] == "capacity_knee":
+        if r["id"] == "capacity_knee_bits":
             r["points"] = knee_points()
+        if r["id"] == "ladder_rl":
+            r["points"] = ladder_points()
         if r["id"] == "skill_dial":
             r["points"] = [dict(p=0.5, smallest_rl=13, smallest_sft=None)]
     return dict(rows=rows, mode="toy")
 
 
 def test_check_claims():
-    assert len(st.REQUIRED_IDS) == len(set(st.REQUIRED_IDS)) == 22
-    assert len(st.check_claims(full_claims())) == 22
+    assert len(st.REQUIRED_IDS) == len(set(st.REQUIRED_IDS)) == 28
+    assert len(st.check_claims(full_claims())) == 28
     obj = full_claims()
-    obj["rows"] = [r for r in obj["rows"] if r["id"] not in ("skill_dial", "lr_vs_rank")]
-    with pytest.raises(ValueError, match="lr_vs_rank, skill_dial"):
+    obj["rows"] = [r for r in obj["rows"] if r["id"] not in ("skill_dial", "ladder_rl")]
+    with pytest.raises(ValueError, match="ladder_rl, skill_dial"):
         st.check_claims(obj)
     obj = full_claims()
     obj["rows"].append(row(id="attn_only"))
@@ -404,6 +418,21 @@ def test_check_claims():
     obj["rows"][3]["verdict"] = "probably"
     with pytest.raises(ValueError, match="verdict"):
         st.check_claims(obj)
+
+
+def test_equivalence_in_a_holm_family():
+    """The 'equivalent' kind: TOST's p (the larger of two one-sided tests) agrees with the
+    interval-inside-the-band rule for one contrast, and needs the power too."""
+    est = lambda d, se, k=10: dict(estimate=d, se=se, df=k - 1, n_seeds=k, interval=[
+        d - st.t_quantile(0.975, k - 1) * se, d + st.t_quantile(0.975, k - 1) * se])
+    inside, wide, outside = est(0.002, 0.003), est(0.0, 0.009), est(-0.05, 0.003)
+    p_hold, _ = st.contrast_p_values(inside, "equivalent", 0.02)
+    assert p_hold < 0.025 and st.contrast_p_values(wide, "equivalent", 0.02)[0] > 0.025
+    assert st.contrast_p_values(outside, "equivalent", 0.02)[1] < 0.025
+    v = st.family_verdicts({"a": (inside, "equivalent"), "b": (outside, "equivalent"),
+                            "c": (wide, "equivalent")}, 0.02)
+    assert [v[k]["verdict"] for k in "abc"] == ["holds", "does not hold", "inconclusive"]
+    assert st.verdict_equivalent(inside) == "holds" and st.mde(wide) > 0.02
 
 
 def test_sentence_says_no_more_than_the_verdict():
