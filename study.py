@@ -4,7 +4,7 @@ seeds) and the trajectory study's (PCA over every checkpoint, the plane, rank-1 
 the capacity knee and the skill dial, in one command that writes RESULTS.md.
 
     python study.py --toy                  # the central claims on the toy world, 2 CPU jobs (~1 h)
-    python study.py --full                 # every claim (~5 h of two single-threaded jobs)
+    python study.py --full                 # every claim (~7 h of two single-threaded jobs)
     python study.py --full --dry-run       # every run it would launch, with its estimated time
     python study.py --from results         # RESULTS.md and the figures again, from results/ alone
     python study.py --model Qwen/Qwen2.5-3B --dry-run   # the plan at GPU scale, with GPU-hours
@@ -370,13 +370,16 @@ def main(args):
         go(plan.planned(root, mode))
         print(f"  {plan.geometry_run(root, mode).seconds:6.0f} s  geometry (every core)")
         return
+    # what this plan ran: results/ may still hold summaries of runs an older plan made
+    of = lambda todo: {n: s for n, s in read_summaries(results).items()
+                       if n in {r.name for r in todo}}
     first = plan.phase1(root, mode)
     failed |= go(first)
-    second = plan.phase2(root, mode, choices(read_summaries(results)))
+    second = plan.phase2(root, mode, choices(of(first)))
     failed |= go(second)
     later, seen = [], {r.name for r in first + second}
     for _ in range(plan.EXTEND_MAX // 2 + 1):  # seeds for power; LRs past an edge, until none
-        summaries = read_summaries(results)
+        summaries = of(first + second + later)
         third = [r for r in plan.phase3(root, mode, choices(summaries), edges(summaries))
                  if r.name not in seen]
         if not third:
@@ -384,7 +387,7 @@ def main(args):
         seen |= {r.name for r in third}
         later += third
         failed |= go(third)
-    summaries = read_summaries(results)
+    summaries = of(first + second + later)
     best = study_summaries.best_lrs(summaries)
     geo = plan.geometry_run(root, mode)
     chosen = geometry_choice(summaries, best)

@@ -549,6 +549,26 @@ def test_a_run_waits_for_the_run_it_needs(tmp_path, monkeypatch):
     assert failed["eval_base_p0"] == "needs base_p0, which did not finish" and "base_p0" in failed
 
 
+def test_an_older_plans_summaries_choose_nothing(tmp_path, monkeypatch):
+    """results/ may hold summaries an older plan made (other grids, other code): the later
+    phases are chosen from this plan's runs only."""
+    results = tmp_path / "results"
+    (results / "runs").mkdir(parents=True)
+    old = sweep({}, "r1", [8e-3, 1.6e-2], 8e-3, 0.99)  # names outside today's grid
+    for name, x in old.items():
+        (results / "runs" / f"{name}.json").write_text(json.dumps(x))
+    seen = {}
+
+    def phase2(root, mode, best):
+        seen.update(best)
+        raise SystemExit(0)
+    monkeypatch.setattr(plan, "phase2", phase2)
+    with pytest.raises(SystemExit):
+        study.main(study.parse_args(["--full", "--no-train", "--out", str(tmp_path / "runs"),
+                                     "--results", str(results)]))
+    assert "r1" in study.choices(old) and "r1" not in seen
+
+
 def test_dry_run_prints_the_plan(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "study.py"), "--full", "--dry-run",
                           "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "r")],
