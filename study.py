@@ -137,9 +137,11 @@ def summarize(run, root, code, wall=None):
     args = runs.read_args(folder)
     s["code"] = args.get("code", code)
     rows = runs.read_metrics(folder)
-    s["evals"] = [r for r in rows if "eval_accuracy" in r]
-    if not run.group.startswith("facts_"):  # each answer's bits: the knee's, not every run's
-        s["evals"] = [{k: v for k, v in r.items() if k != "eval_answer_bits"} for r in s["evals"]]
+    evals = [r for r in rows if "eval_accuracy" in r]
+    facts = run.group.startswith("facts_")  # each answer's bits: the knee's last evaluation's
+    s["evals"] = [r if facts and i == len(evals) - 1 else
+                  {k: v for k, v in r.items() if k != "eval_answer_bits"}
+                  for i, r in enumerate(evals)]
     s["train"] = [{k: r[k] for k in TRAIN_KEYS if k in r} for r in rows
                   if "eval_accuracy" not in r]
     return s

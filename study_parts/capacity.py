@@ -54,6 +54,13 @@ def knee_points(summaries):
     return pts
 
 
+def last_quarter_fall(s):
+    """How much the loss on the facts still fell over the last quarter of training (the last two
+    of a run's four evaluations), as a share of where it stood: ~0 at convergence."""
+    losses = [r["eval_loss"] for r in s.get("evals", []) if "eval_loss" in r]
+    return (losses[-2] - losses[-1]) / losses[-2] if len(losses) >= 2 and losses[-2] else None
+
+
 def knee_params(method):
     return flops.count_params(TOY_CONFIG) if method == "full" else \
         flops.count_lora_params(TOY_CONFIG, plan.KNEE_METHODS[method])
@@ -78,6 +85,8 @@ def knee_row(summaries, best):
     refuted = any(p["gap_to_full"]["r1"][1] >= 0 for p in above)
     last = pts[-1]
     per_param = {m: last["stored"][m][0] / knee_params(m) for m in last["stored"]}
+    falls = {m: last_quarter_fall(s) for m, s in fact_runs(summaries, last["facts"]).items()}
+    falls = {m: f for m, f in falls.items() if f is not None}
     points = [dict(facts=p["facts"], data_bits=p["data_bits"],
                    stored_bits={m: dict(bits=v[0], interval=v[1:]) for m, v in p["stored"].items()},
                    gap_to_full={m: dict(bits=v[0], interval=v[1:])
@@ -88,6 +97,8 @@ def knee_row(summaries, best):
         f" stored bits; at {last['facts']} facts, bits per parameter " + ", ".join(
             f"{m} {v:.3f}" for m, v in per_param.items()) + \
         f" (rank 1's capacity line: {cap:,.0f} bits)"
+    fell = ", ".join(f"{m} {100 * f:.1f}%" for m, f in falls.items())
+    measured += f"; the loss on the facts still fell over the last quarter: {fell}" if fell else ""
     lr = ", ".join(f"{m} {best[f'knee_{m}']:g}" for m in plan.KNEE_METHODS
                    if f"knee_{m}" in best)
     return row("capacity_knee_bits", claim, source, measured, None,
@@ -95,7 +106,7 @@ def knee_row(summaries, best):
                f"the LR that stored the most bits on {plan.FACT_TUNE} other facts ({lr}); "
                f"{plan.FACT_EPOCHS} epochs", "holds" if shown else "does not hold" if refuted
                else "inconclusive", points=points, bits_per_param=per_param,
-               capacity_bits=cap, margin=0.0)
+               capacity_bits=cap, last_quarter_fall=falls, margin=0.0)
 
 
 def sft_loss_row(summaries, best):

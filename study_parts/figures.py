@@ -154,6 +154,8 @@ def knee_figure(row, out):
     ax.plot(data, data, color="0.6", lw=0.8, label="stored = the data's bits")
     for m in plan.KNEE_METHODS:
         have = [p for p in pts if m in p["stored_bits"]]
+        if not have:
+            continue
         y = [p["stored_bits"][m]["bits"] for p in have]
         err = np.array([[max(q["stored_bits"][m]["bits"] - q["stored_bits"][m]["interval"][0],
                              0), max(q["stored_bits"][m]["interval"][1] -

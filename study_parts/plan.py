@@ -66,8 +66,8 @@ GEOMETRY = ("r1", "r4", "r16")             # the groups whose best runs geometry
 FACTS = (16, 64, 256, 1024, 2048)          # data sizes: 638 .. 81,627 bits (128x)
 FACT_TUNE = 256                            # the size at which each method's LR is chosen
 FACT_EPOCHS, FACT_BATCH = 128, 64
-KNEE_METHODS = {"r1": 1, "r4": 4, "full": 0}
-FACT_GRID = dict(r1=[5e-4, 1e-3, 2e-3], r4=[5e-4, 1e-3, 2e-3], full=[5e-4, 1e-3, 2e-3])
+KNEE_METHODS = {"r1": 1, "r4": 4, "r16": 16, "full": 0}
+FACT_GRID = {m: [5e-4, 1e-3, 2e-3] for m in KNEE_METHODS}  # the pilots: 1e-3 best of r1, full
 P, Q = 3.0, 0.1  # Adam's invariance: (α, σ_A, η_A, η_B) -> (α/(pq), p·σ_A, p·η_A, q·η_B)
 EXTEND_MAX = 4   # at most this many LRs past a grid's first edge: a bound, not a chase
 
@@ -148,15 +148,15 @@ def sft(group, lr, seed, base=None, steps=SFT_STEPS, batch=SFT_BATCH, extra=(), 
 
 
 def facts(method, lr, n, seed, root):
-    """SFT memorising n facts of fact seed `seed`, FACT_EPOCHS epochs; its evaluation reads each
-    trained fact's bits (sft.py --eval-loss on the same facts)."""
+    """SFT memorising n facts of fact seed `seed`, FACT_EPOCHS epochs; its evaluations (four, the
+    last at the end) read each trained fact's bits (sft.py --eval-loss on the same facts)."""
     batch = min(FACT_BATCH, n)
     steps = FACT_EPOCHS * n // batch
-    extra = rank_flags(KNEE_METHODS[method]) + [
-        "--task", "gsm8k", "--data", str(facts_path(root, n, seed))]
+    extra = rank_flags(KNEE_METHODS[method]) + ["--eval-every", str(steps // 4), "--task",
+                                                "gsm8k", "--data", str(facts_path(root, n, seed))]
     run = sft(f"facts_{method}_n{n}_f{seed}", lr, 0, steps=steps, batch=batch, extra=extra,
               val=False, facts=n, fact_seed=seed, method=method)
-    run.seconds = steps * SECONDS["fact"] * batch / FACT_BATCH + 2 + n / 100
+    run.seconds = steps * SECONDS["fact"] * batch / FACT_BATCH + 4 * (2 + n / 100)
     return run
 
 

@@ -334,9 +334,30 @@ def test_the_knee_in_bits_sees_rank_1_fall_behind_above_its_capacity():
     assert big["gap_to_full"]["r1"]["bits"] == pytest.approx(0.9 * cap - big["data_bits"])
     assert r["bits_per_param"]["r1"] == pytest.approx(0.9 * 2.0)
     assert big["stored_bits"]["full"]["bits"] == pytest.approx(big["data_bits"])
+    assert r["last_quarter_fall"] == {} and "still fell" not in r["measured"]  # one evaluation
+    big_r1 = S[f"facts_r1_n{plan.FACTS[-1]}_f1_lr0.001_s0"]
+    big_r1["evals"] = [dict(big_r1["evals"][0], eval_loss=2.0, step=5),
+                       dict(big_r1["evals"][0], eval_loss=1.5)]
+    r = sc.knee_row(S, {})
+    assert r["last_quarter_fall"] == {"r1": pytest.approx(0.25)} and "r1 25.0%" in r["measured"]
     fact_summaries(S, "r1", lambda n: n * FACT_BITS)  # rank 1 keeps up everywhere
     assert sc.knee_row(S, {})["verdict"] == "does not hold"
     st.claim_row(**r)
+
+
+def test_a_facts_summary_keeps_each_answers_bits_of_its_last_evaluation_only(tmp_path):
+    rows = [dict(step=1, loss=3.0), dict(step=2, eval_accuracy=0.0, eval_loss=2.0,
+                                         eval_answer_bits=[30.0, 31.0]),
+            dict(step=4, eval_accuracy=0.5, eval_loss=1.0, eval_answer_bits=[3.0, 4.0])]
+    for group in ("facts_r1_n16_f1", "sft_r1"):
+        folder = tmp_path / group
+        folder.mkdir()
+        (folder / "args.json").write_text(json.dumps(dict(code={"hash": "h"})))
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        s = study.summarize(Run(group, "sft.py", [], group, steps=4), tmp_path, "h")
+        bits = [e.get("eval_answer_bits") for e in s["evals"]]
+        assert bits == ([None, [3.0, 4.0]] if group.startswith("facts") else [None, None])
+        assert [e["eval_loss"] for e in s["evals"]] == [2.0, 1.0]
 
 
 def test_the_ladder_finds_where_matching_full_begins():
