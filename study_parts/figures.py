@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import NullFormatter
 
 import flops
 from study_parts import capacity
@@ -21,14 +22,19 @@ from geometry_figures import STYLES, figures_from_report, outside_legend
 COLORS = {"r1": "C0", "r4": "C1", "r16": "C2", "full": "k", "tiny13": "C3", "tiny1": "C4",
           "r1_alpha1": "C5", "r1_attn": "C6", "r1_mlp": "C7", "r1_first": "C8",
           "r1_middle": "C9", "r1_last": "tab:olive", "r64": "tab:brown", "xs1": "tab:pink",
-          "xs2": "tab:purple", "xs4": "tab:cyan", "xs8": "tab:gray", "tiny546": "tab:red"}
+          "xs2": "darkgoldenrod", "xs4": "tab:cyan", "xs8": "tab:gray", "tiny546": "maroon"}
 LABELS = {"r1": "LoRA rank 1", "r4": "LoRA rank 4", "r16": "LoRA rank 16", "r64": "LoRA rank 64",
           "full": "full fine-tuning", "tiny13": "TinyLoRA, 13 parameters",
           "tiny1": "TinyLoRA, 1 parameter", "r1_alpha1": "LoRA rank 1, α = 1",
           "tiny546": "TinyLoRA untied, 546", "xs1": "LoRA-XS r=1, 42", "xs2": "LoRA-XS r=2, 168",
           "xs4": "LoRA-XS r=4, 672", "xs8": "LoRA-XS r=8, 2,688"}
+SCALING_NAMES = {"alpha_r": "α/r", "rslora": "rsLoRA's α/√r", "constant": "a constant scale"}
+
 
 def save(fig, path):
+    for ax in fig.axes:  # a log axis labels its decades only: 2x10^-4, 3x10^-4 ... overlap
+        if ax.get_xscale() == "log":
+            ax.xaxis.set_minor_formatter(NullFormatter())
     fig.savefig(path, dpi=120, bbox_inches="tight", metadata={"Software": None})
     plt.close(fig)
 
@@ -136,8 +142,8 @@ def lr_rank_figure(summaries, out):
             g = "sft_r1" if r == 1 else f"sft_{scaling}_r{r}"
             draw_lr_curve(ax, lists_of(summaries, g, "val_loss"), False, COLORS[f"r{r}"],
                           LABELS[f"r{r}"])
-        ax.set(xscale="log", xlabel="learning rate", title=f"{scaling}: predicted optimum "
-               f"∝ r^{power:g}")
+        ax.set(xscale="log", xlabel="learning rate",
+               title=f"{SCALING_NAMES[scaling]}: predicted optimum ∝ r^{power:g}")
         if ax.get_legend_handles_labels()[0]:
             outside_legend(ax)
     axes[0].set_ylabel("validation loss (nats/token)")
