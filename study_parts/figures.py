@@ -104,10 +104,20 @@ def lr_curves_figure(summaries, out):
                           COLORS[g.replace("sft_", "").replace("_short", "")],
                           LABELS.get(g.replace("sft_", "").replace("_short", ""), g))
         ax.set(xscale="log", xlabel="learning rate", title=title)
-        if ax.get_legend_handles_labels()[0]:
-            outside_legend(ax)
+        legend_or_nothing(ax)
     fig.tight_layout()
     save(fig, out / "lr_curves.png")
+
+
+def legend_or_nothing(ax):
+    """The legend of what a panel drew, or "not measured" where it drew nothing."""
+    if ax.get_legend_handles_labels()[0]:
+        outside_legend(ax)
+    else:
+        ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes,
+                color="0.4")
+        ax.set(xticks=[], yticks=[])
+        ax.minorticks_off()
 
 
 def lists_of(summaries, group, metric):
@@ -144,8 +154,7 @@ def lr_rank_figure(summaries, out):
                           LABELS[f"r{r}"])
         ax.set(xscale="log", xlabel="learning rate",
                title=f"{SCALING_NAMES[scaling]}: predicted optimum ∝ r^{power:g}")
-        if ax.get_legend_handles_labels()[0]:
-            outside_legend(ax)
+        legend_or_nothing(ax)
     axes[0].set_ylabel("validation loss (nats/token)")
     fig.tight_layout()
     save(fig, out / "lr_vs_rank.png")
