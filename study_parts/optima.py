@@ -78,14 +78,18 @@ def vertex(scores, higher=True, width=2):
     """The optimum of a metric over an LR grid {lr: [value per seed]}: the vertex of the
     least-squares parabola in x = log2(lr) through the best grid point (mean over seeds) and up
     to `width` neighbours on each side. None when it is not bracketed: the best point sits on
-    the grid's edge, or the parabola does not bend the right way. higher: larger is better
+    the grid's edge, the parabola does not bend the right way, or its vertex falls outside the
+    points it was fitted to. higher: larger is better
     (mean training reward); False for a loss. The vertex may fall between grid points."""
     fit = parabola(scores, higher, width)
     if fit is None:
         return None
     window, coef, centre = fit
     a, b = coef[0] * (1 if higher else -1), coef[1] * (1 if higher else -1)
-    return None if a >= 0 else float(2.0 ** (centre - b / (2 * a)))
+    if a >= 0:
+        return None
+    top = float(2.0 ** (centre - b / (2 * a)))
+    return top if window[0] <= top <= window[-1] else None  # past its points: not a measure
 
 
 def parabola(scores, higher=True, width=2):

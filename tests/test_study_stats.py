@@ -520,6 +520,9 @@ def test_vertex_reads_a_parabola_and_refuses_an_edge():
     assert opt.vertex(edge) is None and not opt.vertex_interval(edge, n_boot=200)["bracketed"]
     flat = {lr: [0.5] * 3 for lr in grid}
     assert opt.vertex(flat) is None, "no bend: no optimum"
+    zigzag = dict(zip(grid, ([y] for y in (0.63, 0.93, 0.44, 0.95, 0.5, 0.43, 0.62))))
+    assert opt.parabola(zigzag) is not None
+    assert opt.vertex(zigzag) is None, "a vertex past the points it was fitted to"
     rng = np.random.default_rng(2)
     noisy = {lr: list(peak(lr, 2.2e-3) + rng.normal(0, 0.003, 3)) for lr in grid}
     v = opt.vertex_interval(noisy, n_boot=500)
