@@ -12,6 +12,7 @@ import math
 import os
 import signal
 import sys
+from contextlib import contextmanager
 
 
 class UserError(ValueError):
@@ -55,17 +56,37 @@ def out_of_memory(e):
                                          "out of memory" in text.lower())
 
 
+DEFERRED = dict(now=False, signal=None)  # inside signals_deferred(): a signal waits for its end
+
+
 def stop_on_signals(after=""):
     """Ctrl-C (SIGINT) and SIGTERM (what `kill` and schedulers send) end a script with one line
-    on stderr, "interrupted" or "terminated" and then `after`, and exit status 128 + the signal
-    (130, 143), not a traceback. The SystemExit unwinds the stack, so a script's cleanup
-    (a staging folder removed) runs on the way out."""
+    on stderr, "interrupted" or "terminated" and then `after` (a string, or a function that
+    returns one when the signal comes), and exit status 128 + the signal (130, 143), not a
+    traceback. The SystemExit unwinds the stack, so a script's cleanup (a staging folder
+    removed) runs on the way out. Inside signals_deferred() the signal waits for the block's end."""
     def stop(signum, frame):
+        if DEFERRED["now"]:
+            DEFERRED["signal"] = signum
+            return
         what = "interrupted" if signum == signal.SIGINT else "terminated"
-        print(f"\n{what}{after}", file=sys.stderr, flush=True)
+        print(f"\n{what}{after() if callable(after) else after}", file=sys.stderr, flush=True)
         raise SystemExit(128 + signum)
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+
+
+@contextmanager
+def signals_deferred():
+    """Ctrl-C and SIGTERM take effect at the end of the block, not inside it: a checkpoint's
+    write is finished, never cut short (stop_on_signals' handler)."""
+    DEFERRED.update(now=True, signal=None)
+    try:
+        yield
+    finally:
+        DEFERRED["now"] = False
+        if DEFERRED["signal"] is not None:
+            signal.raise_signal(DEFERRED["signal"])
 
 
 def read_json(path):

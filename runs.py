@@ -6,8 +6,9 @@ read them, all through here; docs/formats.md describes every file.
     python runs.py runs/             # every run under runs/: checkpoints, rows, last evaluation
 
 What a crash leaves behind, and what reading does with it. A checkpoint is written into
-step_N.tmp/ and renamed in one step: a kill or a full disk during the write leaves only
-step_N.tmp/, which nothing reads, and the previous checkpoint stays the newest. A metrics row is
+step_N.tmp/ and renamed in one step; Ctrl-C or SIGTERM waits for the rename, and a SIGKILL or a
+full disk during the write leaves only step_N.tmp/, which nothing reads, and the previous
+checkpoint stays the newest. A metrics row is
 one write of one line: a kill leaves a last line without its newline, which reading drops with a
 note and --resume rewrites; any other bad line is damage a crash of ours cannot cause, and stops
 with file:line. Every read names its file when it fails (errors.UserError): with 150 checkpoints,
@@ -20,7 +21,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import socket
 import sys
 import time
@@ -31,7 +31,7 @@ from safetensors.torch import save_file
 import adapters
 from errors import (HelpFormatter, UserError, check_writable, exit_on_user_error, fsync_dir,
                     fsync_tree, jsonl_rows, load_safetensors, open_safetensors, read_json,
-                    user_exit, write_json, write_lines)
+                    signals_deferred, stop_on_signals, user_exit, write_json, write_lines)
 from model import save_model
 from versions import code_version, same_model
 
@@ -215,17 +215,14 @@ def lock_alive(owner):
 def on_signals(out):
     """Ctrl-C (SIGINT) or SIGTERM (what `kill` and schedulers send) ends a training script with
     one line, naming the newest checkpoint and the command that continues the run, and exit
-    status 128 + the signal (130, 143), not a traceback; the lock goes at exit."""
-    def stop(signum, frame):
-        ckpt = newest_checkpoint(out)
+    status 128 + the signal (130, 143), not a traceback; the lock goes at exit. A signal during
+    a checkpoint's write takes effect once the checkpoint is on disk (save_checkpoint)."""
+    def after():
         argv = [a for a in sys.argv if a != "--resume"]
         command = " ".join(shlex.quote(a) for a in ["python", *argv, "--resume"])
-        what = "interrupted" if signum == signal.SIGINT else "terminated"
-        print(f"\n{what}: the newest checkpoint is {ckpt or 'none yet'}; continue with: "
-              f"{command}", file=sys.stderr, flush=True)
-        raise SystemExit(128 + signum)
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, stop)
+        return f": the newest checkpoint is {newest_checkpoint(out) or 'none yet'}; continue " \
+               f"with: {command}"
+    stop_on_signals(after)
 
 # -----------------------------------------------------------------------------
 # metrics.jsonl
@@ -312,37 +309,39 @@ def save_checkpoint(path, model, optimizer, named, state, full=False, tokenizer=
                     base_name=None, extra=None):
     """Weights (full: config + safetensors + tokenizer.json; else the PEFT adapter), Adam's
     moments by name and `extra` tensors (RNG states) as safetensors, `state` as JSON; no pickle.
-    Written into path.tmp, then one rename: a crash never leaves half a checkpoint."""
+    Written into path.tmp, then one rename: a crash never leaves half a checkpoint, and a signal
+    never cuts the write short (errors.signals_deferred)."""
     tmp = path + ".tmp"
-    try:
-        shutil.rmtree(tmp, ignore_errors=True)  # what an earlier save cut short left
-        if full:
-            save_model(model, tmp)
-            if tokenizer is not None:
-                tokenizer.tok.save(os.path.join(tmp, "tokenizer.json"))
-        else:
-            adapters.save(model, tmp, base_model_name_or_path=base_name)
-        tensors = dict(extra or {})
-        for name, p in named:
-            for key, value in optimizer.state.get(p, {}).items():   # step, exp_avg, exp_avg_sq
-                tensors[f"adam.{name}.{key}"] = value.detach().cpu().contiguous()
-        save_file(tensors, os.path.join(tmp, "trainer_state.safetensors"))
-        with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
-            json.dump(state, f, indent=2)
-        fsync_tree(tmp)  # every byte on disk before the rename publishes the checkpoint
-        if os.path.exists(path):  # the same step saved again: swap, never a moment with neither
-            os.rename(path, path + ".old")
-            os.rename(tmp, path)
-            shutil.rmtree(path + ".old")
-        else:
-            os.rename(tmp, path)
-        fsync_dir(os.path.dirname(path))
-    except (OSError, UserError, SafetensorError) as e:  # SafetensorError: a full disk, too
-        shutil.rmtree(tmp, ignore_errors=True)  # free what it took: the disk may be full
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else e
-        previous = newest_checkpoint(os.path.dirname(path))
-        raise UserError(f"{path}: cannot write the checkpoint ({reason}); the newest complete "
-                        f"one is {previous or 'none'}: free space, then --resume") from None
+    with signals_deferred():  # Ctrl-C or SIGTERM waits until the checkpoint is on disk
+        try:
+            shutil.rmtree(tmp, ignore_errors=True)  # what an earlier save cut short left
+            if full:
+                save_model(model, tmp)
+                if tokenizer is not None:
+                    tokenizer.tok.save(os.path.join(tmp, "tokenizer.json"))
+            else:
+                adapters.save(model, tmp, base_model_name_or_path=base_name)
+            tensors = dict(extra or {})
+            for name, p in named:
+                for key, value in optimizer.state.get(p, {}).items():   # step, exp_avg, exp_avg_sq
+                    tensors[f"adam.{name}.{key}"] = value.detach().cpu().contiguous()
+            save_file(tensors, os.path.join(tmp, "trainer_state.safetensors"))
+            with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
+                json.dump(state, f, indent=2)
+            fsync_tree(tmp)  # every byte on disk before the rename publishes the checkpoint
+            if os.path.exists(path):  # the same step saved again: swap, never a moment with neither
+                os.rename(path, path + ".old")
+                os.rename(tmp, path)
+                shutil.rmtree(path + ".old")
+            else:
+                os.rename(tmp, path)
+            fsync_dir(os.path.dirname(path))
+        except (OSError, UserError, SafetensorError) as e:  # SafetensorError: a full disk, too
+            shutil.rmtree(tmp, ignore_errors=True)  # free what it took: the disk may be full
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else e
+            previous = newest_checkpoint(os.path.dirname(path))
+            raise UserError(f"{path}: cannot write the checkpoint ({reason}); the newest complete "
+                            f"one is {previous or 'none'}: free space, then --resume") from None
 
 
 def load_trainer_state(path, optimizer, named):

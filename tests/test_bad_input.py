@@ -332,6 +332,43 @@ def test_sigterm_ends_a_trainer_as_ctrl_c_does(world, tmp_path):
     assert not (out / ".lock").exists() and not any(p.endswith(".tmp") for p in os.listdir(out))
 
 
+def test_a_signal_during_a_checkpoint_write_waits_until_it_is_on_disk(tmp_path, monkeypatch,
+                                                                      capsys):
+    """SIGTERM sent in the middle of save_checkpoint: the write finishes (no step_N.tmp/ left),
+    then the run ends with 143, naming that checkpoint."""
+    import signal
+    import runs
+    real = runs.save_file
+
+    def interrupted_save(tensors, path):  # the signal arrives half way through the checkpoint
+        os.kill(os.getpid(), signal.SIGTERM)
+        real(tensors, path)
+
+    def save_adapter(model, out, **kw):
+        os.makedirs(out)
+        save_file({"w": torch.zeros(1)}, os.path.join(out, "adapter_model.safetensors"))
+    monkeypatch.setattr(runs, "save_file", interrupted_save)
+    monkeypatch.setattr(runs.adapters, "save", save_adapter)
+    p = torch.nn.Parameter(torch.zeros(2))
+    optimizer = torch.optim.Adam([p])
+    p.grad = torch.ones(2)
+    optimizer.step()
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        runs.on_signals(str(tmp_path))
+        with pytest.raises(SystemExit) as stopped:
+            runs.save_checkpoint(str(tmp_path / "step_000001"), None, optimizer, [("p", p)],
+                                 dict(step=1))
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    assert stopped.value.code == 143 and os.listdir(tmp_path) == ["step_000001"]
+    assert sorted(os.listdir(tmp_path / "step_000001")) == [
+        "adapter_model.safetensors", "trainer_state.json", "trainer_state.safetensors"]
+    err = capsys.readouterr().err
+    assert f"terminated: the newest checkpoint is {tmp_path / 'step_000001'}; continue" in err
+
+
 def test_interrupted_evaluation_and_geometry_write_nothing(world, tmp_path):
     import signal
     rows = tmp_path / "rows.jsonl"
