@@ -88,8 +88,9 @@ def vertex(scores, higher=True, width=2):
     a, b = coef[0] * (1 if higher else -1), coef[1] * (1 if higher else -1)
     if a >= 0:
         return None
-    top = float(2.0 ** (centre - b / (2 * a)))
-    return top if window[0] <= top <= window[-1] else None  # past its points: not a measure
+    top = centre - b / (2 * a)  # log2 of the optimum
+    inside = math.log2(window[0]) <= top <= math.log2(window[-1])
+    return float(2.0 ** top) if inside else None  # past its points: not a measure
 
 
 def parabola(scores, higher=True, width=2):

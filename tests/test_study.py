@@ -590,6 +590,44 @@ def test_an_older_plans_summaries_choose_nothing(tmp_path, monkeypatch):
     assert "r1" in study.choices(old) and "r1" not in seen
 
 
+def test_the_whole_plan_runs_through_main_on_synthetic_runs(tmp_path, monkeypatch):
+    """study.main from phase 1 to the report, with a launcher that writes each run's summary
+    (the metric peaks at each group's guess, rank 1's RL reward one grid step off it so its grid
+    grows): every phase plans from the last one's summaries, grids grow past an edge and stop,
+    and the report is written."""
+    results, launched = tmp_path / "results", []
+
+    def fake_launch(todo, root, res, jobs, dry_run=False, ran=None, files=()):
+        for r in todo:
+            if r.script not in ("grpo.py", "sft.py") or r.group == "base_build":
+                continue
+            peak = GUESS.get(r.group, r.lr) * (4 if r.group == "r1" else 1)
+            acc = 0.9 - 0.05 * abs(np.log2(r.lr / peak)) + 0.002 * r.seed
+            extra = dict(val_loss=1.0 - acc) if r.script == "sft.py" else {}
+            if r.group.startswith("facts_"):
+                extra["eval_answer_bits"] = [20.0] * r.meta["facts"]
+            name, x = summary(r.group, r.lr, r.seed, acc, acc, r.script, r.steps,
+                              rewards=[acc] * r.steps if r.script == "grpo.py" else None, **extra)
+            x.update(name=r.name, meta=r.meta, argv=r.args)
+            (res / "runs" / f"{r.name}.json").write_text(json.dumps(x))
+            launched.append(r.name)
+        return {}
+    monkeypatch.setattr(study, "launch", fake_launch)
+    monkeypatch.setattr(study, "matmul_rate", lambda: 1e11)
+    report = tmp_path / "RESULTS.md"
+    report.write_text("<!-- study -->\n<!-- /study -->\n")
+    study.main(study.parse_args(["--full", "--out", str(tmp_path / "runs"), "--results",
+                                 str(results), "--report", str(report)]))
+    r1 = sorted({float(n.split("_lr")[1].split("_")[0]) for n in launched
+                 if n.startswith("grpo_r1_lr")})
+    assert max(r1) > max(plan.RL_GRID["r1"]) and len(r1) <= 9 + plan.EXTEND_MAX
+    assert any(n.startswith("grpo_r4_") for n in launched), "phase 2 ran"
+    assert any(n.endswith("_s9") for n in launched), "phase 3's seeds for power ran"
+    assert any(n.startswith("sft_facts_r16_n2048_f1") for n in launched), "the knee ran"
+    claims = json.loads((results / "claims.json").read_text())
+    assert st.check_claims(claims) and "| rank1_matches_full_rl |" in report.read_text()
+
+
 def test_dry_run_prints_the_plan(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "study.py"), "--full", "--dry-run",
                           "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "r")],
