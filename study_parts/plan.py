@@ -60,7 +60,8 @@ SAMPLES = 8                                # completions a problem for pass@k an
 DIAL = (0.0, 0.1, 0.3)                     # the skill dial: 0.1 is the shipped toy_base/
 THIRDS = ("first", "middle", "last")
 VARIANTS = ("attn", "mlp", *THIRDS)        # rank 1 on fewer matrices: targets, then layers
-POWERED = ("r1", "full", "r4", "r16", *(f"r1_{v}" for v in VARIANTS))  # ten seeds at the best
+POWERED = ("r1", "full", "r4", "r16", *(f"r1_{v}" for v in VARIANTS),  # ten seeds at the
+           *LADDER)                                                     # best LR: the power
 GEOMETRY = ("r1", "r4", "r16")             # the groups whose best runs geometry.py reads
 # the capacity knee: facts (toy_task.fact_problems) memorised by SFT, 39.9 bits each
 FACTS = (16, 64, 256, 1024, 2048)          # data sizes: 638 .. 81,627 bits (128x)
@@ -107,9 +108,8 @@ def facts_path(root, n, seed):
     return root / "facts" / f"s{seed}_n{n}"
 
 
-# seconds of one thread per step (GRPO at 32 prompts, SFT at batch 64 of worked answers, of
-# facts) and per evaluation of a whole split, measured on the 2-core development machine with
-# two jobs side by side
+# one thread's seconds a step (GRPO at 32 prompts, SFT at batch 64 of worked answers, of facts)
+# and an evaluation of a whole split, on the 2-core development machine beside another job
 SECONDS = dict(grpo=1.3, sft=0.7, fact=0.4, eval=10.0, samples=17.0, pretrain=0.86,
                plane_point=8.0)
 
@@ -281,17 +281,16 @@ def variant_flags(v):
 
 
 def phase3(root, mode, best, edges):
-    """best: as phase2's; edges: {group: [LRs to add]} (extensions(), a grid whose optimum
-    sits on its edge). Seeds 3-9 at the chosen LR of the groups whose "matches" rows need the
-    power, and at the short runs' fastest LR (the share of seeds that steer); seeds 0-2 are
-    there already, run by the grids."""
+    """best: as phase2's; edges: {group: [LRs to add]} (extensions(): an optimum on its grid's
+    edge). Seeds 3-9 (0-2 ran in the grids) at the chosen LR of the groups whose "matches" rows
+    need the power, and at the short runs' fastest LR (the share of seeds that steer)."""
     if mode != "full":
         return []
     plan, more = [], POWER_SEEDS[len(SEEDS):]
-    for g in POWERED:  # full, r<rank> or r1_<variant>
+    for g in POWERED:  # full, r<rank>, r1_<variant> or an adapter of the ladder
         if best.get(g):
-            flags = rank_flags(0) if g == "full" else rank_flags(int(g.split("_")[0][1:])) + (
-                variant_flags(g[3:]) if "_" in g else [])
+            flags = LADDER.get(g) or rank_flags(0 if g == "full" else int(g.split("_")[0][1:])) + (
+                variant_flags(g[3:]) if g.startswith("r1_") else [])
             plan += [grpo(g, best[g], s, extra=flags) for s in more]
     for g in ("r1", "full"):
         lr = best.get(f"fast_{g}_short")
@@ -424,7 +423,8 @@ def write_data(root):
 GUESS = {"r1": 1e-3, "full": 4e-4, "sft_r1": 1e-3, "sft_full": 1e-4, "tiny1": 1e-2,
          "tiny13": 1e-2, "sft_tiny1": 1e-2, "sft_tiny13": 1e-2, "fast_r1_short": 2e-3,
          "fast_full_short": 8e-4, **{f"knee_{m}": lrs[1] for m, lrs in FACT_GRID.items()},
-         "r4": 1e-3, "r16": 1e-3, **{f"r1_{v}": 1e-3 for v in VARIANTS}}  # a dry run's stand-ins
+         "r4": 1e-3, "r16": 1e-3, **{f"r1_{v}": 1e-3 for v in VARIANTS},
+         **{g: LADDER_GRID[1] for g in LADDER}}  # a dry run's stand-ins
 
 
 def planned(root, mode, best=GUESS, edges=None):

@@ -55,9 +55,10 @@ def test_plan_grids_names_and_budget():
             assert ("--val-limit" in r.args) == (not r.group.startswith("facts_"))
             assert r.script == "grpo.py" or "--eval-loss" in r.args
     # three seeds wherever a verdict is read, ten where "matches" needs the power
-    for g in ("sft_r1", "xs2", "tiny546", "r1_alpha1"):
+    for g in ("sft_r1", "tiny13", "r1_alpha1"):
         assert {r.seed for r in full.values() if r.group == g} == set(plan.SEEDS), g
-    for g in ("r1", "full", "r4", "r16", "r1_attn", "r1_middle", "r1_short", "full_short"):
+    for g in ("r1", "full", "r4", "r16", "r1_attn", "r1_middle", "r1_short", "full_short", "xs2",
+              "tiny546"):
         at = GUESS[g] if g in GUESS else GUESS[f"fast_{g}"]
         assert {r.seed for r in full.values() if r.group == g and r.lr == at} == \
             set(plan.POWER_SEEDS), g
@@ -85,7 +86,7 @@ def test_plan_grids_names_and_budget():
     assert float(arg(pq, "--alpha")) == pytest.approx(32 / (plan.P * plan.Q), rel=1e-5)
     assert full["eval_base_p0"].needs == ("base_p0",) and full["eval_base_p0.1"].needs == ()
     hours = sum(r.seconds for r in full.values()) / 3600 / 2
-    assert hours < 8.0, f"the full plan's estimate, {hours:.1f} h on two jobs"
+    assert hours < 8.5, f"the full plan's estimate, {hours:.1f} h on two jobs (three sessions)"
 
 
 def test_later_phases_centre_on_what_phase_1_chose(tmp_path):
