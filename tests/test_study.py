@@ -591,7 +591,8 @@ def test_an_older_plans_summaries_choose_nothing(tmp_path, monkeypatch):
     assert "r1" in study.choices(old) and "r1" not in seen
 
 
-def test_the_whole_plan_runs_through_main_on_synthetic_runs(tmp_path, monkeypatch):
+@pytest.mark.parametrize("mode", ["--full", "--toy"])
+def test_the_whole_plan_runs_through_main_on_synthetic_runs(tmp_path, monkeypatch, mode):
     """study.main from phase 1 to the report, with a launcher that writes each run's summary
     (the metric peaks at each group's guess, rank 1's RL reward one grid step off it so its grid
     grows): every phase plans from the last one's summaries, grids grow past an edge and stop,
@@ -617,16 +618,20 @@ def test_the_whole_plan_runs_through_main_on_synthetic_runs(tmp_path, monkeypatc
     monkeypatch.setattr(study, "matmul_rate", lambda: 1e11)
     report = tmp_path / "RESULTS.md"
     report.write_text("<!-- study -->\n<!-- /study -->\n")
-    study.main(study.parse_args(["--full", "--out", str(tmp_path / "runs"), "--results",
+    study.main(study.parse_args([mode, "--out", str(tmp_path / "runs"), "--results",
                                  str(results), "--report", str(report)]))
+    claims = json.loads((results / "claims.json").read_text())
+    assert st.check_claims(claims) and "| rank1_matches_full_rl |" in report.read_text()
+    if mode == "--toy":
+        assert {r.name for r in plan.phase1(tmp_path / "runs", "toy")} - set(launched) == \
+            {"eval_base_p0.1"}, "every training run of phase 1 (the fake skips evaluations)"
+        return
     r1 = sorted({float(n.split("_lr")[1].split("_")[0]) for n in launched
                  if n.startswith("grpo_r1_lr")})
     assert max(r1) > max(plan.RL_GRID["r1"]) and len(r1) <= 9 + plan.EXTEND_MAX
     assert any(n.startswith("grpo_r4_") for n in launched), "phase 2 ran"
     assert any(n.endswith("_s9") for n in launched), "phase 3's seeds for power ran"
     assert any(n.startswith("sft_facts_r16_n2048_f1") for n in launched), "the knee ran"
-    claims = json.loads((results / "claims.json").read_text())
-    assert st.check_claims(claims) and "| rank1_matches_full_rl |" in report.read_text()
 
 
 def test_dry_run_prints_the_plan(tmp_path):
