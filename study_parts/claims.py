@@ -100,14 +100,24 @@ def ratio_row(rid, summaries, a, b, metric, claim, target=10.0, source=LWR):
         return missing(rid, claim, source, f"no finished {a} or {b} sweep")
     r = opt.vertex_ratio(va, vb, higher)
     k = min(len(v) for v in [*va.values(), *vb.values()])
-    edge = [g for g, v in ((a, va), (b, vb)) if opt.vertex(v, higher) is None]
+    unread = {g: "its best grid point is on the grid's edge" if opt.parabola(v, higher) is None
+              else "the parabola through its best point and two neighbours each side has no "
+                   "peak inside them"
+              for g, v in ((a, va), (b, vb)) if opt.vertex(v, higher) is None}
     grids = f"{len(va)} and {len(vb)} LRs √2 apart; {metric.replace('_', ' ')} over seeds"
-    if edge:
-        return row(rid, claim, source, f"not bracketed: the optimum of {', '.join(edge)} lies at "
-                   f"its grid's edge (best grid points {opt.best_lr(va) if higher else low(va):g}"
-                   f" and {opt.best_lr(vb) if higher else low(vb):g})", None,
-                   "bootstrap over seeds", k, grids, "inconclusive", bracketed=False,
-                   why="an optimum at its grid's edge is a bound, not a measure")
+    if unread:
+        best = (opt.best_lr(va), opt.best_lr(vb)) if higher else (low(va), low(vb))
+        measured = "not bracketed: " + "; ".join(f"{g}: {why}" for g, why in unread.items()) + \
+            f" (best grid points {best[0]:g} and {best[1]:g})"
+        near = opt.vertex_ratio(va, vb, higher, width=1)  # a sensitivity reading, not the verdict
+        if near["bracketed"]:
+            measured += (f"; the parabola through the best point and one neighbour each side "
+                         f"reads {near['ratio']:.3g}x (optima {near['lr_a']:.3g} vs "
+                         f"{near['lr_b']:.3g})")
+            measured += " [{:.3g}, {:.3g}]".format(*near["interval"]) if near["interval"] else ""
+        return row(rid, claim, source, measured, None, "bootstrap over seeds", k, grids,
+                   "inconclusive", bracketed=False,
+                   why="an optimum that is not bracketed is a bound, not a measure")
     lo, hi = r["interval"] or (None, None)
     measured = (f"{r['ratio']:.3g}x (optima {r['lr_a']:.3g} vs {r['lr_b']:.3g}; bracketed in "
                 f"{r['share_bracketed']:.0%} of the resamples)")

@@ -126,14 +126,15 @@ def vertex_interval(scores, higher=True, n_boot=2000, seed=0, level=0.95):
                 share_bracketed=len(ok) / n_boot, n_boot=n_boot)
 
 
-def vertex_ratio(scores_a, scores_b, higher=True, n_boot=2000, seed=0, level=0.95):
+def vertex_ratio(scores_a, scores_b, higher=True, n_boot=2000, seed=0, level=0.95, width=2):
     """A's optimum over B's (e.g. LoRA's LR over full fine-tuning's), both vertices, with a joint
     bootstrap over seeds; `bracketed` only when both optima are interior points."""
     rng = np.random.default_rng(seed)
-    a, b = vertex(scores_a, higher), vertex(scores_b, higher)
+    a, b = vertex(scores_a, higher, width), vertex(scores_b, higher, width)
     draws = []
     for _ in range(n_boot):
-        va, vb = vertex(resampled(scores_a, rng), higher), vertex(resampled(scores_b, rng), higher)
+        va = vertex(resampled(scores_a, rng), higher, width)
+        vb = vertex(resampled(scores_b, rng), higher, width)
         if va is not None and vb is not None:
             draws.append(math.log2(va / vb))
     bracketed = a is not None and b is not None

@@ -252,7 +252,17 @@ def test_lr_ratio_is_read_from_the_vertices():
     S = reward_sweep({}, "r1", grid("r1"), 1e-4)  # below the grid: a bound, not a measure
     reward_sweep(S, "full", grid("full"), 4e-4)
     row = sc.ratio_row("lr_ratio_rl", S, "r1", "full", "mean_reward", "c")
-    assert row["verdict"] == "inconclusive" and not row["bracketed"] and "edge" in row["why"]
+    assert row["verdict"] == "inconclusive" and not row["bracketed"]
+    assert "r1: its best grid point is on the grid's edge" in row["measured"]
+    S = reward_sweep({}, "r1", grid("r1"), 1e-3)  # a collapse just above the best
+    reward_sweep(S, "full", grid("full"), 4e-4)
+    for x in S.values():
+        if x["group"] == "r1" and x["lr"] == grid("r1")[5]:
+            x["train"] = [dict(t, reward=0.1) for t in x["train"]]
+    row = sc.ratio_row("lr_ratio_rl", S, "r1", "full", "mean_reward", "c")
+    assert row["verdict"] == "inconclusive" and not row["bracketed"], row["measured"]
+    assert "r1: the parabola through its best point and two neighbours each side has no peak" \
+        in row["measured"] and "one neighbour each side reads 2.11x" in row["measured"]
 
 
 def loss_sweep(out, group, lrs, peak, seeds=plan.SEEDS, noise=0.001):
