@@ -5,13 +5,12 @@ Sampling from model.py's Qwen2: the rule, the plain reference sampler, then the 
     python sampler.py --model Qwen/Qwen2.5-3B --prompt "Question: 2+2?\\nAnswer:"
 
 A sample is a function of its indices alone: sample j of prompt i draws its t-th token by
-Gumbel-max with noise hashed from (the prompt's key, j, t), never from a generator's state
-(sample_token), so it is the same alone or in any batch, eager or compiled, resumed or not, on
-one process or many (up to float rounding, which can flip a near-tie). reference_generate()
-draws it the obvious way, a full forward per token; generate() draws the same samples fast: the
-prompts prefilled once into a KVCache, each prompt's keys read in place by its n samples
-(shared_attention), finished rows leaving the batch, stop strings checked every few tokens.
-"""
+Gumbel-max with noise hashed from (the prompt's key, j, t), never a generator's state
+(sample_token): the same alone or in any batch, eager or compiled, resumed or not, on any number
+of processes (up to float rounding, which can flip a near-tie). reference_generate() draws it
+with a full forward per token; generate() draws the same samples fast: prompts prefilled once
+into a KVCache, read in place by their n samples (shared_attention), finished rows leaving the
+batch, stop strings checked every few tokens."""
 import argparse
 import time
 
@@ -433,8 +432,7 @@ if __name__ == "__main__":
     model, tok = load_model(path, device=args.device), load_tokenizer(path)
     if not (ids := tok.encode(args.prompt)):
         raise UserError("--prompt '': an empty text has no token to continue")
-    # the fast sampler draws the reference's samples, token for token
-    prompts, same = [ids, ids[:len(ids) // 2], ids[3:]], []
+    prompts, same = [ids, ids[:len(ids) // 2], ids[3:]], []  # fast = reference, token by token
     for T in (0.0, 1.0):
         kw = dict(temperature=T, stop_ids=[tok.eos_id], stop_strings=("Question:",),
                   tokenizer=tok, keys=[7, 8, 9], n=2)
