@@ -4,7 +4,7 @@ seeds) and the trajectory study's (PCA over every checkpoint, the plane, rank-1 
 the capacity knee and the skill dial, in one command that writes RESULTS.md.
 
     python study.py --toy                  # the central claims on the toy world, 2 CPU jobs (~1 h)
-    python study.py --full                 # every claim (~7 h of two single-threaded jobs)
+    python study.py --full                 # every claim (~8 h of two single-threaded jobs)
     python study.py --full --dry-run       # every run it would launch, with its estimated time
     python study.py --from results         # RESULTS.md and the figures again, from results/ alone
     python study.py --model Qwen/Qwen2.5-3B --dry-run   # the plan at GPU scale, with GPU-hours
@@ -178,10 +178,10 @@ def read_summaries(results):
 # Launching
 
 
-def launch(todo, root, results, jobs, dry_run=False, ran=None, files=()):
-    """Run what is not finished, `jobs` at a time, one thread each; a summary after each; the
-    names launched are appended to `ran`; files: runs whose folders must be there (state).
-    -> {name: why} of the runs that failed."""
+def launch(todo, root, results, jobs, dry_run=False, ran=None, files=(), after=lambda: None):
+    """Run what is not finished, `jobs` at a time, one thread each; a summary and after() when
+    each ends; the names launched are appended to `ran`; files: runs whose folders must be there
+    (state). -> {name: why} of the runs that failed."""
     hashes = {s: versions.code_version(HERE / s)["hash"] for s in {r.script for r in todo}}
     code = lambda run: hashes[run.script]  # today's code of the run's script
     states = {r.name: ("dry" if dry_run and (root / r.name).exists() else
@@ -241,7 +241,30 @@ def launch(todo, root, results, jobs, dry_run=False, ran=None, files=()):
                 failed[run.name] = rc if isinstance(rc, str) else \
                     f"exit {rc}, see {root / 'logs' / (run.name + '.log')}"
                 bar.write(f"FAILED {run.name}: {failed[run.name]}")
+            after()
     return failed
+
+
+class Ledger:
+    """Each invocation's wall time and runs launched, in root/invocations.json, its line rewritten
+    as each run ends: a study cut off (Ctrl-C, a session's end) keeps what it did until then."""
+
+    def __init__(self, root, mode, ran):
+        self.path, self.ran, self.t0 = root / "invocations.json", ran, time.time()
+        self.lines = read_json(self.path) if self.path.exists() else []
+        self.mine = dict(mode=mode, wall_seconds=0.0, launched=0, date=time.strftime("%Y-%m-%d"),
+                         machine=machine())
+        self.lines.append(self.mine)
+
+    def __call__(self):
+        self.mine.update(wall_seconds=round(time.time() - self.t0, 1), launched=len(self.ran))
+        write_json(self.path, self.lines)
+
+    def of(self, mode, previous):
+        """This mode's: those in results/study.json from before the ledger, then the ledger's."""
+        self()
+        mine = [i for i in self.lines if i["mode"] == mode]
+        return [i for i in previous if i["mode"] == mode and i not in mine] + mine
 
 
 def choices(summaries):
@@ -361,13 +384,14 @@ def main(args):
         return
     mode = "full" if args.full else "toy"
     root, results = Path(args.out), Path(args.results)
-    t0, failed, ran = time.time(), {}, []
+    failed, ran = {}, []
     if not args.dry_run:
         root.mkdir(parents=True, exist_ok=True)
         (results / "runs").mkdir(parents=True, exist_ok=True)
         plan.write_data(root)
+    ledger = (lambda: None) if args.dry_run else Ledger(root, mode, ran)
     go = lambda todo: {} if args.no_train else launch(todo, root, results, args.jobs,
-                                                      args.dry_run, ran)
+                                                      args.dry_run, ran, after=ledger)
     if args.dry_run:  # the later phases follow phase 1's optima: planned at a guess
         go(plan.planned(root, mode))
         print(f"  {plan.geometry_run(root, mode).seconds:6.0f} s  geometry (every core)")
@@ -398,9 +422,9 @@ def main(args):
     if chosen and not args.no_train and not known_from_summary(geo, root, results, code):
         # their checkpoints: rerun where only a summary is left
         failed |= launch([r for r in first + second + later if r.name in chosen], root, results,
-                         args.jobs, ran=ran, files=set(chosen))
+                         args.jobs, ran=ran, files=set(chosen), after=ledger)
         link_geometry_runs(root, chosen)
-        failed |= launch([geo], root, results, 1, ran=ran)
+        failed |= launch([geo], root, results, 1, ran=ran, after=ledger)
     if (root / "geometry" / "geometry.json").exists():
         g = read_json(root / "geometry" / "geometry.json")
         g["blog_design"] = blog_design(g)
@@ -410,12 +434,8 @@ def main(args):
     previous = read_json(results / "study.json") if (results / "study.json").exists() else {}
     seconds = sum(study_report.run_seconds(s) for n, s in read_summaries(results).items()
                   if n in known)
-    invocation = dict(mode=mode, wall_seconds=round(time.time() - t0, 1), launched=len(ran),
-                      date=time.strftime("%Y-%m-%d"), machine=machine())
     meta = dict(mode=mode, code=versions.code_version(HERE / "grpo.py"), machine=machine(),
-                jobs=args.jobs,
-                invocations=[i for i in previous.get("invocations", [])
-                             if i["mode"] == mode] + [invocation],
+                jobs=args.jobs, invocations=ledger.of(mode, previous.get("invocations", [])),
                 run_seconds=round(seconds, 1), matmul_flops=round(matmul_rate()),
                 runs=sorted(known | ({geo.name} if chosen else set())), failed=failed)
     write_json(results / "study.json", meta)

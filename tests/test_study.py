@@ -606,13 +606,15 @@ def test_the_whole_plan_runs_through_main_on_synthetic_runs(tmp_path, monkeypatc
     """study.main from phase 1 to the report, with a launcher that writes each run's summary
     (the metric peaks at each group's guess, rank 1's RL reward one grid step off it so its grid
     grows): every phase plans from the last one's summaries, grids grow past an edge and stop,
-    and the report is written."""
+    and the report is written; an invocation cut off keeps its runs in study.json's count."""
     results, launched = tmp_path / "results", []
 
-    def fake_launch(todo, root, res, jobs, dry_run=False, ran=None, files=()):
+    def fake_launch(todo, root, res, jobs, dry_run=False, ran=None, files=(), after=None):
         for r in todo:
             if r.script not in ("grpo.py", "sft.py") or r.group == "base_build":
                 continue
+            if len(launched) == cut_after:
+                raise KeyboardInterrupt
             peak = GUESS.get(r.group, r.lr) * (4 if r.group == "r1" else 1)
             acc = 0.9 - 0.05 * abs(np.log2(r.lr / peak)) + 0.002 * r.seed
             extra = dict(val_loss=1.0 - acc) if r.script == "sft.py" else {}
@@ -623,15 +625,25 @@ def test_the_whole_plan_runs_through_main_on_synthetic_runs(tmp_path, monkeypatc
             x.update(name=r.name, meta=r.meta, argv=r.args)
             (res / "runs" / f"{r.name}.json").write_text(json.dumps(x))
             launched.append(r.name)
+            ran.append(r.name)
+            after()
         return {}
     monkeypatch.setattr(study, "launch", fake_launch)
     monkeypatch.setattr(study, "matmul_rate", lambda: 1e11)
     report = tmp_path / "RESULTS.md"
     report.write_text("<!-- study -->\n<!-- /study -->\n")
-    study.main(study.parse_args([mode, "--out", str(tmp_path / "runs"), "--results",
-                                 str(results), "--report", str(report)]))
+    argv = [mode, "--out", str(tmp_path / "runs"), "--results", str(results), "--report",
+            str(report)]
+    cut_after = 5  # the first invocation is cut off after five runs, the second ends
+    with pytest.raises(KeyboardInterrupt):
+        study.main(study.parse_args(argv))
+    cut_after = None
+    study.main(study.parse_args(argv))
     claims = json.loads((results / "claims.json").read_text())
     assert st.check_claims(claims) and "| rank1_matches_full_rl |" in report.read_text()
+    first, second = json.loads((results / "study.json").read_text())["invocations"]
+    assert (first["launched"], second["launched"]) == (5, len(launched) - 5)
+    assert "5 runs launched" in report.read_text()
     if mode == "--toy":
         assert {r.name for r in plan.phase1(tmp_path / "runs", "toy")} - set(launched) == \
             {"eval_base_p0.1"}, "every training run of phase 1 (the fake skips evaluations)"
