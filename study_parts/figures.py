@@ -45,7 +45,7 @@ def lr_figure(summaries, best, out):
     for ax, groups, title in ((axes[0], ("r1", "r4", "r16", "full", "r1_alpha1", "tiny13"),
                                "GRPO"), (axes[1], ("sft_r1", "sft_full"), "SFT (worked answers)")):
         for g in groups:
-            table = ss.scores(summaries, g)
+            table = ss.grid_seeds(ss.scores(summaries, g))
             if not table:
                 continue
             m = g.replace("sft_", "")

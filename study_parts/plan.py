@@ -7,10 +7,10 @@ apart around each one's expected optimum, three seeds, at 40 steps of 32 prompts
 (short runs); SFT sweeps read on held-out loss; SFT's LR against rank under three scalings (α/r,
 rsLoRA's α/√r, a constant); the ladder below rank 1 (LoRA-XS, TinyLoRA) and TinyLoRA's 13 and 1
 parameters; the memorisation task's LR choice (facts of seed 0); the skill-dial bases.
-Phase 2, from phase 1's scores: ranks 4 and 16, α = 1, targets and layers, Adam's invariance, the
-batch-size pair, the capacity knee at every data size (facts of seed 1, each method at the LR
-chosen on seed 0), the dial's adapters.
-Phase 3, for power and brackets: seeds 3-9 where a "matches" needs them, and two more LRs past
+Phase 2, from phase 1's scores: ranks 4 and 16, targets and layers (around rank 1's fastest LR:
+accuracy ties at its ceiling), Adam's invariance, the batch-size pair, the capacity knee at every
+data size (facts of seed 1, each method at the LR chosen on seed 0), the dial's adapters.
+Phase 3, for power and brackets: seeds 3-9 where a verdict needs them, and two more LRs past
 the edge of any grid whose optimum is on its edge (study.py repeats phase 3 until none is).
 Then geometry.py over the best LoRA runs. Every verdict is read on the test split (the knee: on
 another draw of facts); no LR is ever chosen on it.
@@ -18,12 +18,10 @@ another draw of facts); no LR is ever chosen on it.
     python -m study_parts.plan         # the plan's size: runs, steps and estimated one-thread hours
 """
 import json
-import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from study_parts import optima as opt
 from study_parts import stats
 
 HERE = Path(__file__).resolve().parents[1]  # the repository: its scripts and toy_base/
@@ -227,26 +225,26 @@ def phase2(root, mode, best):
     """best: {group: LR} from phase 1's scores (summaries.best_lrs, plus fast_<group> for the
     best mean training reward and knee_<method> for the facts' most stored bits). Runs that need
     an LR not yet known (its group unfinished) are left out."""
-    plan, c = [], best.get("r1")
-    seeds = SEEDS if mode == "full" else (0,)
-    if c:  # ranks 4 and 16, each around rank 1's optimum (for the matches rows and geometry)
+    plan, c = [], best.get("fast_r1", best.get("r1"))  # accuracy ties at its ceiling: reward
+    seeds = SEEDS if mode == "full" else (0,)           # over the steps still tells LRs apart
+    if c:  # ranks 4 and 16, each around rank 1's fastest LR (for the matches rows and geometry)
         plan += [grpo(f"r{r}", lr, s, extra=rank_flags(r)) for r in (4, 16) for lr in around(c)
                  for s in seeds]
     if mode != "full":
         return plan
     if c:
-        # fewer matrices adapted: each variant at c and 2c (an adapter on fewer matrices is
-        # expected to want an LR no lower; the budget allows two)
+        # fewer matrices adapted: each variant at c and 2c (it is expected to want an LR no lower)
         plan += [grpo(f"r1_{v}", lr, s, extra=rank_flags(1) + variant_flags(v))
                  for v in VARIANTS for lr in around(c, (1, 2)) for s in SEEDS]
         # Adam with ε ≈ 0 and no clipping (the clip factor depends on the gradient's norm, which
-        # the reparametrization changes): the first two should match step for step, α alone not
-        adam = rank_flags(1) + ["--adam-eps", "1e-30", "--grad-clip", "0"]
-        a = f"{32.0 / (P * Q):g}"
-        plan += [grpo("adam", c, 0, steps=30, extra=adam),
-                 grpo("adam_pq", P * c, 0, steps=30, extra=adam + [
+        # the reparametrization changes): the first two should match step for step, α alone not;
+        # at the validation-best LR, away from the collapses near the fast one (rounding forks)
+        adam, a, v = rank_flags(1) + ["--adam-eps", "1e-30", "--grad-clip", "0"], \
+            f"{32.0 / (P * Q):g}", best.get("r1", c)
+        plan += [grpo("adam", v, 0, steps=30, extra=adam),
+                 grpo("adam_pq", P * v, 0, steps=30, extra=adam + [
                      "--alpha", a, "--init-scale", f"{P:g}", "--lr-ratio", f"{Q / P:g}"]),
-                 grpo("adam_alpha", c, 0, steps=30, extra=adam + ["--alpha", a])]
+                 grpo("adam_alpha", v, 0, steps=30, extra=adam + ["--alpha", a])]
     for rank in (1, 0):  # batch 32 against 256, the same 3,840 examples, each at its own best
         lr = best.get(f"sft_{'r1' if rank else 'full'}")
         if lr:
@@ -283,7 +281,8 @@ def variant_flags(v):
 def phase3(root, mode, best, edges):
     """best: as phase2's; edges: {group: [LRs to add]} (extensions(): an optimum on its grid's
     edge). Seeds 3-9 (0-2 ran in the grids) at the chosen LR of the groups whose "matches" rows
-    need the power, and at the short runs' fastest LR (the share of seeds that steer)."""
+    need the power, at rank 1's and full's fastest LR (rank1_slower_rl) and at the short runs'
+    (the share of seeds that steer)."""
     if mode != "full":
         return []
     plan, more = [], POWER_SEEDS[len(SEEDS):]
@@ -292,14 +291,14 @@ def phase3(root, mode, best, edges):
             flags = LADDER.get(g) or rank_flags(0 if g == "full" else int(g.split("_")[0][1:])) + (
                 variant_flags(g[3:]) if g.startswith("r1_") else [])
             plan += [grpo(g, best[g], s, extra=flags) for s in more]
-    for g in ("r1", "full"):
-        lr = best.get(f"fast_{g}_short")
-        if lr:
-            plan += [grpo(f"{g}_short", lr, s, steps=SHORT[0], prompts=SHORT[1],
-                          extra=rank_flags(1 if g == "r1" else 0)) for s in more]
+    for g in ("r1", "full"):  # at the fastest LRs, 40 steps and short: rank1_slower_rl, ten_steps
+        for short, kw in (("", {}), ("_short", dict(steps=SHORT[0], prompts=SHORT[1]))):
+            if best.get(f"fast_{g}{short}"):
+                plan += [grpo(g + short, best[f"fast_{g}{short}"], s, **kw,
+                              extra=rank_flags(int(g == "r1"))) for s in more]
     for g, lrs in edges.items():
         plan += [x for lr in lrs for x in extension(root, g, lr)]
-    return plan
+    return list({r.name: r for r in plan}.values())  # a fastest LR may be the chosen one
 
 
 def extension(root, group, lr):
@@ -420,11 +419,12 @@ def write_data(root):
                     path.write_text(text)
 
 
+FAST = float(lr_text(RL_GRID["r1"][5]))  # a dry run's LRs: rank 1's fastest centres phase 2
 GUESS = {"r1": 1e-3, "full": 4e-4, "sft_r1": 1e-3, "sft_full": 1e-4, "tiny1": 1e-2,
          "tiny13": 1e-2, "sft_tiny1": 1e-2, "sft_tiny13": 1e-2, "fast_r1_short": 2e-3,
-         "fast_full_short": 8e-4, **{f"knee_{m}": lrs[1] for m, lrs in FACT_GRID.items()},
-         "r4": 1e-3, "r16": 1e-3, **{f"r1_{v}": 1e-3 for v in VARIANTS},
-         **{g: LADDER_GRID[1] for g in LADDER}}  # a dry run's stand-ins
+         "fast_full_short": 8e-4, "fast_r1": FAST, "fast_full": 5.66e-4, "r4": FAST,
+         "r16": FAST, **{f"r1_{v}": FAST for v in VARIANTS}, **{g: LADDER_GRID[1] for g in LADDER},
+         **{f"knee_{m}": lrs[1] for m, lrs in FACT_GRID.items()}}
 
 
 def planned(root, mode, best=GUESS, edges=None):
@@ -446,5 +446,3 @@ if __name__ == "__main__":
               f"{hours:.1f} one-thread hours ({hours / 2:.1f} h on two jobs; the dial's runs on "
               f"the bases it builds are planned once those exist, grid extensions once seen)")
     assert stats.MIN_SEEDS <= len(SEEDS)
-    assert math.isclose(opt.vertex({lr: [-(math.log2(lr / 1e-3)) ** 2] for lr in grid(1e-3, 5)}),
-                        1e-3)

@@ -10,6 +10,7 @@ import math
 import numpy as np
 
 from study_parts import optima as opt
+from study_parts.plan import SEEDS
 
 
 def final(s):
@@ -92,9 +93,17 @@ def knee_lrs(summaries, size, methods):
     return out
 
 
+def grid_seeds(table):
+    """{lr: {seed: x}} of the grids' seeds alone (plan.SEEDS, which every LR of a grid has).
+    LRs are chosen and fitted on these: the later seeds at one chosen LR (for a verdict's power)
+    would otherwise move its mean, and so the choice, after the fact."""
+    out = {lr: {s: x for s, x in v.items() if s in SEEDS} for lr, v in table.items()}
+    return {lr: v for lr, v in out.items() if v}
+
+
 def lists(table):
-    """{lr: {seed: x}} -> {lr: [x, ...]}, what stats' LR functions take."""
-    return {lr: list(v.values()) for lr, v in table.items()}
+    """{lr: {seed: x}} -> {lr: [x, ...]} over the grids' seeds, what stats' LR functions take."""
+    return {lr: list(v.values()) for lr, v in grid_seeds(table).items()}
 
 
 def at_best(summaries, best, group, key="eval_accuracy"):

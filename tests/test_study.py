@@ -62,6 +62,9 @@ def test_plan_grids_names_and_budget():
         at = GUESS[g] if g in GUESS else GUESS[f"fast_{g}"]
         assert {r.seed for r in full.values() if r.group == g and r.lr == at} == \
             set(plan.POWER_SEEDS), g
+    for g in ("r1", "full"):  # and at the fastest LRs, for rank1_slower_rl
+        assert {r.seed for r in full.values() if r.group == g and r.lr == GUESS[f"fast_{g}"]} \
+            == set(plan.POWER_SEEDS), g
     # LR against rank: each scaling's grid centred where its theory puts the optimum
     for scaling, (power, flags) in plan.SCALINGS.items():
         for rank in plan.RANKS[1:]:
@@ -93,7 +96,8 @@ def test_later_phases_centre_on_what_phase_1_chose(tmp_path):
     base = plan.base_path(tmp_path, 0.3)
     base.mkdir(parents=True)
     (base / "model.safetensors").write_bytes(b"")
-    best = GUESS | {"fast_r1": 1e-3, "fast_full": 4e-4, "fast_tiny13": 1e-2, "knee_r1": 2e-3}
+    best = GUESS | {"r1": 2.5e-4, "fast_r1": 1e-3, "fast_full": 4e-4, "fast_tiny13": 1e-2,
+                    "knee_r1": 2e-3}  # rank 1's accuracy tied at its ceiling: its fastest LR
     p2 = plan.phase2(tmp_path, "full", best)
     assert lrs_of(p2, "r4") == [5e-4, 1e-3, 2e-3] and lrs_of(p2, "r1_attn") == [1e-3, 2e-3]
     assert lrs_of(p2, "p0.3_r1") == [5e-4, 1e-3] and lrs_of(p2, "p0.3_sft_r1") == [1e-3, 2e-3]
@@ -101,8 +105,11 @@ def test_later_phases_centre_on_what_phase_1_chose(tmp_path):
     knee = [r for r in p2 if r.group.startswith("facts_r1_")]
     assert {r.lr for r in knee} == {2e-3} and len(knee) == len(plan.FACTS)
     p3 = plan.phase3(tmp_path, "full", best, {"r1": [4e-3 * 2 ** 0.5]})
-    assert {r.seed for r in p3 if r.group == "r1" and r.lr == 1e-3} == set(range(3, 10))
+    for lr in (2.5e-4, 1e-3):  # the chosen LR (matches) and the fastest (rank1_slower_rl)
+        assert {r.seed for r in p3 if r.group == "r1" and r.lr == lr} == set(range(3, 10))
     assert {r.seed for r in p3 if r.group == "r1" and r.lr > 5e-3} == set(plan.SEEDS)
+    p3 = plan.phase3(tmp_path, "full", best | {"fast_r1": 2.5e-4}, {})
+    assert len({r.name for r in p3}) == len(p3), "a fastest LR that is the chosen one runs once"
     named = {r.name: r.args for r in plan.phase1(tmp_path, "full") + p2}
     assert all(named.get(r.name, r.args) == r.args for r in p3), "one name, one set of flags"
 
@@ -307,7 +314,31 @@ def test_rank_1_slower_reads_each_seed_at_the_lr_the_others_choose():
                 S[name] = x
     r = sc.slower_row(S)
     assert r["interval"] == pytest.approx([-0.1, -0.1]) and r["verdict"] == "holds"
-    assert "rank 1 0.610, full 0.710" in r["measured"] and "leave one seed out" in r["selection"]
+    assert "rank 1 0.610, full 0.710" in r["measured"] and "a later seed" in r["selection"]
+    for group, lrs in (("r1", plan.RL_GRID["r1"]), ("full", plan.RL_GRID["full"])):
+        for s in range(3, 10):  # later seeds at the fastest LR (read) and at the first (not)
+            for lr, speed in ((lrs[1], 0.6), (lrs[0], 0.0)):
+                name, x = summary(group, lr, s, 0.96, 0.96, rewards=[speed + (
+                    0.1 if group == "full" else 0.0)] * 40)
+                S[name] = x
+    r = sc.slower_row(S)
+    assert r["n_seeds"] == 10 and r["interval"] == pytest.approx([-0.1, -0.1])
+
+
+def test_later_seeds_at_one_lr_move_no_choice():
+    """Seeds 3-9 at the chosen LR (a verdict's power) score below its grid seeds (the regression
+    to the mean a chosen LR's later seeds show): the validation choice, the fastest LR and the
+    geometry's runs stay what the grid seeds gave."""
+    S = {}
+    for lr, acc, speed in ((1e-4, 0.962, 0.7), (2e-4, 0.960, 0.65)):
+        for s in plan.POWER_SEEDS if lr == 1e-4 else plan.SEEDS:
+            later = s not in plan.SEEDS
+            name, x = summary("r1", lr, s, acc - 0.012 * later, acc,
+                              rewards=[speed - 0.3 * later] * 40)
+            S[name] = x
+    best = study_summaries.best_lrs(S)
+    assert best["r1"] == 1e-4 and study_summaries.fast_lrs(S)["r1"] == 1e-4
+    assert study.geometry_choice(S, best) == [f"r1_lr0.0001_s{s}" for s in plan.SEEDS]
 
 
 def test_ten_steps_compares_the_share_of_seeds_that_steer():
