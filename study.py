@@ -248,7 +248,6 @@ def launch(todo, root, results, jobs, dry_run=False, ran=None, files=(), after=l
 class Ledger:
     """Each invocation's wall time and runs launched, in root/invocations.json, its line rewritten
     as each run ends: a study cut off (Ctrl-C, a session's end) keeps what it did until then."""
-
     def __init__(self, root, mode, ran):
         self.path, self.ran, self.t0 = root / "invocations.json", ran, time.time()
         self.lines = read_json(self.path) if self.path.exists() else []
@@ -269,10 +268,11 @@ class Ledger:
 
 def choices(summaries):
     """The LRs the later phases build on: each group's validation-best (best_lrs), its fastest
-    (fast_<group>: the best mean training reward) and each knee method's (knee_<method>: the
-    most bits stored on the tuning facts)."""
+    (fast_<group>: the best mean training reward), its lowest validation loss (loss_<group>) and
+    each knee method's (knee_<method>: the most bits stored on the tuning facts)."""
     return study_summaries.best_lrs(summaries) | {
         f"fast_{g}": lr for g, lr in study_summaries.fast_lrs(summaries).items()} | {
+        f"loss_{g}": lr for g, lr in study_summaries.loss_lrs(summaries).items()} | {
         f"knee_{m}": lr for m, lr in study_summaries.knee_lrs(
             summaries, plan.FACT_TUNE, plan.KNEE_METHODS).items()}
 

@@ -245,13 +245,13 @@ def phase2(root, mode, best):
                  grpo("adam_pq", P * v, 0, steps=30, extra=adam + [
                      "--alpha", a, "--init-scale", f"{P:g}", "--lr-ratio", f"{Q / P:g}"]),
                  grpo("adam_alpha", v, 0, steps=30, extra=adam + ["--alpha", a])]
-    for rank in (1, 0):  # batch 32 against 256, the same 3,840 examples, each at its own best
-        lr = best.get(f"sft_{'r1' if rank else 'full'}")
+    for rank in (1, 0):  # batch 32 against 256, the same 3,840 examples, around the best loss
+        g = f"sft_{'r1' if rank else 'full'}"
+        lr = best.get(f"loss_{g}", best.get(g))
         if lr:
             for batch, steps in ((32, 120), (256, 15)):
-                plan += [sft(f"sft_{'r1' if rank else 'full'}_b{batch}", x, s, steps=steps,
-                             batch=batch, extra=rank_flags(rank)) for x in around(lr)
-                         for s in SEEDS]
+                plan += [sft(f"{g}_b{batch}", x, s, steps=steps, batch=batch,
+                             extra=rank_flags(rank)) for x in around(lr) for s in SEEDS]
     for m in KNEE_METHODS:  # the knee: every size, on facts the LR was not chosen on
         if best.get(f"knee_{m}"):
             plan += [facts(m, best[f"knee_{m}"], n, 1, root) for n in FACTS]

@@ -61,7 +61,8 @@ def stored_bits(s):
 
 
 METRICS = dict(mean_reward=mean_reward, stored_bits=stored_bits,
-               val_loss=lambda s: (final(s) or {}).get("val_loss"))
+               val_loss=lambda s: (final(s) or {}).get("val_loss"),
+               test_loss=lambda s: (final(s) or {}).get("eval_loss"))
 
 
 def metric_table(summaries, group, metric):
@@ -81,6 +82,14 @@ def fast_lrs(summaries):
     groups = sorted({s["group"] for s in summaries.values() if s["script"] == "grpo.py"})
     tables = {g: lists(metric_table(summaries, g, "mean_reward")) for g in groups}
     return {g: opt.best_lr(t) for g, t in tables.items() if t}
+
+
+def loss_lrs(summaries):
+    """{group: its LR with the lowest mean validation loss over seeds} of the SFT groups that read
+    one: where accuracies tie at the ceiling, the held-out loss still tells the LRs apart."""
+    groups = sorted({s["group"] for s in summaries.values() if s["script"] == "sft.py"})
+    tables = {g: lists(metric_table(summaries, g, "val_loss")) for g in groups}
+    return {g: min(sorted(t), key=lambda lr: np.mean(t[lr])) for g, t in tables.items() if t}
 
 
 def knee_lrs(summaries, size, methods):

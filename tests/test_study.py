@@ -97,9 +97,11 @@ def test_later_phases_centre_on_what_phase_1_chose(tmp_path):
     base.mkdir(parents=True)
     (base / "model.safetensors").write_bytes(b"")
     best = GUESS | {"r1": 2.5e-4, "fast_r1": 1e-3, "fast_full": 4e-4, "fast_tiny13": 1e-2,
-                    "knee_r1": 2e-3}  # rank 1's accuracy tied at its ceiling: its fastest LR
+                    "knee_r1": 2e-3, "loss_sft_r1": 4e-4}  # accuracy tied at the ceiling
     p2 = plan.phase2(tmp_path, "full", best)
     assert lrs_of(p2, "r4") == [5e-4, 1e-3, 2e-3] and lrs_of(p2, "r1_attn") == [1e-3, 2e-3]
+    assert lrs_of(p2, "sft_r1_b256") == [2e-4, 4e-4, 8e-4], "the batch pair: around its best loss"
+    assert lrs_of(p2, "sft_full_b32") == [5e-5, 1e-4, 2e-4], "no loss known: the validation one"
     assert lrs_of(p2, "p0.3_r1") == [5e-4, 1e-3] and lrs_of(p2, "p0.3_sft_r1") == [1e-3, 2e-3]
     assert lrs_of(p2, "p0.3_tiny1") == [5e-3, 1e-2], "no fast LR known: the validation one instead"
     knee = [r for r in p2 if r.group.startswith("facts_r1_")]
@@ -339,6 +341,24 @@ def test_later_seeds_at_one_lr_move_no_choice():
     best = study_summaries.best_lrs(S)
     assert best["r1"] == 1e-4 and study_summaries.fast_lrs(S)["r1"] == 1e-4
     assert study.geometry_choice(S, best) == [f"r1_lr0.0001_s{s}" for s in plan.SEEDS]
+
+
+def test_the_batch_row_reads_the_test_loss_at_the_lowest_validation_loss():
+    """Accuracy ties at the ceiling; LoRA's test loss exceeds full's by 0.1 millinats at batch 32
+    and by 0.4 at batch 256 (at the LR of lowest validation loss; the others worse): growth +0.3."""
+    S = {}
+    for m in ("r1", "full"):
+        for b in (32, 256):
+            for k, lr in enumerate((1e-4, 2e-4, 4e-4)):
+                for s in plan.SEEDS:
+                    extra = 1e-4 * (1 if b == 32 else 4) if m == "r1" else 0.0
+                    loss = 3e-3 + extra + 1e-3 * abs(k - 1) + 1e-5 * s
+                    name, x = summary(f"sft_{m}_b{b}", lr, s, 0.96, 0.96, script="sft.py",
+                                      val_loss=loss, eval_loss=loss)
+                    S[name] = x
+    r = sc.batch_row(S)
+    assert r["interval"] == pytest.approx([0.3, 0.3]) and r["verdict"] == "holds"
+    assert "+0.100 at batch 32, +0.400 at batch 256" in r["measured"]
 
 
 def test_ten_steps_compares_the_share_of_seeds_that_steer():
