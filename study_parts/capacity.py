@@ -26,8 +26,11 @@ def knee_lrs_of(summaries):
 
 
 def fact_runs(summaries, n):
-    """{method: the summary of its knee run at n facts (fact seed 1)}."""
-    return {m: s for m in plan.KNEE_METHODS for s in done(summaries, f"facts_{m}_n{n}_f1")}
+    """{method: the summary of its knee run at n facts (fact seed 1), at the LR chosen on seed 0's
+    facts (knee_lrs_of; any LR where no tuning run is there)}."""
+    lrs = knee_lrs_of(summaries)
+    return {m: s for m in plan.KNEE_METHODS for s in done(summaries, f"facts_{m}_n{n}_f1")
+            if lrs.get(f"knee_{m}", s["lr"]) == s["lr"]}
 
 
 def fact_bits(s):

@@ -282,7 +282,7 @@ def phase3(root, mode, best, edges):
     """best: as phase2's; edges: {group: [LRs to add]} (extensions(): an optimum on its grid's
     edge). Seeds 3-9 (0-2 ran in the grids) at the chosen LR of the groups whose "matches" rows
     need the power, at rank 1's and full's fastest LR (rank1_slower_rl) and at the short runs'
-    (the share of seeds that steer)."""
+    (the share of seeds that steer); the knee at its methods' LRs (phase 2's, unless moved)."""
     if mode != "full":
         return []
     plan, more = [], POWER_SEEDS[len(SEEDS):]
@@ -298,6 +298,8 @@ def phase3(root, mode, best, edges):
                               extra=rank_flags(int(g == "r1"))) for s in more]
     for g, lrs in edges.items():
         plan += [x for lr in lrs for x in extension(root, g, lr)]
+    for m in KNEE_METHODS:  # the knee again where a tuning grid's extension moved its LR
+        plan += [facts(m, best[f"knee_{m}"], n, 1, root) for n in FACTS if best.get(f"knee_{m}")]
     return list({r.name: r for r in plan}.values())  # a fastest LR may be the chosen one
 
 

@@ -37,9 +37,11 @@ def lrs_of(runs, group):
 
 def test_plan_grids_names_and_budget():
     for mode in ("toy", "full"):
-        names = [r.name for r in plan.phase1(Path("r"), mode) + plan.phase2(Path("r"), mode, GUESS)
-                 + plan.phase3(Path("r"), mode, GUESS, {})]
-        assert len(names) == len(set(names)), "two runs would share a folder"
+        runs = plan.phase1(Path("r"), mode) + plan.phase2(Path("r"), mode, GUESS)
+        args = {}  # phase 3 repeats the knee at an unmoved LR: the same run, which main skips
+        assert all(args.setdefault(r.name, r.args) == r.args for r in runs + plan.phase3(
+            Path("r"), mode, GUESS, {})), "two runs would share a folder"
+        assert len({r.name for r in runs}) == len(runs)
     full = {r.name: r for r in full_plan()}
     toy = plan.planned(Path("runs/study"), "toy")
     assert all(full[r.name].args == r.args for r in toy), "--full reuses --toy's runs"
@@ -405,6 +407,16 @@ def test_the_knee_in_bits_sees_rank_1_fall_behind_above_its_capacity():
     fact_summaries(S, "r1", lambda n: n * FACT_BITS)  # rank 1 keeps up everywhere
     assert sc.knee_row(S, {})["verdict"] == "does not hold"
     st.claim_row(**r)
+    # the tuning facts (seed 0) move rank 1's LR to 2e-3 (a grid extension): its runs there count
+    fact_summaries(S, "r1", lambda n: min(n * FACT_BITS, 0.9 * cap), lr=2e-3)
+    for lr, bits in ((1e-3, 10.0), (2e-3, 20.0)):
+        name, x = summary(f"facts_r1_n{plan.FACT_TUNE}_f0", lr, 0, None, 0.5, script="sft.py",
+                          steps=10, eval_answer_bits=[FACT_BITS - bits] * plan.FACT_TUNE)
+        S[name] = x
+    assert sc.knee_row(S, {})["verdict"] == "holds"
+    p3 = plan.phase3(Path("r"), "full", {"knee_r1": 2e-3}, {})
+    assert sorted(r.meta["facts"] for r in p3 if r.group.startswith("facts_r1_")) == \
+        sorted(plan.FACTS), "the knee again at the LR the extension moved it to"
 
 
 def test_a_facts_summary_keeps_each_answers_bits_of_its_last_evaluation_only(tmp_path):
@@ -460,9 +472,9 @@ def synthetic_results(folder):
         extra = dict(eval_mode_share=0.5, eval_pass1=acc)
         if r.script == "sft.py":
             extra["val_loss"] = 0.3 + 0.01 * np.log2(r.lr / centre) ** 2
-        if r.group.startswith("facts_"):
-            n = r.meta["facts"]
-            extra["eval_answer_bits"] = list(rng.uniform(0, 30, n))
+        if r.group.startswith("facts_"):  # the tuning facts store the most at the guessed LR
+            n, off = r.meta["facts"], abs(np.log2(r.lr / GUESS[f"knee_{r.meta['method']}"]))
+            extra["eval_answer_bits"] = list(rng.uniform(0, 30, n) + 5 * off)
         name, s = summary(r.group, r.lr, r.seed, None if r.group.startswith("facts_") else acc,
                           acc, r.script, r.steps, **extra)
         s["name"] = r.name
