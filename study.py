@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 import runs
 import versions
-from study_parts import plan
+from study_parts import gpu, plan
 from study_parts import report as study_report, summaries as study_summaries
 from eval_gsm8k import over_problems, pass_at_k
 from errors import (COUNT, HelpFormatter, UserError, exit_on_user_error, jsonl_rows, read_json,
@@ -376,7 +376,7 @@ def main(args):
         if not args.dry_run:
             raise user_exit("--model prints the plan at GPU scale, which study.py does not run "
                             "on this machine: add --dry-run")
-        plan.gpu_plan(args.model)
+        gpu.gpu_plan(args.model)
         return
     if args.from_:
         meta = read_json(Path(args.from_) / "study.json")

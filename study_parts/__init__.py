@@ -2,6 +2,7 @@
 The study's parts (study.py runs them; nothing on the textbook's reading path imports them):
 
     plan.py           every run of the study, its grid and phase
+    gpu.py            the plan at GPU scale, printed with its GPU-hours
     summaries.py      reading run summaries: scores by LR and seed, the chosen and the fastest LR
     claims.py         the claim rows from run summaries (LRs on validation, verdicts on test)
     capacity.py       the rows about capacity: the knee in stored bits, the ladder, the dial

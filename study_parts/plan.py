@@ -282,24 +282,27 @@ def phase3(root, mode, best, edges):
     """best: as phase2's; edges: {group: [LRs to add]} (extensions(): an optimum on its grid's
     edge). Seeds 3-9 (0-2 ran in the grids) at the chosen LR of the groups whose "matches" rows
     need the power, at rank 1's and full's fastest LR (rank1_slower_rl) and at the short runs'
-    (the share of seeds that steer); the knee at its methods' LRs (phase 2's, unless moved)."""
+    (the share of seeds that steer); the knee at its methods' LRs (phase 2's, unless moved). What
+    reads an LR from a grid that is still growing waits for it to stop (study.py repeats this)."""
     if mode != "full":
         return []
     plan, more = [], POWER_SEEDS[len(SEEDS):]
+    ready = lambda key, grid: best.get(key) and grid not in edges
     for g in POWERED:  # full, r<rank>, r1_<variant> or an adapter of the ladder
-        if best.get(g):
+        if ready(g, g):
             flags = LADDER.get(g) or rank_flags(0 if g == "full" else int(g.split("_")[0][1:])) + (
                 variant_flags(g[3:]) if g.startswith("r1_") else [])
             plan += [grpo(g, best[g], s, extra=flags) for s in more]
     for g in ("r1", "full"):  # at the fastest LRs, 40 steps and short: rank1_slower_rl, ten_steps
         for short, kw in (("", {}), ("_short", dict(steps=SHORT[0], prompts=SHORT[1]))):
-            if best.get(f"fast_{g}{short}"):
+            if ready(f"fast_{g}{short}", g + short):
                 plan += [grpo(g + short, best[f"fast_{g}{short}"], s, **kw,
                               extra=rank_flags(int(g == "r1"))) for s in more]
     for g, lrs in edges.items():
         plan += [x for lr in lrs for x in extension(root, g, lr)]
-    for m in KNEE_METHODS:  # the knee again where a tuning grid's extension moved its LR
-        plan += [facts(m, best[f"knee_{m}"], n, 1, root) for n in FACTS if best.get(f"knee_{m}")]
+    for m in KNEE_METHODS:  # the knee again where its tuning grid's extension moved its LR
+        if ready(f"knee_{m}", f"facts_{m}_n{FACT_TUNE}_f0"):
+            plan += [facts(m, best[f"knee_{m}"], n, 1, root) for n in FACTS]
     return list({r.name: r for r in plan}.values())  # a fastest LR may be the chosen one
 
 
@@ -336,6 +339,8 @@ def first_grid(group):
         return SHORT_GRID[group[:-6]], True
     if group == "r1_alpha1":
         return ALPHA1_GRID, True
+    if group in LADDER:  # an adapter this small may want an LR past the grid's top
+        return LADDER_GRID, True
     if group in SFT_GRID:
         return SFT_GRID[group], False
     if group.startswith("facts_") and group.endswith(f"_n{FACT_TUNE}_f0"):
@@ -375,34 +380,6 @@ def geometry_run(root, mode):
     n = 9 ** 2 + 20
     return Run("geometry", "geometry.py", args, "geometry", seconds=n * SECONDS["plane_point"],
                meta=dict(src=str(src)))
-
-
-def gpu_plan(model):
-    """The plan at GPU scale, printed only: each run's steps and its GPU-hours from flops.py, at
-    an assumed 40% of an H100's 989 bf16 TFLOP/s for training and 60% of its 3.35 TB/s for
-    decoding (every decode step reads the bf16 weights once for the whole batch)."""
-    import flops
-    cfg = flops.get_config(model)
-    flop_s, bw, (B, G, Pl, N) = 0.4 * 989e12, 0.6 * 3.35e12, (32, 8, 150, 512)
-    decode = N * 2 * flops.count_params(cfg) / bw
-
-    def hours(rank, steps):
-        train = flops.grpo_step_flops(cfg, B, G, Pl, N, rank, "all")["training"] / flop_s
-        return steps * (train + decode) / 3600
-    runs = [("sweep", r, lr, 200) for r in (1, 4, 0)
-            for lr in ([1e-5, 2e-5, 4e-5, 8e-5, 1.6e-4] if r else [1e-6, 2e-6, 4e-6, 8e-6, 1.6e-5])]
-    runs += [("trajectory", r, 5e-5, 500) for r in (1, 2, 4, 8)]
-    print(f"{model}: {B} prompts x {G} samples, {N} new tokens; assumed {flop_s / 1e12:.0f} "
-          f"TFLOP/s, {bw / 1e12:.1f} TB/s")
-    total = 0.0
-    for claim, r, lr, steps in runs:
-        total += hours(r, steps)
-        print(f"  {hours(r, steps):5.1f} GPU-h  {claim:10} python grpo.py --model {model} --rank "
-              f"{r} --lr {lr:g} --steps {steps}")
-    print(f"  + {len(SEEDS)} seeds at each best LR, targets and layers at rank 1, then `python "
-          f"geometry.py runs/ --plane --truncate 1`; choose the LRs on held-out train problems "
-          f"(--val-limit covers only the toy's validation split)\n"
-          f"{total:.1f} GPU-hours for the runs listed, one seed each")
 
 
 def write_data(root):

@@ -108,10 +108,12 @@ def test_later_phases_centre_on_what_phase_1_chose(tmp_path):
     assert lrs_of(p2, "p0.3_tiny1") == [5e-3, 1e-2], "no fast LR known: the validation one instead"
     knee = [r for r in p2 if r.group.startswith("facts_r1_")]
     assert {r.lr for r in knee} == {2e-3} and len(knee) == len(plan.FACTS)
-    p3 = plan.phase3(tmp_path, "full", best, {"r1": [4e-3 * 2 ** 0.5]})
+    p3 = plan.phase3(tmp_path, "full", best, {})
     for lr in (2.5e-4, 1e-3):  # the chosen LR (matches) and the fastest (rank1_slower_rl)
         assert {r.seed for r in p3 if r.group == "r1" and r.lr == lr} == set(range(3, 10))
-    assert {r.seed for r in p3 if r.group == "r1" and r.lr > 5e-3} == set(plan.SEEDS)
+    grows = plan.phase3(tmp_path, "full", best, {"r1": [4e-3 * 2 ** 0.5]})
+    assert {r.seed for r in grows if r.group == "r1" and r.lr > 5e-3} == set(plan.SEEDS)
+    assert not any(r.group == "r1" and r.seed > 2 for r in grows), "seeds wait for the grid"
     p3 = plan.phase3(tmp_path, "full", best | {"fast_r1": 2.5e-4}, {})
     assert len({r.name for r in p3}) == len(p3), "a fastest LR that is the chosen one runs once"
     named = {r.name: r.args for r in plan.phase1(tmp_path, "full") + p2}
@@ -130,6 +132,12 @@ def test_a_grid_whose_optimum_is_on_its_edge_grows_past_it_and_stops():
         top[float(plan.lr_text(lr))] = [lr]
     assert plan.extensions({"r1": top}) == {}, "a bound after EXTEND_MAX more LRs"
     assert plan.extensions({"r4": top}) == {}, "only the grids an optimum is read from"
+    rising = {lr: [lr] for lr in plan.LADDER_GRID}  # a small adapter's reward rising at the top
+    add = plan.extensions({"xs1": rising})["xs1"]
+    assert add == pytest.approx([1e-2 * 2 ** 0.5, 2e-2])
+    p3 = plan.phase3(Path("r"), "full", GUESS | {"xs1": 1e-2}, {"xs1": add})
+    assert {(r.lr, r.seed) for r in p3 if r.group == "xs1"} == {
+        (float(plan.lr_text(lr)), s) for lr in add for s in plan.SEEDS}, "its power waits"
 
 
 def test_fast_lrs_pick_the_best_mean_reward():
