@@ -4,7 +4,7 @@ seeds) and the trajectory study's (PCA over every checkpoint, the plane, rank-1 
 the capacity knee and the skill dial, in one command that writes RESULTS.md.
 
     python study.py --toy                  # the central claims on the toy world, 2 CPU jobs (~1 h)
-    python study.py --full                 # every claim (~8 h of two single-threaded jobs)
+    python study.py --full                 # every claim (~10 h of two single-threaded jobs)
     python study.py --full --dry-run       # every run it would launch, with its estimated time
     python study.py --from results         # RESULTS.md and the figures again, from results/ alone
     python study.py --model Qwen/Qwen2.5-3B --dry-run   # the plan at GPU scale, with GPU-hours

@@ -106,10 +106,11 @@ def facts_path(root, n, seed):
     return root / "facts" / f"s{seed}_n{n}"
 
 
-# one thread's seconds a step (GRPO at 32 prompts, SFT at batch 64 of worked answers, of facts)
-# and an evaluation of a whole split, on the 2-core development machine beside another job
-SECONDS = dict(grpo=1.3, sft=0.7, fact=0.4, eval=10.0, samples=17.0, pretrain=0.86,
-               plane_point=8.0)
+# one thread's seconds a step (GRPO at 32 prompts: full fine-tuning, an adapter; SFT at batch 64
+# of worked answers, of facts) and an evaluation of a whole split, on the 2-core development
+# machine beside another job (measured on the study's own runs)
+SECONDS = dict(grpo=1.3, grpo_adapter=2.2, sft=0.7, fact=0.4, eval=10.0, samples=17.0,
+               pretrain=0.86, plane_point=8.0)
 
 
 def built(base):
@@ -127,8 +128,9 @@ def grpo(group, lr, seed, base=None, steps=STEPS, prompts=PROMPTS, extra=(), sam
     args += ["--save-every", str(max(1, steps // 8) if group in GEOMETRY else steps)]
     args += ["--model", str(base)] if base else []
     args += ["--eval-samples", str(samples)] if samples else []
-    t = steps * SECONDS["grpo"] * prompts / PROMPTS + 2 * SECONDS["eval"] + \
-        (SECONDS["samples"] if samples else 0)
+    full = "--rank" in args and args[args.index("--rank") + 1] == "0"
+    t = steps * SECONDS["grpo" if full else "grpo_adapter"] * prompts / PROMPTS + \
+        2 * SECONDS["eval"] + (SECONDS["samples"] if samples else 0)
     return Run(name, "grpo.py", args, group, lr, seed, steps, t, meta, built(base))
 
 
