@@ -166,16 +166,20 @@ def ladder_row(summaries, best):
             pt |= dict(gap_to_full=est["estimate"], gap_interval=est["interval"],
                        matches_full=st.verdict_equivalent(est))
         points.append(pt)
-    small = [p for p in points if p["params"] <= 2688 and "matches_full" in p]
+    small = [p for p in points if p["params"] <= 2688 and "matches_full" in p
+             and p["n_seeds"] >= st.MIN_SEEDS]  # TinyLoRA's 1 parameter: one seed, a point
     if not small:
         return missing("ladder_rl", claim, TINY, "no ladder runs beside full fine-tuning")
     k = min(p["n_seeds"] for p in small)
     first = next((p for p in points if p.get("matches_full") == "holds"), None)
     measured = "; ".join(f"{p['method']} ({p['params']:,}) {p['accuracy']:.3f}" +
                          (f" [{p['gap_to_full']:+.3f} vs full: {p['matches_full']}]"
-                          if "matches_full" in p else "") for p in points) + \
+                          if "matches_full" in p else "") +
+                         (f" ({p['n_seeds']} seed)" if p["n_seeds"] < st.MIN_SEEDS else "")
+                         for p in points) + \
         f"; the smallest that matches: {first['method'] if first else 'none'}"
-    worse = all(p["gap_interval"] and p["gap_interval"][1] < -st.EQUIVALENCE for p in small)
+    worse = {p["method"] for p in small} >= set(plan.LADDER) and all(  # every rung tried
+        p["gap_interval"] and p["gap_interval"][1] < -st.EQUIVALENCE for p in small)
     verdict = st._verdict(any(p["matches_full"] == "holds" for p in small), worse, k, None,
                           st.ALPHA)
     return row("ladder_rl", claim, TINY, measured, None, "paired by seed", k,

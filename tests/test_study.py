@@ -446,11 +446,15 @@ def test_the_ladder_finds_where_matching_full_begins():
     S = sweep({}, "full", [4e-4], 4e-4, 0.96, seeds=plan.POWER_SEEDS, noise=0.001)
     for g, acc in (("tiny13", 0.4), ("xs1", 0.6), ("xs8", 0.96), ("r1", 0.96)):
         sweep(S, g, [1e-3, 3e-3], 1e-3, acc, seeds=plan.POWER_SEEDS, noise=0.001)
+    sweep(S, "tiny1", [1e-2], 1e-2, 0.19, seeds=(0,))  # one seed: a point, not a verdict's
     r = sc.ladder_row(S, sc.best_lrs(S))
     pts = {p["method"]: p for p in r["points"]}
     assert pts["xs8"]["params"] == 2688 and pts["xs8"]["matches_full"] == "holds"
     assert pts["tiny13"]["matches_full"] == "does not hold" and r["verdict"] == "holds"
     assert "the smallest that matches: xs8" in r["measured"]
+    assert r["n_seeds"] == 10 and "(1 seed)" in r["measured"]
+    few = {n: x for n, x in S.items() if x["group"] in ("full", "tiny13")}
+    assert sc.ladder_row(few, sc.best_lrs(few))["verdict"] == "inconclusive", "one rung of five"
 
 
 def test_blog_design_is_the_pca_of_one_run_per_rank():
