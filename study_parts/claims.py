@@ -21,8 +21,8 @@ from study_parts.geometry_rows import geometry_rows
 from study_parts.rows import (LWR, TEST, TRAJ, VAL_SELECTION, STEER, fmt, mean_of, missing,
                               power, verdict_greater)
 from study_parts.stats import row
-from study_parts.summaries import (at_best, best_lrs, done, grid_seeds, lists, metric_table,
-                                   n_lrs, scores)
+from study_parts.summaries import (at_best, best_lrs, done, grid_seeds, lists, loss_lrs,
+                                   metric_table, n_lrs, scores)
 
 # -----------------------------------------------------------------------------
 # RL: rank 1 against full fine-tuning, and how fast
@@ -235,12 +235,11 @@ def batch_row(summaries):
     ceiling; the loss, as the source measured it, does not."""
     claim = ("LoRA pays more than full fine-tuning for a large batch (SFT, the same examples: test "
              "loss)")
-    loss = {}
+    loss, lrs = {}, loss_lrs(summaries)
     for m in ("r1", "full"):
         for b in (32, 256):
-            val = lists(metric_table(summaries, f"sft_{m}_b{b}", "val_loss"))
-            lr = min(sorted(val), key=lambda x: np.mean(val[x])) if val else None
-            test = metric_table(summaries, f"sft_{m}_b{b}", "test_loss").get(lr, {})
+            test = metric_table(summaries, f"sft_{m}_b{b}", "test_loss").get(lrs.get(
+                f"sft_{m}_b{b}"), {})
             loss[m, b] = {s: 1e3 * x for s, x in test.items()}
     seeds = set.intersection(*(set(v) for v in loss.values()))
     if not seeds:
