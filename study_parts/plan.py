@@ -8,10 +8,11 @@ apart around each one's expected optimum, three seeds, at 40 steps of 32 prompts
 rsLoRA's α/√r, a constant); the ladder below rank 1 (LoRA-XS, TinyLoRA) and TinyLoRA's 13 and 1
 parameters; the memorisation task's LR choice (facts of seed 0); the skill-dial bases.
 Phase 2, from phase 1's scores: ranks 4 and 16, targets and layers (around rank 1's fastest LR:
-accuracy ties at its ceiling), Adam's invariance, the batch-size pair, the capacity knee at every
-data size (facts of seed 1, each method at the LR chosen on seed 0), the dial's adapters.
-Phase 3, for power and brackets: seeds 3-9 where a verdict needs them, and two more LRs past
-the edge of any grid whose optimum is on its edge (study.py repeats phase 3 until none is).
+accuracy ties at its ceiling), Adam's invariance, the batch-size pair, the dial's adapters.
+Phase 3, for power and brackets: seeds 3-9 where a verdict needs them, two more LRs past the edge
+of any grid whose optimum is on its edge (study.py repeats phase 3 until none is), and the
+capacity knee at every data size (facts of seed 1, each method at the LR chosen on seed 0's
+once that grid stops growing).
 Then geometry.py over the best LoRA runs. Every verdict is read on the test split (the knee: on
 another draw of facts); no LR is ever chosen on it.
 
@@ -225,8 +226,8 @@ def sft_rank(scaling, rank, lr, seed):
 
 def phase2(root, mode, best):
     """best: {group: LR} from phase 1's scores (summaries.best_lrs, plus fast_<group> for the
-    best mean training reward and knee_<method> for the facts' most stored bits). Runs that need
-    an LR not yet known (its group unfinished) are left out."""
+    best mean training reward, loss_<group> for the lowest validation loss and knee_<method> for
+    the facts' most stored bits). Runs that need an LR not yet known are left out."""
     plan, c = [], best.get("fast_r1", best.get("r1"))  # accuracy ties at its ceiling: reward
     seeds = SEEDS if mode == "full" else (0,)           # over the steps still tells LRs apart
     if c:  # ranks 4 and 16, each around rank 1's fastest LR (for the matches rows and geometry)
@@ -254,9 +255,6 @@ def phase2(root, mode, best):
             for batch, steps in ((32, 120), (256, 15)):
                 plan += [sft(f"{g}_b{batch}", x, s, steps=steps, batch=batch,
                              extra=rank_flags(rank)) for x in around(lr) for s in SEEDS]
-    for m in KNEE_METHODS:  # the knee: every size, on facts the LR was not chosen on
-        if best.get(f"knee_{m}"):
-            plan += [facts(m, best[f"knee_{m}"], n, 1, root) for n in FACTS]
     for p in DIAL:  # the dial's adapters on the bases this study builds: RL at half and the
         base = base_path(root, p)  # whole of the fastest LR, SFT at 1x and 2x its best
         if p == 0.1 or not (base / "model.safetensors").exists():
@@ -284,8 +282,9 @@ def phase3(root, mode, best, edges):
     """best: as phase2's; edges: {group: [LRs to add]} (extensions(): an optimum on its grid's
     edge). Seeds 3-9 (0-2 ran in the grids) at the chosen LR of the groups whose "matches" rows
     need the power, at rank 1's and full's fastest LR (rank1_slower_rl) and at the short runs'
-    (the share of seeds that steer); the knee at its methods' LRs (phase 2's, unless moved). What
-    reads an LR from a grid that is still growing waits for it to stop (study.py repeats this)."""
+    (the share of seeds that steer); the knee at every size, each method at the LR its tuning
+    facts chose. What reads an LR from a grid that is still growing waits for it to stop (study.py
+    repeats this)."""
     if mode != "full":
         return []
     plan, more = [], POWER_SEEDS[len(SEEDS):]
@@ -302,7 +301,7 @@ def phase3(root, mode, best, edges):
                               extra=rank_flags(int(g == "r1"))) for s in more]
     for g, lrs in edges.items():
         plan += [x for lr in lrs for x in extension(root, g, lr)]
-    for m in KNEE_METHODS:  # the knee again where its tuning grid's extension moved its LR
+    for m in KNEE_METHODS:  # the knee: every size, on facts the LR was not chosen on
         if ready(f"knee_{m}", f"facts_{m}_n{FACT_TUNE}_f0"):
             plan += [facts(m, best[f"knee_{m}"], n, 1, root) for n in FACTS]
     return list({r.name: r for r in plan}.values())  # a fastest LR may be the chosen one

@@ -38,7 +38,7 @@ def lrs_of(runs, group):
 def test_plan_grids_names_and_budget():
     for mode in ("toy", "full"):
         runs = plan.phase1(Path("r"), mode) + plan.phase2(Path("r"), mode, GUESS)
-        args = {}  # phase 3 repeats the knee at an unmoved LR: the same run, which main skips
+        args = {}
         assert all(args.setdefault(r.name, r.args) == r.args for r in runs + plan.phase3(
             Path("r"), mode, GUESS, {})), "two runs would share a folder"
         assert len({r.name for r in runs}) == len(runs)
@@ -106,9 +106,14 @@ def test_later_phases_centre_on_what_phase_1_chose(tmp_path):
     assert lrs_of(p2, "sft_full_b32") == [5e-5, 1e-4, 2e-4], "no loss known: the validation one"
     assert lrs_of(p2, "p0.3_r1") == [5e-4, 1e-3] and lrs_of(p2, "p0.3_sft_r1") == [1e-3, 2e-3]
     assert lrs_of(p2, "p0.3_tiny1") == [5e-3, 1e-2], "no fast LR known: the validation one instead"
-    knee = [r for r in p2 if r.group.startswith("facts_r1_")]
-    assert {r.lr for r in knee} == {2e-3} and len(knee) == len(plan.FACTS)
+    assert not any(r.group.startswith("facts_") for r in p2), "the knee waits for phase 3"
     p3 = plan.phase3(tmp_path, "full", best, {})
+    knee = [r for r in p3 if r.group.startswith("facts_r1_")]
+    assert {r.lr for r in knee} == {2e-3} and len(knee) == len(plan.FACTS)
+    tuning = {f"facts_r1_n{plan.FACT_TUNE}_f0": [2e-3 * 2 ** 0.5, 4e-3]}  # its LR on an edge
+    waits = plan.phase3(tmp_path, "full", best, tuning)
+    assert not any(r.group.startswith("facts_r1_n") and r.meta["fact_seed"] == 1 for r in waits)
+    assert any(r.group.startswith("facts_r4_") for r in waits), "the others do not wait"
     for lr in (2.5e-4, 1e-3):  # the chosen LR (matches) and the fastest (rank1_slower_rl)
         assert {r.seed for r in p3 if r.group == "r1" and r.lr == lr} == set(range(3, 10))
     grows = plan.phase3(tmp_path, "full", best, {"r1": [4e-3 * 2 ** 0.5]})
