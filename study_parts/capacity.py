@@ -86,6 +86,11 @@ def knee_row(summaries, best):
     shown = bool(above) and all(p["gap_to_full"]["r1"][2] < 0 for p in above) and \
         all(p["gap_to_full"]["r1"][1] > -0.1 * p["data_bits"] for p in below)
     refuted = any(p["gap_to_full"]["r1"][1] >= 0 for p in above)
+    short = ", ".join(f"{p['facts']} facts {p['gap_to_full']['r1'][0]:+,.0f} bits" for p in below
+                      if p["gap_to_full"]["r1"][1] <= -0.1 * p["data_bits"])
+    why = (f"rank 1 is behind full fine-tuning below its capacity line too ({short}): in these "
+           f"epochs it stores less than the line assumes, so the line does not place its knee"
+           if short else None if above else "no size above rank 1's capacity line")
     last = pts[-1]
     per_param = {m: last["stored"][m][0] / knee_params(m) for m in last["stored"]}
     falls = {m: last_quarter_fall(s) for m, s in fact_runs(summaries, last["facts"]).items()}
@@ -109,7 +114,8 @@ def knee_row(summaries, best):
                f"the LR that stored the most bits on {plan.FACT_TUNE} other facts ({lr}); "
                f"{plan.FACT_EPOCHS} epochs", "holds" if shown else "does not hold" if refuted
                else "inconclusive", points=points, bits_per_param=per_param,
-               capacity_bits=cap, last_quarter_fall=falls, margin=0.0)
+               capacity_bits=cap, last_quarter_fall=falls, margin=0.0,
+               **({"why": why} if why and not shown and not refuted else {}))
 
 
 def sft_loss_row(summaries, best):

@@ -427,6 +427,12 @@ def test_the_knee_in_bits_sees_rank_1_fall_behind_above_its_capacity():
                           steps=10, eval_answer_bits=[FACT_BITS - bits] * plan.FACT_TUNE)
         S[name] = x
     assert sc.knee_row(S, {})["verdict"] == "holds"
+    fact_summaries(S, "r1", lambda n: 0.3 * n * FACT_BITS, lr=2e-3)  # behind at every size
+    r = sc.knee_row(S, {})
+    assert r["verdict"] == "inconclusive" and r["why"].startswith("rank 1 is behind full")
+    assert f"{plan.FACTS[0]} facts -{0.7 * plan.FACTS[0] * FACT_BITS:,.0f} bits" in r["why"]
+    assert "why" not in sc.knee_row(fact_summaries(S, "r1", lambda n: min(
+        n * FACT_BITS, 0.9 * cap), lr=2e-3), {}), "a verdict needs no why"
     p3 = plan.phase3(Path("r"), "full", {"knee_r1": 2e-3}, {})
     assert sorted(r.meta["facts"] for r in p3 if r.group.startswith("facts_r1_")) == \
         sorted(plan.FACTS), "the knee again at the LR the extension moved it to"
