@@ -234,9 +234,8 @@ def report(summaries, rows, best, meta, g, dial, figs):
     lines += ["", "### The claims", ""]
     lines += table(("id", "claim", "source", "measured", "95% interval", "test", "seeds",
                     "selection", "verdict"),
-                   [(r["id"], r["claim"], r["source"], r["measured"], "" if r["interval"] is None
-                     else f"[{r['interval'][0]:+.3g}, {r['interval'][1]:+.3g}]", r["test"],
-                     r["n_seeds"], r["selection"], f"**{r['verdict']}**") for r in rows])
+                   [(r["id"], r["claim"], r["source"], r["measured"], st.interval_text(r),
+                     r["test"], r["n_seeds"], r["selection"], f"**{r['verdict']}**") for r in rows])
     lines += ["", "Chosen LRs (validation): " + ", ".join(f"{k} {v:g}" for k, v in
                                                          sorted(best.items())), ""]
     lines += base_section(summaries, best, g)

@@ -181,9 +181,8 @@ def mde(est, alpha=ALPHA, power=0.8):
     two-sided test at level α finds with probability `power`, (t_(1−α/2) + t_power)·SE with df =
     k − 1 and est's floored SE (from the observed seed SD). What "A matches B within margin"
     can promise: a design whose mde exceeds the margin could not have seen a loss of its size."""
-    if est["df"] < 1:
-        return math.inf
-    return (t_quantile(1 - alpha / 2, est["df"]) + t_quantile(power, est["df"])) * est["se"]
+    t = lambda q: t_quantile(q, est["df"])
+    return math.inf if est["df"] < 1 else (t(1 - alpha / 2) + t(power)) * est["se"]
 
 
 def verdict_equivalent(est, margin=EQUIVALENCE, alpha=ALPHA, p_adjusted=None):
@@ -226,8 +225,7 @@ def holm(p_values):
     max over i ≤ j of min(1, (m − i)·p_(i)); rejecting where adjusted ≤ α keeps the chance of any
     false rejection in the family ≤ α, whatever the dependence between the tests (Holm 1979)."""
     p = np.asarray(p_values, dtype=float)
-    m = len(p)
-    order = np.argsort(p, kind="stable")
+    order, m = np.argsort(p, kind="stable"), len(p)
     stepped = np.minimum(1.0, (m - np.arange(m)) * p[order])
     adjusted = np.empty(m)
     adjusted[order] = np.maximum.accumulate(stepped)
@@ -413,14 +411,19 @@ def check_claims(obj, required_ids=REQUIRED_IDS):
     return rows
 
 
+def interval_text(row, signed="[{:+.3g}, {:+.3g}]"):
+    """A row's interval as text: a difference or slope signed, a ratio as factors ("[2.5x, 4x]")."""
+    iv = row["interval"]
+    return "" if iv is None else ("[{:.3g}x, {:.3g}x]" if "ratio" in row else signed).format(*iv)
+
+
 def sentence(row):
     """The summary sentence of a row, from its verdict and numbers only (flaw 8): "<verdict>:
     <claim> (<measured> [lo, hi], <k> seeds, <test>[, Holm-adjusted p])", and for an inconclusive
     row, why. The row is checked first, so no sentence can say more than a valid verdict."""
     row = claim_row(**row)
-    m, iv = row["measured"], row["interval"]
-    parts = [m if isinstance(m, str) else f"{m:+.3f}"]
-    parts[0] += f" [{iv[0]:+.3f}, {iv[1]:+.3f}]" if iv else ""
+    m, iv = row["measured"], interval_text(row, "[{:+.3f}, {:+.3f}]")
+    parts = [" ".join(filter(None, (m if isinstance(m, str) else f"{m:+.3f}", iv)))]
     if row["test"] in SEED_TESTS or row["n_seeds"]:
         parts.append(f"{row['n_seeds']} seed" + ("" if row["n_seeds"] == 1 else "s"))
     parts.append(row["test"])

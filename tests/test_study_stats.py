@@ -453,6 +453,14 @@ def test_sentence_says_no_more_than_the_verdict():
                                        interval=None, n_seeds=0))
     with pytest.raises(ValueError, match="verdict"):  # a 2-seed 'holds' cannot become a sentence
         st.sentence(row(n_seeds=2))
+    # a ratio's interval reads as factors, not as a signed difference; the table's cell alike
+    ratio = row(claim="LoRA's best LR is ~10x full's", measured="4.45x (optima 4e-4 vs 9e-5)",
+                interval=[3.287, 11.52], test="bootstrap over seeds", verdict="inconclusive",
+                ratio=4.45)
+    assert "4.45x (optima 4e-4 vs 9e-5) [3.29x, 11.5x], 3 seeds" in st.sentence(ratio)
+    assert st.interval_text(ratio) == "[3.29x, 11.5x]"
+    assert st.interval_text(row()) == "[-0.031, +0.007]"
+    assert st.interval_text(row(interval=None, verdict="analytic", test="analytic")) == ""
 
 # -----------------------------------------------------------------------------
 # Power, equivalence, shares of seeds, and optima read as parabola vertices
