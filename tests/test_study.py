@@ -667,6 +667,24 @@ def test_a_run_waits_for_the_run_it_needs(tmp_path, monkeypatch):
     assert failed["eval_base_p0"] == "needs base_p0, which did not finish" and "base_p0" in failed
 
 
+def test_the_longest_runs_start_first(tmp_path, monkeypatch):
+    """Runs start longest first (after what others need), so the last to start are short and
+    no 30-minute run keeps one job busy while the others sit idle at the end of a phase."""
+    runs = [Run(f"run{i}", "sft.py", [], "g", seconds=s) for i, s in enumerate((60, 1800, 300))]
+    base = Run("base_p0", "sft.py", [], "base_build", seconds=10)
+    monkeypatch.setattr(study, "write_summary", lambda *a, **k: None)
+    monkeypatch.setattr(study, "finished", lambda run, root: True)
+    monkeypatch.setattr(Run, "command", lambda run, root: [sys.executable, "-c", "pass"])
+    ran = []
+    assert study.launch([*runs, base], tmp_path, tmp_path / "results", 1, ran=ran) == {}
+    assert ran == ["run1", "run2", "run0", "base_p0"]
+    evaluate = Run("eval_base_p0", "eval_gsm8k.py", [], "base", seconds=5000, needs=("base_p0",))
+    ran.clear()
+    assert study.launch([evaluate, *runs, base], tmp_path / "b", tmp_path / "results", 1,
+                        ran=ran) == {}
+    assert ran == ["run1", "run2", "run0", "base_p0", "eval_base_p0"]
+
+
 def test_an_older_plans_summaries_choose_nothing(tmp_path, monkeypatch):
     """results/ may hold summaries an older plan made (other grids, other code): the later
     phases are chosen from this plan's runs only."""
