@@ -204,8 +204,7 @@ def launch(todo, root, results, jobs, dry_run=False, ran=None, files=(), after=l
     threads = "1" if jobs > 1 else str(os.cpu_count() or 1)
     env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
 
-    # what others need goes first, then the longest: no long run is left alone at the end
-    todo = sorted(todo, key=lambda r: (bool(r.needs), -r.seconds))
+    todo = sorted(todo, key=lambda r: (bool(r.needs), -r.seconds))  # no long run starts last
     by_name, done = {r.name: r for r in todo}, {r.name: threading.Event() for r in todo}
 
     def one(run):
