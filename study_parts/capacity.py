@@ -233,14 +233,22 @@ def dial_points(summaries, best):
                     acc[kind] = next(final(s)["eval_accuracy"] for s in runs if s["lr"] == lr)
             name = "sft" if regime else "rl"
             pt[f"accuracy_{name}"] = acc
-            if "full" in acc:
-                half = base["accuracy"] + 0.5 * (acc["full"] - base["accuracy"])
-                ok = [k for k in DIAL_KINDS if k in acc and acc[k] >= half
-                      and acc["full"] > base["accuracy"]]
+            if "full" in acc:  # no gain for full fine-tuning, no half of it to reach
+                gain = pt[f"full_gain_{name}"] = acc["full"] - base["accuracy"]
+                half = base["accuracy"] + gain / 2
+                ok = [k for k in DIAL_KINDS if gain > 0 and k in acc and acc[k] >= half]
                 pt[f"smallest_{name}"] = ok[0] if ok else None
                 pt[f"smallest_{name}_params"] = params_of(ok[0]) if ok else None
         out.append(pt)
     return out
+
+
+def smallest_text(point, regime):
+    """The smallest kind at half of full fine-tuning's gain, or why there is none."""
+    if point.get(f"smallest_{regime}"):
+        return point[f"smallest_{regime}"]
+    gain = point.get(f"full_gain_{regime}")
+    return "none" if gain is None or gain > 0 else "none: full fine-tuning does not beat the base"
 
 
 def dial_row(summaries, best):
@@ -249,8 +257,8 @@ def dial_row(summaries, best):
     pts = [p for p in dial_points(summaries, best) if "smallest_rl" in p or "smallest_sft" in p]
     if not pts:
         return missing("skill_dial", claim, TINY, "no dial runs")
-    text = lambda p, r: (f"{p.get(f'smallest_{r}') or 'none'}"
-                         + (f" ({p[f'smallest_{r}_params']:,})" if p.get(f"smallest_{r}") else ""))
+    text = lambda p, r: (f"{p[f'smallest_{r}']} ({p[f'smallest_{r}_params']:,})"
+                         if p.get(f"smallest_{r}") else smallest_text(p, r))
     measured = "; ".join(f"p={p['p']:g}: RL {text(p, 'rl')}, SFT {text(p, 'sft')}" for p in pts)
     return row("skill_dial", claim, TINY, measured, None, "one seed per point", 1,
                "validation split, best of 2-3 LRs, seed 0", "inconclusive", points=pts,

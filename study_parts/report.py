@@ -250,7 +250,7 @@ def report(summaries, rows, best, meta, g, dial, figs):
         cells = [(f"{p['p']:g}", f"{p['base']:.3f}",
                   "" if p["mode_share"] is None else f"{p['mode_share']:.3f}", reg.upper(),
                   *(fmt(p.get(f"accuracy_{reg}", {}), k) for k in capacity.DIAL_KINDS),
-                  p.get(f"smallest_{reg}") or "none")
+                  capacity.smallest_text(p, reg))
                  for p in dial for reg in ("rl", "sft")]
         lines += table(header, cells)
         lines += ["", f"Each accuracy is seed 0 at the better of its LRs on the validation split; "

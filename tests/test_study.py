@@ -104,7 +104,8 @@ def test_later_phases_centre_on_what_phase_1_chose(tmp_path):
     assert lrs_of(p2, "r4") == [5e-4, 1e-3, 2e-3] and lrs_of(p2, "r1_attn") == [1e-3, 2e-3]
     assert lrs_of(p2, "sft_r1_b256") == [2e-4, 4e-4, 8e-4], "the batch pair: around its best loss"
     assert lrs_of(p2, "sft_full_b32") == [5e-5, 1e-4, 2e-4], "no loss known: the validation one"
-    assert lrs_of(p2, "p0.3_r1") == [5e-4, 1e-3] and lrs_of(p2, "p0.3_sft_r1") == [1e-3, 2e-3]
+    assert lrs_of(p2, "p0.3_r1") == [5e-4, 1e-3] and lrs_of(p2, "p0.3_sft_r1") == [4e-4, 8e-4]
+    assert lrs_of(p2, "p0.3_sft_full") == [1e-4, 2e-4], "the dial's SFT: no loss known, validation"
     assert lrs_of(p2, "p0.3_tiny1") == [5e-3, 1e-2], "no fast LR known: the validation one instead"
     assert not any(r.group.startswith("facts_") for r in p2), "the knee waits for phase 3"
     p3 = plan.phase3(tmp_path, "full", best, {})
@@ -451,6 +452,30 @@ def test_a_facts_summary_keeps_each_answers_bits_of_its_last_evaluation_only(tmp
         bits = [e.get("eval_answer_bits") for e in s["evals"]]
         assert bits == ([None, [3.0, 4.0]] if group.startswith("facts") else [None, None])
         assert [e["eval_loss"] for e in s["evals"]] == [2.0, 1.0]
+
+
+def test_the_dial_says_why_no_adapter_reaches_half_of_a_gain_full_never_made():
+    """Half of full fine-tuning's gain is the bar; where full fine-tuning ends at or below the
+    base there is no gain to halve, and the row and the table say so instead of a bare 'none'
+    (at p = 0 full SFT ended below the base while rank 1 reached 0.98)."""
+    from study_parts import capacity
+    S = base(base({}, p=0, acc=0.23))
+    for group, script, acc in (("p0_full", "grpo.py", 0.21), ("p0_r1", "grpo.py", 0.25),
+                               ("p0_sft_full", "sft.py", 0.90), ("p0_sft_r1", "sft.py", 0.60),
+                               ("p0_sft_tiny13", "sft.py", 0.30), ("full", "grpo.py", 0.96),
+                               ("tiny13", "grpo.py", 0.40)):
+        name, x = summary(group, 1e-3, 0, acc, acc, script)
+        S[name] = x
+    p0, p1 = capacity.dial_points(S, {})
+    assert (p0["p"], p1["p"]) == (0.0, 0.1)
+    assert p0["smallest_rl"] is None and p0["full_gain_rl"] == pytest.approx(-0.02)
+    assert p0["smallest_sft"] == "r1" and p0["smallest_sft_params"] == 12_288  # 0.60 > 0.565
+    assert p1["smallest_rl"] == "full"  # tiny13 0.40 < 0.2 + 0.38; r1 has no runs at p = 0.1
+    assert capacity.smallest_text(p0, "rl") == "none: full fine-tuning does not beat the base"
+    assert capacity.smallest_text(p0, "sft") == "r1"
+    row = capacity.dial_row(S, {})
+    assert row["measured"].startswith("p=0: RL none: full fine-tuning does not beat the base, "
+                                      "SFT r1 (12,288); p=0.1: RL full (920,832)")
 
 
 def test_the_ladder_finds_where_matching_full_begins():
