@@ -256,13 +256,14 @@ def phase2(root, mode, best):
                 plan += [sft(f"{g}_b{batch}", x, s, steps=steps, batch=batch,
                              extra=rank_flags(rank)) for x in around(lr) for s in SEEDS]
     for p in DIAL:  # the dial's adapters on the bases this study builds: RL at half and the
-        base = base_path(root, p)  # whole of the fastest LR, SFT at 1x and 2x its best
+        base = base_path(root, p)  # whole of the fastest LR, SFT at 1x and 2x its lowest loss's
         if p == 0.1 or not (base / "model.safetensors").exists():
             continue
         for kind, flags in [("tiny1", SMALL["tiny1"]), ("tiny13", SMALL["tiny13"]),
                             ("r1", rank_flags(1)), ("full", rank_flags(0))]:
             for regime in ("", "sft_"):
-                lr = best.get("sft_" + kind) if regime else best.get("fast_" + kind, best.get(kind))
+                lr = best.get(f"loss_sft_{kind}", best.get(f"sft_{kind}")) if regime else \
+                    best.get(f"fast_{kind}", best.get(kind))  # accuracy ties at the ceiling
                 if lr is None:
                     continue
                 make = sft if regime else grpo
