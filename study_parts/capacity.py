@@ -261,5 +261,6 @@ def dial_row(summaries, best):
                          if p.get(f"smallest_{r}") else smallest_text(p, r))
     measured = "; ".join(f"p={p['p']:g}: RL {text(p, 'rl')}, SFT {text(p, 'sft')}" for p in pts)
     return row("skill_dial", claim, TINY, measured, None, "one seed per point", 1,
-               "validation split, best of 2-3 LRs, seed 0", "inconclusive", points=pts,
+               "validation split, seed 0: the better of 2 LRs on a built base, the best of the "
+               "whole grid at p = 0.1", "inconclusive", points=pts,
                why="one seed per point: the budget; read the table, not a verdict")

@@ -253,9 +253,10 @@ def report(summaries, rows, best, meta, g, dial, figs):
                   capacity.smallest_text(p, reg))
                  for p in dial for reg in ("rl", "sft")]
         lines += table(header, cells)
-        lines += ["", f"Each accuracy is seed 0 at the better of its LRs on the validation split; "
-                  f"± is 1.96 binomial standard errors over the {TEST} test problems, which "
-                  f"leaves out training noise (one seed a point: the budget).", ""]
+        lines += ["", f"Each accuracy is seed 0 at its best LR on the validation split (the "
+                  f"better of two on a built base, the best of the whole grid at p = 0.1); ± is "
+                  f"1.96 binomial standard errors over the {TEST} test problems, which leaves "
+                  f"out training noise (one seed a point: the budget).", ""]
     lines += ["### Where the time went", ""] + table(("piece", "runs", "one-thread hours"),
                                                      time_table(summaries)) + [""]
     shown = [f for f in ("lr_curves", "lr_vs_rank", "lr_sweep", "reward_curves",
